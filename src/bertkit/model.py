@@ -1,0 +1,265 @@
+"""The BERT model and its task heads: tensors in, tensors out (no I/O, no losses, no parallelism).
+
+Reference: Devlin et al. 2018 and google-research/bert `modeling.py` (post-LN encoder, erf GELU,
+LayerNorm eps 1e-12, truncated-normal init). Names are our own; the foreign names of Google, Hugging Face
+and OneFlow checkpoints live only in `bertkit.convert`.
+
+Shape legend: B batch, T tokens, H hidden, N heads, D head dim (H = N * D), I intermediate (FFN),
+P masked positions per sequence, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bertkit.config import BertConfig
+
+
+def activation(name: str):
+    """The activations a Google bert_config.json may name."""
+    if name == "gelu":  # Google's gelu is the exact erf form
+        return F.gelu
+    if name in ("gelu_new", "gelu_pytorch_tanh"):  # the tanh approximation (Google's original `gelu`)
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu
+    if name == "tanh":
+        return torch.tanh
+    raise ValueError(f"unknown hidden_act {name!r}")
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.word = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.position = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+        T = input_ids.shape[1]
+        x = self.word(input_ids) + self.token_type(token_type_ids)  # (B, T, H)
+        x = x + self.position.weight[:T]  # (T, H) broadcast over B
+        return self.drop(self.norm(x))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection (H -> 3H) and SDPA."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.n_heads = cfg.num_attention_heads
+        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
+        self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.attn_dropout = cfg.attention_probs_dropout_prob
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+        B, T, H = x.shape
+        # (B, T, 3H) -> (B, T, 3, N, D) -> (3, B, N, T, D)
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, H // self.n_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_dropout if self.training else 0.0
+        )  # (B, N, T, D)
+        return self.proj(y.transpose(1, 2).reshape(B, T, H))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.act = activation(cfg.hidden_act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))  # (B, T, H) -> (B, T, I) -> (B, T, H)
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN block, as in BERT: x = norm(x + drop(sublayer(x)))."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.attn = SelfAttention(cfg)
+        self.attn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.mlp = MLP(cfg)
+        self.mlp_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+        x = self.attn_norm(x + self.drop(self.attn(x, attn_mask)))
+        return self.mlp_norm(x + self.drop(self.mlp(x)))
+
+
+class Bert(nn.Module):
+    """The encoder: returns the sequence output (B, T, H) and the pooled first token (B, H)."""
+
+    def __init__(self, cfg: BertConfig, pooler: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.emb = Embeddings(cfg)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if pooler else None
+
+    def check_inputs(self, input_ids: Tensor, token_type_ids: Tensor, input_mask: Tensor | None) -> None:
+        """Catch out-of-range ids here, with a message, not as an index crash inside torch."""
+        cfg = self.cfg
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
+        if input_ids.shape[1] > cfg.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings {cfg.max_position_embeddings}"
+            )
+        for name, t, hi, key in (
+            ("input_ids", input_ids, cfg.vocab_size, "vocab_size"),
+            ("token_type_ids", token_type_ids, cfg.type_vocab_size, "type_vocab_size"),
+        ):
+            if t.shape != input_ids.shape:
+                raise ValueError(f"{name} has shape {tuple(t.shape)}, input_ids {tuple(input_ids.shape)}")
+            lo_v, hi_v = torch.aminmax(t)  # one host sync per batch; cheap next to a forward pass
+            if lo_v < 0 or hi_v >= hi:
+                raise ValueError(f"{name} must be in [0, {key}={hi}), found values in [{lo_v}, {hi_v}]")
+        if input_mask is not None and input_mask.shape != input_ids.shape:
+            raise ValueError(f"input_mask has shape {tuple(input_mask.shape)}, input_ids {tuple(input_ids.shape)}")
+
+    def forward(
+        self, input_ids: Tensor, token_type_ids: Tensor | None = None, input_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        self.check_inputs(input_ids, token_type_ids, input_mask)
+        attn_mask = None
+        # input_mask: 1 = token, 0 = pad (the seed's records). With no pad at all the mask is dropped so SDPA
+        # can take its unmasked (fastest) kernel; the result is the same either way (tested).
+        if input_mask is not None and not bool(input_mask.all()):
+            attn_mask = input_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True = may attend
+        x = self.emb(input_ids, token_type_ids)  # (B, T, H)
+        for layer in self.layers:
+            x = layer(x, attn_mask)
+        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # (B, H)
+        return x, pooled
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """Google's init: truncated normal(std) in [-2std, 2std] for weights, zeros for biases, LayerNorm 1/0."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class MLMHead(nn.Module):
+    """Transform (dense + act + LayerNorm), then a decoder tied to the word embeddings, plus a bias."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.transform = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.act = activation(cfg.hidden_act)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, h: Tensor, word_emb: Tensor) -> Tensor:
+        h = self.norm(self.act(self.transform(h)))  # (..., H)
+        return F.linear(h, word_emb, self.bias)  # (..., V)
+
+
+def gather_positions(x: Tensor, positions: Tensor) -> Tensor:
+    """(B, T, H) at (B, P) token indices -> (B, P, H)."""
+    B, P = positions.shape
+    return x.gather(1, positions.long()[:, :, None].expand(B, P, x.shape[-1]))
+
+
+class BertForPreTraining(nn.Module):
+    """Masked LM + next-sentence prediction heads on the encoder."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.bert = Bert(cfg)
+        self.mlm = MLMHead(cfg)
+        self.nsp = nn.Linear(cfg.hidden_size, 2)
+        init_weights(self, cfg.initializer_range)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor | None = None,
+        input_mask: Tensor | None = None,
+        masked_positions: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Returns MLM logits and NSP logits (B, 2).
+
+        With `masked_positions` (B, P) the vocabulary projection runs only there (sparse): logits (B, P, V).
+        Without it, it runs over every token (dense): logits (B, T, V).
+        """
+        x, pooled = self.bert(input_ids, token_type_ids, input_mask)
+        if masked_positions is not None:
+            if masked_positions.numel() and (
+                masked_positions.min() < 0 or masked_positions.max() >= input_ids.shape[1]
+            ):
+                raise ValueError(f"masked_positions must be in [0, {input_ids.shape[1]})")
+            x = gather_positions(x, masked_positions)  # (B, P, H)
+        return self.mlm(x, self.bert.emb.word.weight), self.nsp(pooled)
+
+
+class BertForQuestionAnswering(nn.Module):
+    """Span QA: a linear H -> 2 over every token gives start and end logits, each (B, T)."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.bert = Bert(cfg, pooler=False)
+        self.qa = nn.Linear(cfg.hidden_size, 2)
+        init_weights(self, cfg.initializer_range)
+
+    def forward(
+        self, input_ids: Tensor, token_type_ids: Tensor | None = None, input_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        x, _ = self.bert(input_ids, token_type_ids, input_mask)
+        start, end = self.qa(x).unbind(-1)  # (B, T, 2) -> 2 x (B, T)
+        return start, end
+
+
+class BertForSequenceClassification(nn.Module):
+    """Dropout + linear on the pooled output: logits (B, num_labels)."""
+
+    def __init__(self, cfg: BertConfig, num_labels: int = 2):
+        super().__init__()
+        if num_labels <= 0:
+            raise ValueError(f"num_labels must be positive, got {num_labels}")
+        self.cfg = cfg
+        self.bert = Bert(cfg)
+        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+        self.classifier = nn.Linear(cfg.hidden_size, num_labels)
+        init_weights(self, cfg.initializer_range)
+
+    def forward(
+        self, input_ids: Tensor, token_type_ids: Tensor | None = None, input_mask: Tensor | None = None
+    ) -> Tensor:
+        _, pooled = self.bert(input_ids, token_type_ids, input_mask)
+        return self.classifier(self.drop(pooled))
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Unique parameters (the tied decoder counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = [
+    "Bert",
+    "BertConfig",
+    "BertForPreTraining",
+    "BertForQuestionAnswering",
+    "BertForSequenceClassification",
+    "gather_positions",
+    "init_weights",
+    "num_parameters",
+]

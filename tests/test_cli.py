@@ -1,0 +1,67 @@
+"""The `bertkit` command: help, version, flag parsing from dataclasses, the smoke demo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from bertkit import __version__
+from bertkit.cli import build_parser, main, parse_bool
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"bertkit {__version__}"
+
+
+def test_help_lists_subcommands_and_every_flag_has_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "demo" in capsys.readouterr().out
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.dest != "help":
+                assert action.help and len(action.help) > 15, (name, action.dest)
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "bertkit", "--help"], capture_output=True, text=True, check=True)
+    assert "COMMAND" in out.stdout
+
+
+@pytest.mark.parametrize("text, value", [("True", True), ("true", True), ("1", True), ("False", False), ("0", False)])
+def test_seed_boolean_forms(text, value):
+    assert parse_bool(text) is value
+
+
+def test_bad_flag_value_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--iter_num", "0"])
+    assert e.value.code == 2
+    assert "--iter_num must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--precision", "fp64"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_demo_trains_and_loss_falls(capsys):
+    from bertkit import demo
+
+    result = demo.run(demo.DemoConfig(iter_num=30, batch_size_per_device=8, loss_print_every_n_iter=10))
+    out = capsys.readouterr().out
+    assert "iter 9, total_loss:" in out and "(sentences/sec)" in out and "average speed:" in out
+    first, last = result["losses"][0][1], result["losses"][-1][1]
+    assert last < first - 0.5  # the MLM loss visibly falls as the pool of batches is memorised
+
+
+def test_demo_bf16_runs(capsys):
+    from bertkit import demo
+
+    result = demo.run(demo.DemoConfig(iter_num=4, batch_size_per_device=4, precision="bf16", loss_print_every_n_iter=2))
+    assert all(map(lambda x: x == x, result["losses"][-1]))  # finite, not NaN
