@@ -65,3 +65,26 @@ def test_demo_bf16_runs(capsys):
 
     result = demo.run(demo.DemoConfig(iter_num=4, batch_size_per_device=4, precision="bf16", loss_print_every_n_iter=2))
     assert all(map(lambda x: x == x, result["losses"][-1]))  # finite, not NaN
+
+
+def test_positional_fields_are_required_arguments_by_place(capsys):
+    import argparse
+    import dataclasses
+
+    from bertkit.cli import add_dataclass_args, config_from_args
+
+    @dataclasses.dataclass
+    class Cfg:
+        data_file: str = dataclasses.field(metadata={"help": "the input file, given by place", "positional": True})
+        extra: str = dataclasses.field(
+            default="x", metadata={"help": "optional by place, as it has a default", "positional": True}
+        )
+        out_file: str | None = dataclasses.field(default=None, metadata={"help": "an ordinary --flag beside it"})
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_args(parser, Cfg)
+    assert config_from_args(Cfg, parser.parse_args(["in.json", "y", "--out_file", "o"])) == Cfg("in.json", "y", "o")
+    assert config_from_args(Cfg, parser.parse_args(["in.json"])) == Cfg("in.json", "x")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out_file", "o"])
+    assert "the following arguments are required: data_file" in capsys.readouterr().err

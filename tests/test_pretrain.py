@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 
+import pytest
 import torch
 
 from bertkit.pretrain import pretraining_loss, random_batch
@@ -50,3 +58,130 @@ def test_random_batch_shape_and_masking():
     pos = b["masked_lm_positions"][:, :19]
     assert torch.all(pos > 0) and torch.all(pos[:, 1:] > pos[:, :-1])  # distinct, sorted, never [CLS]
     assert torch.all(b["masked_lm_ids"][:, 19:] == 0)
+
+
+# --- `bertkit pretrain`, end to end on OFRecord data written here -------------------------------------
+
+T, P = 32, 5
+
+
+@pytest.fixture
+def ofrecord_dir(tmp_path):
+    from bertkit.records import write_ofrecord
+
+    d = tmp_path / "data"
+    d.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for part in range(2):
+        b = random_batch(24, T, P, 99, generator=g)
+        records = [
+            {k: (v[i].numpy().astype("float32") if k == "masked_lm_weights" else v[i].reshape(-1).numpy().astype("int32"))
+             for k, v in b.items()}
+            for i in range(24)
+        ]  # fmt: skip
+        write_ofrecord(d / f"part-{part}", records)
+    return d
+
+
+def seed_flags(data_dir, out, **kw):
+    """The seed's tutorial command line, shrunk to a tiny model."""
+    flags = {
+        "gpu_num_per_node": 1, "learning_rate": 1e-3, "batch_size_per_device": 4, "iter_num": 20,
+        "loss_print_every_n_iter": 5, "seq_length": T, "max_predictions_per_seq": P, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "max_position_embeddings": 64, "type_vocab_size": 2, "vocab_size": 99,
+        "attention_probs_dropout_prob": 0.1, "hidden_dropout_prob": 0.1, "hidden_size_per_head": 16,
+        "use_boxing_v2": "True", "data_dir": data_dir, "data_part_num": 2, "log_dir": out / "log",
+        "model_save_dir": out / "save", "warmup_batches": 5, "log_every_n_iter": 1,
+    }  # fmt: skip
+    flags.update(kw)
+    return ["pretrain", *(f"--{k}={v}" for k, v in flags.items())]
+
+
+def metrics(out) -> list[dict]:
+    return [json.loads(x) for x in (out / "log" / "metrics.jsonl").read_text().splitlines() if '"total_loss"' in x]
+
+
+def test_seed_command_line_runs_and_prints_what_the_seed_prints(ofrecord_dir, tmp_path, capsys):
+    from bertkit.cli import main
+
+    assert main([*seed_flags(ofrecord_dir, tmp_path), "--save_last_snapshot", "True"]) == 0
+    out = capsys.readouterr().out
+    assert "Running bert: num_gpu_per_node = 1, num_nodes = 1." in out
+    assert "use_boxing_v2 = True" in out and "hidden_size_per_head = 16" in out and "Time stamp: " in out
+    assert "Init model on demand" in out
+    assert re.search(r"iter 4, total_loss: [\d.]+, mlm_loss: [\d.]+, nsp_loss: [\d.]+, speed: [\d.]+\(sec/batch\), "
+                     r"[\d.]+\(sentences/sec\)", out)  # fmt: skip
+    assert "average speed: " in out and f"Saving model to {tmp_path / 'save' / 'last_snapshot'}" in out
+    assert len(metrics(tmp_path)) == 20
+    # The snapshot loads back (--model_load_dir) into the next run.
+    assert main(seed_flags(ofrecord_dir, tmp_path / "2", model_load_dir=tmp_path / "save" / "last_snapshot")) == 0
+    assert "Restoring model from" in capsys.readouterr().out
+
+
+def test_sigkill_then_resume_equals_straight_run(ofrecord_dir, tmp_path):
+    base = [sys.executable, "-m", "bertkit"]
+    straight = subprocess.run([*base, *seed_flags(ofrecord_dir, tmp_path / "a")], capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr
+    proc = subprocess.Popen([*base, *seed_flags(ofrecord_dir, tmp_path / "b", model_save_every_n_iter=10)],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    snap = tmp_path / "b" / "save" / "snapshot_10"
+    for line in proc.stdout:
+        if "snapshot_10" in line:  # printed as the save starts; the directory appears whole when it ends
+            deadline = time.monotonic() + 60
+            while not snap.exists() and time.monotonic() < deadline:
+                time.sleep(0.001)
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    resumed = subprocess.run([*base, *seed_flags(ofrecord_dir, tmp_path / "c", resume=snap)], capture_output=True,
+                             text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    a = [(r["step"], r["total_loss"], r["mlm_loss"], r["nsp_loss"]) for r in metrics(tmp_path / "a")]
+    c = [(r["step"], r["total_loss"], r["mlm_loss"], r["nsp_loss"]) for r in metrics(tmp_path / "c")]
+    assert c == a[10:]  # bit for bit, dropout on
+
+
+def test_two_processes_equal_one_with_two_accumulation_steps(ofrecord_dir, tmp_path):
+    base = [sys.executable, "-m", "bertkit"]
+    nodrop = {"attention_probs_dropout_prob": 0.0, "hidden_dropout_prob": 0.0, "iter_num": 6}
+    with socket.socket() as s:  # a free port, so parallel test runs do not collide on the default 29500
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two = subprocess.run([*base, *seed_flags(ofrecord_dir, tmp_path / "two", gpu_num_per_node=2, master_port=port, **nodrop)],
+                         capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("Running bert: num_gpu_per_node = 2") == 1  # only rank 0 prints
+    one = subprocess.run([*base, *seed_flags(ofrecord_dir, tmp_path / "one", num_accumulation_steps=2, **nodrop)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    m2, m1 = metrics(tmp_path / "two"), metrics(tmp_path / "one")
+    assert len(m1) == len(m2) == 6
+    for r1, r2 in zip(m1, m2, strict=True):
+        for k in ("total_loss", "mlm_loss", "nsp_loss"):
+            assert abs(r1[k] - r2[k]) < 1e-5, (r1["step"], k, r1[k], r2[k])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"data_dir": "missing-dir"}, "missing-dir"),
+        ({"seq_length": 16}, "seq_length"),
+        ({"max_predictions_per_seq": 4}, "max_predictions_per_seq"),
+        ({"data_part_num": 5}, "part-"),
+    ],
+)
+def test_bad_data_flags_are_clear_errors(ofrecord_dir, tmp_path, capsys, flags, message):
+    from bertkit.cli import main
+
+    flags = dict(flags)
+    assert main(seed_flags(flags.pop("data_dir", ofrecord_dir), tmp_path, **flags)) == 2
+    err = capsys.readouterr().err
+    assert "bertkit pretrain: error:" in err and message in err
+
+
+def test_unknown_flag_suggests_the_closest(capsys):
+    from bertkit.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--data_dri", "x"])
+    assert "data_dir" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import sys
 import types
 import typing
@@ -33,8 +34,17 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `int | None` -> int
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
         choices = f.metadata.get("choices")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        default = (f.default if f.default is not dataclasses.MISSING else f.default_factory()) if has_default else None
+        if f.metadata.get("positional"):  # given by place (`DATA.json`); required unless the field has a default
+            nargs = "?" if has_default else None
+            parser.add_argument(
+                f.name, type=kind, nargs=nargs, default=default, choices=choices, help=f.metadata["help"]
+            )
+            continue
         help_text = f.metadata["help"] + " (default: %(default)s)"
         if kind is bool:
             parser.add_argument(
@@ -47,8 +57,6 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
                 metavar="BOOL",
             )
             continue
-        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `int | None` -> int
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
         parser.add_argument(f"--{f.name}", type=kind, default=default, choices=choices, help=help_text)
 
 
@@ -58,10 +66,31 @@ def config_from_args(cls: type, ns: argparse.Namespace):
 
 def commands() -> dict[str, tuple[type, Callable, str]]:
     """name -> (config dataclass, run(config), one-line help). Imported lazily to keep `--help` fast."""
-    from bertkit import demo
+    from bertkit import checkpoint, demo, evaluate, loader, plot, pretrain
 
     return {
         "demo": (demo.DemoConfig, demo.run, "train a tiny BERT on synthetic batches and print throughput"),
+        "pretrain": (
+            pretrain.PretrainConfig,
+            pretrain.run,
+            "pretrain BERT (masked LM + next sentence) from records: the seed's run_pretraining.py",
+        ),
+        "plot": (plot.PlotConfig, plot.run, "draw loss, learning-rate and throughput curves of a run as PNG"),
+        "convert": (
+            checkpoint.ConvertConfig,
+            checkpoint.run,
+            "convert a BERT checkpoint between Google TF, Hugging Face, OneFlow and bertkit formats",
+        ),
+        "convert-data": (
+            loader.ConvertDataConfig,
+            loader.run_convert_data,
+            "convert OFRecord or TFRecord pretraining data into memory-mapped training shards",
+        ),
+        "squad-evaluate": (
+            evaluate.EvaluateConfig,
+            evaluate.run,
+            "score SQuAD predictions: the official v1.1 / v2.0 exact match and F1",
+        ),
     }
 
 
@@ -78,9 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def reject_unknown(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
+    """argparse's error for unknown flags, naming the closest known flag for each."""
+    known = [o for a in parser._actions for o in a.option_strings]
+    hints = []
+    for flag in (u.split("=", 1)[0] for u in unknown if u.startswith("-")):
+        close = difflib.get_close_matches(flag, known, n=1)
+        hints.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
+    parser.error("unrecognized arguments: " + (", ".join(hints) or " ".join(unknown)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ns, unknown = parser.parse_known_args(argv)
+    if unknown:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        reject_unknown(sub.choices.get(ns.command, parser), unknown)
     if ns.command is None:
         parser.print_help()
         return 0
@@ -89,7 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config_from_args(cls, ns)
     except ValueError as e:
         parser.error(str(e))
-    run(cfg)
+    try:
+        run(cfg)
+    except ValueError as e:  # a user's mistake (a file, a record, a field): the message, not a traceback
+        print(f"bertkit {ns.command}: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
