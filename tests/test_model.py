@@ -222,3 +222,38 @@ def test_too_long_and_bad_shapes(tiny_cfg):
         m(torch.zeros(2, 5, dtype=torch.long), None, torch.ones(2, 4))
     with pytest.raises(ValueError, match="masked_positions"):
         BertForPreTraining(tiny_cfg)(torch.zeros(1, 5, dtype=torch.long), None, None, torch.tensor([[5]]))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_explicit_attention_equals_sdpa(tiny_cfg, padded_batch, masked):
+    """The CPU training fast path (explicit matmuls) equals SDPA: outputs and gradients, with padding."""
+    from bertkit.model import SelfAttention
+
+    torch.manual_seed(10)
+    a = BertForPreTraining(tiny_cfg).train()
+    b = BertForPreTraining(tiny_cfg).train()
+    b.load_state_dict(a.state_dict())
+    bt = padded_batch
+    mask = bt["input_mask"] if masked else torch.ones_like(bt["input_mask"])
+    outs = []
+    for model, explicit in ((a, True), (b, False)):
+        SelfAttention.explicit = explicit
+        try:
+            mlm, nsp = model(bt["input_ids"], bt["segment_ids"], mask)
+        finally:
+            SelfAttention.explicit = None
+        ((mlm * mask[..., None]).sum() / mask.sum() + nsp.pow(2).mean()).backward()
+        outs.append(mlm)
+    assert max_diff(outs[0] * mask[..., None], outs[1] * mask[..., None]) < TOL
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert max_diff(pa.grad, pb.grad) < TOL, name
+
+
+def test_default_attention_choice():
+    """SDPA for inference and on accelerators; the explicit path only for CPU training."""
+    from bertkit.model import explicit_attention
+
+    q = k = v = torch.randn(1, 2, 5, 4)
+    with torch.no_grad():
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert max_diff(explicit_attention(q, k, v, None, 0.0), y) < 1e-6
