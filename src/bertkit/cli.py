@@ -66,7 +66,7 @@ def config_from_args(cls: type, ns: argparse.Namespace):
 
 def commands() -> dict[str, tuple[type, Callable, str]]:
     """name -> (config dataclass, run(config), one-line help). Imported lazily to keep `--help` fast."""
-    from bertkit import checkpoint, demo, evaluate, loader, plot, pretrain
+    from bertkit import checkpoint, demo, evaluate, loader, plot, pretrain, pretraining_data, squad
 
     return {
         "demo": (demo.DemoConfig, demo.run, "train a tiny BERT on synthetic batches and print throughput"),
@@ -86,10 +86,30 @@ def commands() -> dict[str, tuple[type, Callable, str]]:
             loader.run_convert_data,
             "convert OFRecord or TFRecord pretraining data into memory-mapped training shards",
         ),
+        "create-pretraining-data": (
+            pretraining_data.CreatePretrainingDataConfig,
+            pretraining_data.run,
+            "raw text -> masked-LM / next-sentence records: Google's create_pretraining_data.py",
+        ),
         "squad-evaluate": (
             evaluate.EvaluateConfig,
             evaluate.run,
             "score SQuAD predictions: the official v1.1 / v2.0 exact match and F1",
+        ),
+        "squad": (
+            squad.SquadConfig,
+            squad.run,
+            "fine-tune BERT on SQuAD, then answer and score: the seed's and Google's run_squad.py",
+        ),
+        "squad-predict": (
+            squad.SquadPredictConfig,
+            squad.run_predict,
+            "answer SQuAD questions with a fine-tuned model, write all_results.npy: the seed's run_squad_predict.py",
+        ),
+        "npy2json": (
+            squad.Npy2JsonConfig,
+            squad.run_npy2json,
+            "turn all_results.npy into predictions.json and nbest_predictions.json: the seed's npy2json.py",
         ),
     }
 

@@ -170,6 +170,17 @@ def read_dataset(
     return _fill(sources, spec, lambda n: {k: np.empty((n, s.length), s.dtype) for k, s in spec.items()}, progress)
 
 
+def shards_meta(num_samples: int, arrays: dict[str, np.ndarray], sources: Sequence[tuple[Path, str]]) -> dict:
+    """The meta.json of a shard directory: sample count, each feature's (length, dtype), where it came from."""
+    return {
+        "format": "bertkit-shards",
+        "version": 1,
+        "num_samples": num_samples,
+        "features": {k: {"length": a.shape[1], "dtype": a.dtype.name} for k, a in arrays.items()},
+        "sources": [{"path": str(p), "format": fmt} for p, fmt in sources],
+    }
+
+
 def convert_data(
     inputs: str | Path | Sequence[str | Path],
     output_dir: str | Path,
@@ -202,13 +213,7 @@ def convert_data(
         arrays = _fill(sources, spec, allocate, progress)
         for a in arrays.values():
             a.flush()
-        meta = {
-            "format": "bertkit-shards",
-            "version": 1,
-            "num_samples": len(next(iter(arrays.values()))),
-            "features": {k: {"length": s.length, "dtype": np.dtype(s.dtype).name} for k, s in spec.items()},
-            "sources": [{"path": str(p), "format": fmt} for p, fmt in sources],
-        }
+        meta = shards_meta(len(next(iter(arrays.values()))), arrays, sources)
         del arrays  # close the memory maps before the rename
         (tmp / SHARDS_META).write_text(json.dumps(meta, indent=2) + "\n")
     return meta

@@ -1,0 +1,187 @@
+"""The whole pretraining iteration (data + step + logging) against the model-only step, and what it achieves.
+
+One JSON line per result:
+- "overhead": `bertkit.train.fit` on a shard directory (the real loader, logging every step) against the bare
+  step on a fixed batch, same model and precision, in one run: the loop should lose < 3%.
+- "mfu": BERT-base model FLOPs utilisation against this machine's measured fp32 and bf16 GEMM peaks (measured in
+  the same run, a square matmul).
+- "bf16_curve": a tiny BERT trained 300 iterations in fp32 and in bf16 autocast on the same data: the mean loss
+  of the last 20 iterations, and their relative difference (target < 1%).
+
+    python benchmarks/bench_pretrain.py                        # all
+    python benchmarks/bench_pretrain.py --only overhead --config small
+(Hugging Face side-by-side throughput is benchmarks/bench_model.py.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bertkit.config import BertConfig
+from bertkit.dist import DistEnv
+from bertkit.model import BertForPreTraining
+from bertkit.pretrain import pretrain_step_loss, random_batch
+from bertkit.train import TrainConfig, autocast, fit
+
+CONFIGS = {
+    "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, batch=32),
+    "small": dict(num_hidden_layers=4, hidden_size=512, num_attention_heads=8, batch=32),
+    "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, batch=8),
+}
+SEQ, MAX_PRED = 128, 20
+
+
+def bert_cfg(name: str) -> tuple[BertConfig, int]:
+    spec = dict(CONFIGS[name])
+    batch = spec.pop("batch")
+    return BertConfig(intermediate_size=4 * spec["hidden_size"], **spec), batch
+
+
+def write_shards(d: Path, n: int, vocab: int) -> Path:
+    """n synthetic samples as a shard directory (the loader's fastest format)."""
+    from bertkit.loader import convert_data
+    from bertkit.records import write_tfrecord
+
+    b = random_batch(n, SEQ, MAX_PRED, vocab, generator=torch.Generator().manual_seed(0))
+    recs = [{k: v[i].reshape(-1).numpy() for k, v in b.items()} for i in range(n)]
+    write_tfrecord(d / "data.tfrecord", recs)
+    convert_data([str(d / "data.tfrecord")], d / "shards", seq_length=SEQ, max_predictions_per_seq=MAX_PRED)
+    return d / "shards"
+
+
+def bare_steps(model, batch, precision: str, steps: int, warmup: int) -> float:
+    """Sequences/s of forward + backward + optimizer step on one fixed batch."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    for i in range(steps + warmup):
+        if i == warmup:
+            t0 = time.perf_counter()
+        with autocast(precision, torch.device("cpu")):
+            loss, _ = pretrain_step_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return steps * batch["input_ids"].shape[0] / (time.perf_counter() - t0)
+
+
+def overhead(name: str, precision: str, steps: int) -> dict:
+    from bertkit.loader import PretrainingLoader
+
+    cfg, batch = bert_cfg(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = write_shards(Path(tmp), 512, cfg.vocab_size)
+        torch.manual_seed(0)
+        model = BertForPreTraining(cfg)
+        b = random_batch(batch, SEQ, MAX_PRED, cfg.vocab_size, generator=torch.Generator().manual_seed(1))
+        bare = bare_steps(model, b, precision, steps, warmup=3)
+        loader = PretrainingLoader(shards, batch, SEQ, MAX_PRED)
+        tc = TrainConfig(batch_size_per_device=batch, iter_num=steps + 3, warmup_batches=1, learning_rate=1e-5,
+                         optimizer="adamw", precision=precision, log_every_n_iter=1, loss_print_every_n_iter=10,
+                         model_save_every_n_iter=10**9, log_dir=str(Path(tmp) / "log"),
+                         model_save_dir=str(Path(tmp) / "save"))  # fmt: skip
+        t0 = None
+        marks = []
+
+        def note(s: str) -> None:  # time from the end of the 3 warm-up iterations, as the bare loop does
+            marks.append((time.perf_counter(), s))
+
+        tc.loss_print_every_n_iter = 1
+        summary = fit(model, cfg, pretrain_step_loss, loader, tc, DistEnv(), print_fn=note)
+        iters = [t for t, s in marks if s.startswith("iter ")]
+        t0, t1 = iters[2], iters[-1]
+        full = (len(iters) - 3) * batch / (t1 - t0)
+        del summary
+    return {"bench": "overhead", "config": name, "precision": precision, "bare_seq_per_s": round(bare, 2),
+            "fit_seq_per_s": round(full, 2), "loop_overhead_pct": round(100 * (1 - full / bare), 2)}  # fmt: skip
+
+
+def gemm_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def train_flops_per_seq(cfg: BertConfig) -> float:
+    """Matmul FLOPs of one training sequence (forward x 3): encoder GEMMs, attention, sparse MLM head, NSP."""
+    H, L, F, V = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, cfg.vocab_size
+    per_token = L * (2 * (3 * H * H + H * H + 2 * H * F))  # qkv, proj, fc1, fc2
+    attn = L * 2 * 2 * SEQ * SEQ * H  # scores and weighted sum
+    head = MAX_PRED * 2 * (H * H + H * V) + 2 * H * H  # transform + tied decoder at P positions; pooler
+    return 3 * (per_token * SEQ + attn + head)
+
+
+def mfu(steps: int) -> list[dict]:
+    cfg, batch = bert_cfg("base")
+    out = []
+    peaks = {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16)}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = BertForPreTraining(cfg)
+        b = random_batch(batch, SEQ, MAX_PRED, cfg.vocab_size, generator=torch.Generator().manual_seed(1))
+        seqs = bare_steps(model, b, precision, steps, warmup=2)
+        achieved = seqs * train_flops_per_seq(cfg)
+        out.append({"bench": "mfu", "config": "base", "precision": precision, "seq_per_s": round(seqs, 3),
+                    "achieved_gflops": round(achieved / 1e9, 1), "gemm_peak_gflops": round(peaks[precision] / 1e9, 1),
+                    "mfu_pct": round(100 * achieved / peaks[precision], 1)})  # fmt: skip
+    return out
+
+
+def bf16_curve(iters: int) -> dict:
+    cfg, _ = bert_cfg("tiny")
+    cfg = BertConfig(**dict(cfg.to_dict(), vocab_size=2000))
+    means = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in ("fp32", "bf16"):
+            torch.manual_seed(0)
+            model = BertForPreTraining(cfg)
+            from bertkit.pretrain import SyntheticData
+
+            data = SyntheticData(16, SEQ, MAX_PRED, cfg.vocab_size, seed=5, num_batches=8)
+            tc = TrainConfig(batch_size_per_device=16, iter_num=iters, warmup_batches=30, learning_rate=1e-3,
+                             precision=precision, log_every_n_iter=1, loss_print_every_n_iter=10**9,
+                             model_save_every_n_iter=10**9, log_dir=str(Path(tmp) / precision),
+                             model_save_dir=str(Path(tmp) / "s"))  # fmt: skip
+            summary = fit(model, cfg, pretrain_step_loss, data, tc, DistEnv(), print_fn=lambda s: None)
+            losses = [r["total_loss"] for r in summary["history"]]
+            means[precision] = (float(np.mean(losses[-20:])), losses[0])
+    rel = abs(means["bf16"][0] - means["fp32"][0]) / means["fp32"][0]
+    return {"bench": "bf16_curve", "iters": iters, "fp32_start": round(means["fp32"][1], 4),
+            "fp32_last20_mean": round(means["fp32"][0], 4), "bf16_last20_mean": round(means["bf16"][0], 4),
+            "relative_diff_pct": round(100 * rel, 3)}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", choices=["overhead", "mfu", "bf16_curve"], help="run one part")
+    p.add_argument("--config", default="small", choices=list(CONFIGS), help="config for the overhead part")
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--iters", type=int, default=300, help="iterations of the bf16-vs-fp32 curve")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.only in (None, "overhead"):
+        for precision in ("fp32", "bf16"):
+            print(json.dumps(overhead(args.config, precision, args.steps)), flush=True)
+    if args.only in (None, "mfu"):
+        for r in mfu(max(3, args.steps // 4)):
+            print(json.dumps(r), flush=True)
+    if args.only in (None, "bf16_curve"):
+        print(json.dumps(bf16_curve(args.iters)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

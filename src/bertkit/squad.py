@@ -1,0 +1,962 @@
+"""SQuAD fine-tuning and prediction: the commands `bertkit squad`, `bertkit squad-predict` and `bertkit npy2json`.
+
+References: google-research/bert `run_squad.py` @ eedf5716 (write_predictions, get_final_text, the loss, the flags)
+and the seed's OneFlow-Benchmark BERT scripts: `run_squad.py` (its tutorial form takes run_pretraining.py's flags
+and an OFRecord `--data_dir`; its later form adds `--do_train/--do_eval`, `--train_data_dir`, `--num_epochs`, ...),
+`run_squad_predict.py` (OFRecord windows -> `all_results.npy`) and `npy2json.py` (`all_results.npy` + SQuAD json ->
+`predictions.json`). Windows ("features") are built by `squad_data.convert_examples_to_features`.
+
+`all_results.npy`, the model's logits per window, is written as a numpy structured array that loads without
+pickle (`np.load(path)`), one element per window, in window order:
+    unique_id     int64           the window's id (Google's numbering, from 1000000000)
+    start_logits  float32 (T,)    answer-start logit per position (T = max_seq_length); -inf at padding
+    end_logits    float32 (T,)    answer-end logit per position; -inf at padding
+The seed's file (an object array of (unique_id (1,), start_logits (T,), end_logits (T,)) rows, which numpy can only
+read by unpickling) is read too, with an unpickler that admits numpy arrays and nothing else.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import math
+import pickle
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from bertkit import checkpoint, dist
+from bertkit.config import BertConfig
+from bertkit.evaluate import evaluate_v1, evaluate_v2
+from bertkit.loader import PretrainingLoader, read_dataset
+from bertkit.model import BertForQuestionAnswering
+from bertkit.pretrain import PretrainConfig, banner, to_argv
+from bertkit.records import squad_features
+from bertkit.squad_data import (
+    SquadExample,
+    SquadFeatures,
+    convert_examples_to_features,
+    is_squad_v2,
+    load_squad,
+    read_squad_examples,
+    squad_tokenizer,
+)
+from bertkit.tokenizer import WordPieceTokenizer
+from bertkit.train import autocast, check_writable, fit, load_snapshot
+
+# --- all_results.npy ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RawResults:
+    """The model's logits per window: unique_id (N,) int64, start_logits and end_logits (N, T) float32."""
+
+    unique_id: np.ndarray
+    start_logits: np.ndarray
+    end_logits: np.ndarray
+
+    def save(self, path: str | Path) -> None:
+        """Write all_results.npy in the structured format of the module docstring."""
+        n, T = self.start_logits.shape
+        out = np.empty(n, np.dtype([("unique_id", "<i8"), ("start_logits", "<f4", (T,)), ("end_logits", "<f4", (T,))]))
+        out["unique_id"], out["start_logits"], out["end_logits"] = self.unique_id, self.start_logits, self.end_logits
+        np.save(path, out, allow_pickle=False)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RawResults:
+        """Read bertkit's structured all_results.npy or the seed's object array; a repeated unique_id (the seed
+        reads its records in a cycle, so iter_num x batch size can exceed the windows) is kept once, the first."""
+        try:
+            with open(path, "rb") as f:  # the header says whether the data is pickled objects (the seed's file)
+                version = np.lib.format.read_magic(f)
+                header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
+                if header(f)[2].hasobject:
+                    return cls._from_seed(_NumpyOnlyUnpickler(f, encoding="latin1").load(), path)
+            a = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, pickle.UnpicklingError, EOFError) as e:
+            raise ValueError(f"{path}: cannot read all_results ({e})") from None
+        names = a.dtype.names or ()
+        if not {"unique_id", "start_logits", "end_logits"} <= set(names):
+            raise ValueError(f"{path}: expected fields unique_id, start_logits, end_logits; found {names or a.dtype}")
+        return cls(a["unique_id"].astype(np.int64), a["start_logits"], a["end_logits"]).unique()
+
+    @classmethod
+    def _from_seed(cls, rows: np.ndarray, path: str | Path) -> RawResults:
+        if rows.ndim != 2 or rows.shape[1] != 3:
+            raise ValueError(f"{path}: a seed all_results.npy holds (unique_id, start, end) rows, got {rows.shape}")
+        uid = np.array([int(np.asarray(r).reshape(-1)[0]) for r in rows[:, 0]], np.int64)
+        start = np.stack([np.asarray(r, np.float32).reshape(-1) for r in rows[:, 1]])
+        end = np.stack([np.asarray(r, np.float32).reshape(-1) for r in rows[:, 2]])
+        return cls(uid, start, end).unique()
+
+    def unique(self) -> RawResults:
+        _, first = np.unique(self.unique_id, return_index=True)
+        if len(first) == len(self.unique_id):
+            return self
+        keep = np.sort(first)
+        return RawResults(self.unique_id[keep], self.start_logits[keep], self.end_logits[keep])
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays (what np.save writes for an object array of arrays) and refuses anything else, so a
+    crafted all_results.npy cannot run code."""
+
+    ALLOWED = {
+        (module, name)
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
+    } | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays are expected")
+        return super().find_class(module, name)
+
+
+# --- predictions: Google's write_predictions -------------------------------------------------------------------
+
+
+def get_final_text(pred_text: str, orig_text: str, tokenizer: WordPieceTokenizer, verbose: bool = False) -> str:
+    """Google's `get_final_text`: the part of the original words `orig_text` that the normalised prediction
+    `pred_text` (lowercased, accents stripped, punctuation split off) covers. "steve smith" in "Steve Smith's" gives
+    "Steve Smith". The characters are aligned one to one after basic tokenization with spaces removed; where that
+    fails, the whole of `orig_text` is returned, as Google does."""
+    tok_text = " ".join(tokenizer.basic_tokenize(orig_text))
+    start = tok_text.find(pred_text)
+    if start == -1:
+        if verbose:
+            print(f"Unable to find text: '{pred_text}' in '{orig_text}'")
+        return orig_text
+    end = start + len(pred_text) - 1
+    # Index of each non-space character (Google's ns_to_s_map); both lists are sorted.
+    orig_kept = [i for i, c in enumerate(orig_text) if c != " "]
+    tok_kept = [i for i, c in enumerate(tok_text) if c != " "]
+    if len(orig_kept) != len(tok_kept):
+        if verbose:
+            print(f"Length not equal after stripping spaces: '{orig_text}' vs '{tok_text}'")
+        return orig_text
+
+    def to_orig(position: int) -> int | None:
+        ns = bisect.bisect_left(tok_kept, position)  # the position's rank among non-spaces, if it is not a space
+        return orig_kept[ns] if ns < len(tok_kept) and tok_kept[ns] == position else None
+
+    orig_start, orig_end = to_orig(start), to_orig(end)
+    if orig_start is None or orig_end is None:
+        if verbose:
+            print(f"Couldn't map {'start' if orig_start is None else 'end'} position")
+        return orig_text
+    return orig_text[orig_start : orig_end + 1]
+
+
+def compute_softmax(scores: list[float]) -> list[float]:
+    """Google's `_compute_softmax`, in Python floats, so probabilities agree to the last digit."""
+    if not scores:
+        return []
+    top = max(scores)
+    exps = [math.exp(s - top) for s in scores]
+    total = sum(exps)
+    return [x / total for x in exps]
+
+
+def best_indexes(logits: np.ndarray, n_best_size: int) -> np.ndarray:
+    """Google's `_get_best_indexes`: the positions of the n largest logits, largest first, ties in position order."""
+    return np.argsort(-logits, kind="stable")[:n_best_size]
+
+
+@dataclass
+class SquadPredictions:
+    """What Google's write_predictions writes: answer per question, n-best list per question, and (v2.0) the null
+    score minus the best non-null score per question (`null_odds.json`)."""
+
+    predictions: dict[str, str]
+    nbest: dict[str, list[dict]]
+    null_odds: dict[str, float] | None = None
+
+    def write(self, output_dir: str | Path) -> list[Path]:
+        """predictions.json, nbest_predictions.json and (v2.0) null_odds.json, laid out as Google's (indent 4)."""
+        d = Path(output_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        files = {"predictions.json": self.predictions, "nbest_predictions.json": self.nbest}
+        if self.null_odds is not None:
+            files["null_odds.json"] = self.null_odds
+        for name, obj in files.items():
+            (d / name).write_text(json.dumps(obj, indent=4) + "\n", encoding="utf-8")
+        return [d / name for name in files]
+
+
+PREDICTION_FILES = ("predictions.json", "nbest_predictions.json", "null_odds.json")
+
+
+def predict_answers(
+    examples: list[SquadExample],
+    features: SquadFeatures,
+    results: RawResults,
+    tokenizer: WordPieceTokenizer,
+    n_best_size: int = 20,
+    max_answer_length: int = 30,
+    version_2_with_negative: bool = False,
+    null_score_diff_threshold: float = 0.0,
+    verbose: bool = False,
+) -> SquadPredictions:
+    """Google's `write_predictions` without the writing: the best answer span per question over all its windows.
+
+    Per window, the n_best_size best start and end positions are paired; a pair counts when both lie in the
+    context, the start is in its max-context window, and 1 <= length <= max_answer_length. The pairs of all
+    windows are ranked by start + end logit; their texts, mapped back to the original words (`get_final_text`), make
+    the n-best list, repeats dropped. For v2.0 the null answer (the smallest [CLS] score over the windows) competes,
+    and "" is predicted when it beats the best non-null answer by more than null_score_diff_threshold.
+    """
+    T = features.input_ids.shape[1]
+    if results.start_logits.shape[1] != T:
+        raise ValueError(
+            f"the logits have {results.start_logits.shape[1]} positions per window, the windows {T}: were they made "
+            "with another --max_seq_length?"
+        )
+    row_of: dict[int, int] = {}
+    for i, uid in enumerate(results.unique_id.tolist()):
+        row_of.setdefault(uid, i)
+    rows = np.array([row_of.get(uid, -1) for uid in features.unique_id.tolist()], np.int64)
+    if (rows < 0).any():
+        raise ValueError(
+            f"no logits for {(rows < 0).sum()} of {len(features)} windows (unique_id {features.unique_id[rows < 0][0]}"
+            ", ...): were they predicted from this file with the same --max_seq_length, --doc_stride and "
+            "--max_query_length?"
+        )
+    bounds = np.searchsorted(features.example_index, np.arange(len(examples) + 1))
+    out = SquadPredictions({}, {}, {} if version_2_with_negative else None)
+    for example_index, example in enumerate(examples):
+        window_ids = range(bounds[example_index], bounds[example_index + 1])
+        prelim, null = _candidates(features, results, rows, window_ids, n_best_size, max_answer_length)
+        if version_2_with_negative:
+            prelim.append((null[1], 0, 0, null[2], null[3]))
+        # Google sorts a Python list by start + end logit (stable, largest first): same order, same ties.
+        prelim.sort(key=lambda p: p[3] + p[4], reverse=True)
+        nbest = _nbest(prelim, example, features, tokenizer, n_best_size, verbose)
+        if version_2_with_negative and not any(text == "" for text, _, _ in nbest):
+            nbest.append(("", null[2], null[3]))
+        if not nbest:  # no valid span at all: Google's placeholder
+            nbest.append(("empty", 0.0, 0.0))
+        probs = compute_softmax([s + e for _, s, e in nbest])
+        out.nbest[example.qas_id] = [
+            {"text": text, "probability": p, "start_logit": s, "end_logit": e}
+            for (text, s, e), p in zip(nbest, probs, strict=True)
+        ]
+        if not version_2_with_negative:
+            out.predictions[example.qas_id] = nbest[0][0]
+            continue
+        best_non_null = next((entry for entry in nbest if entry[0]), None)
+        if best_non_null is None:  # every candidate is the null answer: Google fails here; the null answer wins
+            out.null_odds[example.qas_id], out.predictions[example.qas_id] = null[0], ""
+            continue
+        score_diff = null[0] - best_non_null[1] - best_non_null[2]  # Google's order of subtraction
+        out.null_odds[example.qas_id] = score_diff
+        out.predictions[example.qas_id] = "" if score_diff > null_score_diff_threshold else best_non_null[0]
+    return out
+
+
+def _candidates(
+    features: SquadFeatures, results: RawResults, rows: np.ndarray, window_ids: range, n_best: int, max_len: int
+) -> tuple[list[tuple], tuple]:
+    """Valid (window, start, end, start logit, end logit) pairs of an example's windows, in Google's order (window,
+    then start rank, then end rank), and the null answer: (score, window, start logit, end logit) of the window
+    with the smallest [CLS] score (the first on ties)."""
+    prelim = []
+    null = (1000000.0, 0, 0.0, 0.0)  # Google's "large and positive" start
+    for w in window_ids:
+        # Python floats of the float32 logits, as Google's RawResult holds them: sums are float64 either way.
+        start_logits, end_logits = results.start_logits[rows[w]], results.end_logits[rows[w]]
+        null_score = float(start_logits[0]) + float(end_logits[0])
+        if null_score < null[0]:
+            null = (null_score, w, float(start_logits[0]), float(end_logits[0]))
+        starts = best_indexes(start_logits, n_best)[:, None]  # (n, 1)
+        ends = best_indexes(end_logits, n_best)[None, :]  # (1, n)
+        to_word, max_context = features.token_to_orig_map[w], features.token_is_max_context[w]
+        ok = (to_word[starts] >= 0) & (to_word[ends] >= 0) & (max_context[starts] == 1)
+        ok &= (ends >= starts) & (ends - starts < max_len)
+        si, ei = np.nonzero(ok)  # row-major: start rank, then end rank
+        for s, e in zip(starts[si, 0].tolist(), ends[0, ei].tolist(), strict=True):
+            prelim.append((w, s, e, float(start_logits[s]), float(end_logits[e])))
+    return prelim, null
+
+
+def _nbest(
+    prelim: list[tuple],
+    example: SquadExample,
+    features: SquadFeatures,
+    tokenizer: WordPieceTokenizer,
+    n_best_size: int,
+    verbose: bool,
+) -> list[tuple[str, float, float]]:
+    """(text, start logit, end logit) of the best candidates with distinct texts, at most n_best_size."""
+    nbest, seen = [], set()
+    for w, s, e, start_logit, end_logit in prelim:
+        if len(nbest) >= n_best_size:
+            break
+        if s > 0:  # a span of the context, not the null answer
+            pieces = tokenizer.convert_ids_to_tokens(features.input_ids[w, s : e + 1].tolist())
+            tok_text = " ".join(pieces).replace(" ##", "").replace("##", "")
+            tok_text = " ".join(tok_text.strip().split())
+            words = features.token_to_orig_map[w]
+            orig_text = " ".join(example.doc_tokens[words[s] : words[e] + 1])
+            text = get_final_text(tok_text, orig_text, tokenizer, verbose)
+            if text in seen:
+                continue
+        else:
+            text = ""
+        seen.add(text)
+        nbest.append((text, start_logit, end_logit))
+    return nbest
+
+
+# --- the model's side: logits for every window ----------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    input_ids: np.ndarray,
+    input_mask: np.ndarray,
+    segment_ids: np.ndarray,
+    batch_size: int,
+    env: dist.DistEnv,
+    precision: str = "fp32",
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end logits (N, T) float32 of N windows (N, T), -inf at padding, on every rank.
+
+    Windows are sorted by length, longest first, and batched with those of similar length; each batch runs cut to
+    its longest window, so no compute goes to padding columns (the logits of real tokens do not depend on them:
+    tested against the padded run). Rank r runs batches r, r + W, ...; the results are summed across ranks.
+    """
+    n, T = input_ids.shape
+    lengths = input_mask.astype(bool).sum(1)
+    order = np.argsort(-lengths, kind="stable")
+    logits = np.zeros((2, n, T), np.float32)  # (start/end, N, T); zeros so that a sum over ranks gathers rows
+    model.eval()
+    batches = range(env.rank * batch_size, n, batch_size * env.world_size)
+    for i in tqdm(batches, desc="predict", unit="batch", disable=not progress):
+        idx = order[i : i + batch_size]
+        L = int(lengths[idx].max())
+        ids, types, mask = (torch.from_numpy(a[idx, :L].astype(np.int64)).to(env.device)
+                            for a in (input_ids, segment_ids, input_mask))  # fmt: skip
+        with autocast(precision, env.device):
+            start, end = model(ids, types, mask)
+        logits[:, idx, :L] = torch.stack([start, end]).float().cpu().numpy()  # 2 x (B, L)
+    if env.world_size > 1:
+        logits = dist.all_reduce_sum(torch.from_numpy(logits).to(env.device), env).cpu().numpy()
+    logits[:, ~input_mask.astype(bool)] = -np.inf
+    return logits[0], logits[1]
+
+
+# --- training: Google's loss and shuffled batches of windows -------------------------------------------------
+
+
+def squad_loss(model: nn.Module, b: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Google's loss: the mean of the start and end cross-entropies (B, T) -> (), in fp32 whatever the autocast."""
+    start, end = model(b["input_ids"], b["segment_ids"], b["input_mask"])
+    start_loss = F.cross_entropy(start.float(), b["start_positions"])
+    end_loss = F.cross_entropy(end.float(), b["end_positions"])
+    total = (start_loss + end_loss) / 2
+    return total, {"total_loss": total}
+
+
+class SquadLoader(PretrainingLoader):
+    """Endless batches of training windows {input_ids, input_mask, segment_ids (B, T'); start_positions,
+    end_positions (B,)}, int64, T' the batch's longest window (padding columns cut: the loss does not change).
+
+    The sample stream, its epochs and the resumable position are PretrainingLoader's (one global permutation per
+    epoch, batches dealt round-robin to the ranks); only the source differs: arrays already in memory.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, *, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, shuffle: bool = True) -> None:  # fmt: skip
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.arrays = arrays
+        self.num_samples = len(arrays["input_ids"])
+        if self.num_samples == 0:
+            raise ValueError("no training windows")
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.seed, self.shuffle = seed, shuffle
+        self.batches = 0
+        self._orders: dict[int, np.ndarray] = {}
+
+    def next_batch(self) -> dict[str, Tensor]:
+        idx = self.next_indices()
+        L = int(self.arrays["input_mask"][idx].astype(bool).sum(1).max())
+        batch = {
+            k: torch.from_numpy(self.arrays[k][idx, :L].astype(np.int64))
+            for k in ("input_ids", "input_mask", "segment_ids")
+        }
+        for k in ("start_positions", "end_positions"):
+            batch[k] = torch.from_numpy(self.arrays[k][idx].reshape(-1).astype(np.int64))
+        return batch
+
+
+# --- configs: each flag declared once; where the seed and Google name one thing twice, both are accepted --------
+
+
+@dataclass
+class SquadFlags:
+    """Google's run_squad.py flags for windows and answers, shared by squad, squad-predict and npy2json."""
+
+    vocab_file: str | None = field(
+        default=None, metadata={"help": "vocab.txt of the model (default: the checkpoint's, else bert-base-uncased)"}
+    )
+    do_lower_case: bool = field(default=True, metadata={"help": "lowercase and strip accents: True for uncased models"})
+    max_seq_length: int = field(default=384, metadata={"help": "tokens per window: [CLS] question [SEP] context [SEP]"})
+    doc_stride: int = field(default=128, metadata={"help": "tokens between the starts of a paragraph's windows"})
+    max_query_length: int = field(default=64, metadata={"help": "questions are cut to this many tokens"})
+    predict_file: str | None = field(
+        default=None, metadata={"help": "SQuAD json to answer (dev-v1.1.json); scored when it holds answers"}
+    )
+    output_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "folder for predictions.json, nbest_predictions.json, null_odds.json (v2.0) and all_results.npy "
+            "(default: squad_output for squad, the working folder otherwise)"
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "replace prediction files and snapshots that already exist"}
+    )
+    n_best_size: int = field(default=20, metadata={"help": "answers listed per question in nbest_predictions.json"})
+    max_answer_length: int = field(default=30, metadata={"help": "longest answer considered, in tokens"})
+    version_2_with_negative: bool = field(default=False, metadata={"help": "SQuAD 2.0: a question may have no answer"})
+    null_score_diff_threshold: float = field(
+        default=0.0, metadata={"help": 'v2.0: answer "" when null score - best non-null score exceeds this'}
+    )
+    verbose_logging: bool = field(
+        default=False, metadata={"help": "print each answer whose text cannot be mapped back"}
+    )
+
+    def check_squad_flags(self, default_output_dir: str) -> None:
+        for name in ("max_seq_length", "doc_stride", "max_query_length", "n_best_size", "max_answer_length"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.max_seq_length <= self.max_query_length + 3:
+            raise ValueError(
+                f"--max_seq_length ({self.max_seq_length}) must exceed --max_query_length ({self.max_query_length}) + 3"
+            )
+        if self.output_dir is None:
+            self.output_dir = default_output_dir
+
+    def tokenizer(self, checkpoint_vocab: str | None = None) -> WordPieceTokenizer:
+        return squad_tokenizer(self.vocab_file or checkpoint_vocab, self.do_lower_case)
+
+
+def _one(names: tuple[str, str], a, b, default=None):
+    """The value of a flag that has two names; both may be given only when they agree."""
+    if a is not None and b is not None and a != b:
+        raise ValueError(f"--{names[0]} {a} and --{names[1]} {b} name the same thing; give one")
+    return a if a is not None else b if b is not None else default
+
+
+@dataclass
+class Npy2JsonConfig(SquadFlags):
+    """Write predictions.json (and nbest_predictions.json, null_odds.json) from all_results.npy: the seed's npy2json.py."""
+
+    all_results_file: str = field(
+        default="all_results.npy", metadata={"help": "logits per window, from squad-predict (or the seed's script)"}
+    )
+    bert_config_file: str | None = field(
+        default=None, metadata={"help": "accepted for the seed's command lines; unused"}
+    )
+    do_train: bool = field(default=False, metadata={"help": "accepted for the seed's command lines; unused"})
+    do_predict: bool = field(default=True, metadata={"help": "accepted for the seed's command lines; unused"})
+
+    def __post_init__(self) -> None:
+        self.check_squad_flags(default_output_dir=".")
+        if not self.predict_file:
+            raise ValueError("--predict_file is required: the SQuAD json the logits were predicted on")
+
+
+@dataclass
+class SquadModelConfig(PretrainConfig, SquadFlags):
+    """What squad and squad-predict share: the seed's run_pretraining.py flags (its SQuAD scripts take them too),
+    Google's window and answer flags, and a checkpoint to start from."""
+
+    init_checkpoint: str | None = field(
+        default=None, metadata={"help": "Google's name for --model_load_dir: bertkit, HF, Google TF or OneFlow"}
+    )
+    seq_length: int | None = field(
+        default=None, metadata={"help": "tokens per window in record files (default: --max_seq_length)"}
+    )
+    max_predictions_per_seq: int = field(
+        default=80, metadata={"help": "accepted for the seed's command lines; unused by SQuAD"}
+    )
+
+    def _check_model_flags(self, default_output_dir: str) -> None:
+        self.check_squad_flags(default_output_dir)
+        if self.gpu_num_per_node <= 0 or self.node_num <= 0:
+            raise ValueError("--gpu_num_per_node and --node_num must be positive")
+        if self.node_num > 1 and not self.node_list:
+            raise ValueError(f"--node_num {self.node_num} needs --node_list host1,host2,...")
+        self.model_load_dir = self.init_checkpoint = _one(
+            ("model_load_dir", "init_checkpoint"), self.model_load_dir, self.init_checkpoint
+        )
+        self.seq_length = self.seq_length or self.max_seq_length
+
+    def model_config(self) -> BertConfig:
+        """--bert_config_file, else the config the checkpoint carries, else the size flags (the seed's way)."""
+        if self.bert_config_file:
+            return BertConfig.from_json_file(self.bert_config_file)
+        if self.model_load_dir:
+            path = Path(self.model_load_dir)
+            # TODO: use a public checkpoint.checkpoint_config once checkpoint.py exports one (another task owns it).
+            own = checkpoint._own_config(path, checkpoint.detect_format(path))
+            if own is not None:
+                return own
+        return self.bert_config()
+
+
+@dataclass
+class SquadPredictConfig(SquadModelConfig):
+    """Answer SQuAD questions with a fine-tuned model: the seed's run_squad_predict.py.
+
+    Windows come from --predict_file (a SQuAD json, windows built here) or from --data_dir (the seed's OFRecord
+    windows, or Google's eval.tf_record). all_results.npy is written to --output_dir (default: the working folder),
+    and predictions.json etc. when a json is given. --iter_num x --batch_size_per_device limits the record windows.
+    """
+
+    eval_data_dir: str | None = field(default=None, metadata={"help": "same as --data_dir"})
+
+    def __post_init__(self) -> None:
+        self._check_model_flags(default_output_dir=".")
+        self.validate()
+        self.data_dir = self.eval_data_dir = _one(("data_dir", "eval_data_dir"), self.data_dir, self.eval_data_dir)
+        if not self.data_dir and not self.predict_file:
+            raise ValueError("give --predict_file (a SQuAD json) or --data_dir (record windows) to predict on")
+
+
+@dataclass
+class SquadConfig(SquadModelConfig):
+    """Fine-tune BERT on SQuAD, then answer and score: the seed's run_squad.py and Google's run_squad.py.
+
+    Training windows come from --train_file (a SQuAD json; windows built and cached) or --train_data_dir /
+    --data_dir (the seed's OFRecord windows, or Google's train.tf_record). --do_predict (or the seed's --do_eval)
+    answers --predict_file / --eval_data_dir after training, writes predictions.json etc. to --output_dir, and
+    prints exact match and F1 when the json holds answers. --iter_num defaults to --num_epochs passes over the
+    windows, --warmup_batches to --warmup_proportion of it.
+    """
+
+    do_train: bool | None = field(default=None, metadata={"help": "fine-tune (default: when training data is given)"})
+    do_predict: bool = field(default=False, metadata={"help": "answer --predict_file / --eval_data_dir and score"})
+    do_eval: bool = field(default=False, metadata={"help": "the seed's name for --do_predict"})
+    train_file: str | None = field(default=None, metadata={"help": "SQuAD json to train on (train-v1.1.json)"})
+    train_data_dir: str | None = field(
+        default=None, metadata={"help": "record windows to train on (input_ids, ..., start_positions, end_positions)"}
+    )
+    train_data_part_num: int | None = field(
+        default=None, metadata={"help": "part-N files read from --train_data_dir (default: all; --data_dir: 32)"}
+    )
+    train_example_num: int | None = field(
+        default=None, metadata={"help": "the seed's count of training windows; checked against the data"}
+    )
+    num_epochs: float | None = field(default=None, metadata={"help": "passes over the training windows (default 3)"})
+    num_train_epochs: float | None = field(default=None, metadata={"help": "Google's name for --num_epochs"})
+    warmup_proportion: float = field(default=0.1, metadata={"help": "warmup steps as a fraction of --iter_num"})
+    train_batch_size: int | None = field(
+        default=None, metadata={"help": "Google's global batch: sets --batch_size_per_device to it / processes"}
+    )
+    eval_data_dir: str | None = field(
+        default=None, metadata={"help": "record windows to answer (input_ids, ..., unique_ids), e.g. the seed's dev"}
+    )
+    eval_data_part_num: int = field(default=0, metadata={"help": "part-N files read from --eval_data_dir (0: all)"})
+    eval_example_num: int | None = field(
+        default=None, metadata={"help": "the seed's count of evaluation windows; checked against the data"}
+    )
+    eval_batch_size_per_device: int = field(default=64, metadata={"help": "windows per process per prediction batch"})
+    predict_batch_size: int | None = field(
+        default=None, metadata={"help": "Google's global prediction batch: sets --eval_batch_size_per_device"}
+    )
+    features_cache_dir: str | None = field(
+        default=None, metadata={"help": "cache of windows built from json, by file hash (default: OUTPUT_DIR/cache)"}
+    )
+    model: str = field(default="SQuAD", metadata={"help": "the seed's run name, printed in the banner"})
+    num_nodes: int | None = field(default=None, metadata={"help": "the seed's later name for --node_num"})
+    node_ips: str | None = field(default=None, metadata={"help": "the seed's later name for --node_list"})
+    # Fine-tuning defaults that differ from pretraining's (Google's README and the seed's run_squad.sh):
+    learning_rate: float = field(default=3e-5, metadata={"help": "peak learning rate"})
+    batch_size_per_device: int = field(default=32, metadata={"help": "windows per process per micro-step"})
+    iter_num: int | None = field(
+        default=None, metadata={"help": "optimizer steps (default: epochs x windows / global batch, rounded up)"}
+    )
+    warmup_batches: int | None = field(
+        default=None, metadata={"help": "linear warmup steps (default: --warmup_proportion x --iter_num)"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.num_nodes is not None:  # --node_num has a default (1), so only a different value disagrees
+            self.node_num = _one(
+                ("node_num", "num_nodes"), None if self.node_num == 1 else self.node_num, self.num_nodes
+            )
+        self.num_nodes = self.node_num
+        self.node_list = self.node_ips = _one(("node_list", "node_ips"), self.node_list, self.node_ips)
+        self._check_model_flags(default_output_dir="squad_output")
+        self.num_epochs = self.num_train_epochs = _one(
+            ("num_epochs", "num_train_epochs"), self.num_epochs, self.num_train_epochs, 3.0
+        )
+        if self.data_dir:  # the tutorial's run_squad.py: --data_dir holds the training windows
+            self.train_data_dir = _one(("data_dir", "train_data_dir"), self.data_dir, self.train_data_dir)
+            self.train_data_part_num = self.train_data_part_num or self.data_part_num
+        processes = self.gpu_num_per_node * self.node_num
+        for google, ours in (("train_batch_size", "batch_size_per_device"),
+                             ("predict_batch_size", "eval_batch_size_per_device")):  # fmt: skip
+            total = getattr(self, google)
+            if total is not None:
+                if total <= 0 or total % processes:
+                    raise ValueError(f"--{google} {total} must be a positive multiple of the {processes} processes")
+                setattr(self, ours, total // processes)
+        self.do_predict = self.do_eval = self.do_predict or self.do_eval
+        if self.do_train is None:
+            self.do_train = bool(self.train_file or self.train_data_dir)
+        if self.do_train and bool(self.train_file) == bool(self.train_data_dir):
+            raise ValueError("--do_train needs one of --train_file (SQuAD json) or --train_data_dir (record windows)")
+        if self.do_predict and not (self.predict_file or self.eval_data_dir):
+            raise ValueError("--do_predict needs --predict_file (SQuAD json) or --eval_data_dir (record windows)")
+        if not (self.do_train or self.do_predict):
+            raise ValueError(
+                "nothing to do: pass --do_train with --train_file, and/or --do_predict with --predict_file"
+            )
+        if not 0 <= self.warmup_proportion <= 1:
+            raise ValueError(f"--warmup_proportion must be in [0, 1], got {self.warmup_proportion}")
+        if self.num_epochs <= 0 or self.eval_batch_size_per_device <= 0:
+            raise ValueError("--num_epochs and --eval_batch_size_per_device must be positive")
+        # The shared checks, with the two flags this run derives later standing in as valid.
+        iter_num, warmup = self.iter_num, self.warmup_batches
+        self.iter_num, self.warmup_batches = iter_num or 1, warmup or 0
+        self.validate()
+        self.iter_num, self.warmup_batches = iter_num, warmup
+
+
+# --- running: model, windows, answers ------------------------------------------------------------------------
+
+
+def _compact(names: list[str]) -> str:
+    """Names with layer indices folded: `bert.layers.{0..11}.attn.qkv.weight` stands for twelve names."""
+    groups: dict[str, list[int]] = {}
+    for name in names:
+        m = re.fullmatch(r"(.*\.layers\.)(\d+)(\..*)", name)
+        groups.setdefault(f"{m[1]}{{}}{m[3]}" if m else name, []).append(int(m[2]) if m else 0)
+    out = []
+    for key, idx in groups.items():
+        if "{}" in key:
+            contiguous = len(idx) > 1 and idx == list(range(idx[0], idx[0] + len(idx)))
+            key = key.replace("{}", f"{{{idx[0]}..{idx[-1]}}}" if contiguous else "{" + ",".join(map(str, idx)) + "}")
+        out.append(key)
+    return ", ".join(out) or "-"
+
+
+def load_summary(report: checkpoint.LoadReport) -> str:
+    """What a checkpoint gave the QA model: the parameters loaded, those new (the QA head when starting from a
+    pretraining checkpoint) and the checkpoint entries left unused (pretraining heads)."""
+    step = f", global_step {report.global_step}" if report.global_step is not None else ""
+    lines = [f"Restoring model from {report.path} ({report.format} checkpoint{step}):"]
+    for what, names in (("loaded", report.loaded), ("new", report.new), ("ignored", report.ignored)):
+        lines.append(f"  {what} ({len(names)}): {_compact(names)}")
+    if report.skipped:
+        lines.append(f"  optimizer and step entries skipped ({len(report.skipped)}): the optimizer starts afresh")
+    return "\n".join(lines)
+
+
+def build_model(
+    cfg: SquadModelConfig, env: dist.DistEnv, say: Callable[[str], None]
+) -> tuple[BertForQuestionAnswering, BertConfig, str | None, dict | None]:
+    """(model on the device, its config, the checkpoint's vocab.txt if any, the train state when resuming)."""
+    if cfg.resume:
+        weights, bert_cfg, resume_state = load_snapshot(cfg.resume)
+        model = BertForQuestionAnswering(bert_cfg)
+        model.load_state_dict(weights)
+        say(f"Resuming from {cfg.resume} at iter {resume_state['step']}.")
+        return model.to(env.device), bert_cfg, None, resume_state
+    bert_cfg = cfg.model_config()
+    uses_json = cfg.predict_file or getattr(cfg, "train_file", None)
+    uses_records = cfg.data_dir or cfg.eval_data_dir or getattr(cfg, "train_data_dir", None)
+    for flag, length, used in (("max_seq_length", cfg.max_seq_length, uses_json),
+                               ("seq_length", cfg.seq_length, uses_records)):  # fmt: skip
+        if used and length > bert_cfg.max_position_embeddings:
+            raise ValueError(f"--{flag} {length} exceeds the model's max_position_embeddings "
+                             f"{bert_cfg.max_position_embeddings}")  # fmt: skip
+    torch.manual_seed(cfg.seed)
+    model = BertForQuestionAnswering(bert_cfg)
+    vocab = None
+    if cfg.model_load_dir:
+        report = checkpoint.load_into(model, cfg.model_load_dir)
+        say(load_summary(report))
+        vocab = report.vocab_file
+    else:
+        say("Init model on demand (random weights)")
+    return model.to(env.device), bert_cfg, vocab, None
+
+
+WINDOWS_VERSION = 1  # bump when convert_examples_to_features changes what it makes: old caches are then ignored
+
+
+def _cache_key(path: str | Path, tokenizer: WordPieceTokenizer, cfg: SquadFlags, training: bool) -> str:
+    h = hashlib.sha256(Path(path).read_bytes())
+    h.update("\n".join(tokenizer.inv_vocab).encode())
+    params = [WINDOWS_VERSION, tokenizer.do_lower_case, tokenizer.max_input_chars_per_word, cfg.max_seq_length,
+              cfg.doc_stride, cfg.max_query_length, training, cfg.version_2_with_negative]  # fmt: skip
+    h.update(json.dumps(params).encode())
+    return h.hexdigest()[:20]
+
+
+def json_windows(
+    path: str | Path,
+    cfg: SquadFlags,
+    tokenizer: WordPieceTokenizer,
+    training: bool,
+    cache_dir: str | Path | None = None,
+    env: dist.DistEnv | None = None,
+) -> tuple[list[SquadExample], SquadFeatures, list[str]]:
+    """(examples, their windows, notes on skipped training questions) of a SQuAD json.
+
+    With `cache_dir`, the windows are kept in `squad-windows-<hash of file, vocabulary and flags>.npz` there: rank 0
+    builds and writes it, every rank reads it.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        examples, _ = read_squad_examples(path, training, cfg.version_2_with_negative)
+    notes = [str(w.message) for w in caught]
+
+    def build() -> SquadFeatures:
+        return convert_examples_to_features(
+            examples, tokenizer, cfg.max_seq_length, cfg.doc_stride, cfg.max_query_length, training
+        )
+
+    if cache_dir is None:
+        return examples, build(), notes
+    env = env or dist.DistEnv()
+    cache = Path(cache_dir) / f"squad-windows-{_cache_key(path, tokenizer, cfg, training)}.npz"
+    if env.is_main and not cache.is_file():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        build().save(cache)
+    dist.all_reduce_sum(torch.zeros(1, device=env.device), env)  # a barrier: the other ranks wait for the file
+    return examples, SquadFeatures.load(cache), notes
+
+
+def record_windows(path: str, part_num: int | None, seq_length: int, training: bool, progress: bool) -> dict:
+    """The seed's OFRecord SQuAD windows (or Google's TFRecord ones) as arrays (N, length) per feature."""
+    return read_dataset(path, squad_features(seq_length, training), data_part_num=part_num or 0, progress=progress)
+
+
+@dataclass
+class EvalSet:
+    """Windows to answer, (N, T) arrays and their unique ids, and, when a json is given, what answering needs."""
+
+    input_ids: np.ndarray
+    input_mask: np.ndarray
+    segment_ids: np.ndarray
+    unique_id: np.ndarray
+    examples: list[SquadExample] | None = None
+    features: SquadFeatures | None = None
+    dataset: dict | None = None
+
+
+def eval_set(
+    cfg: SquadModelConfig, tokenizer: WordPieceTokenizer, data_dir: str | None, part_num: int | None,
+    limit: int | None, say: Callable[[str], None], progress: bool,
+) -> EvalSet:  # fmt: skip
+    """Windows from record files (the first `limit`, each unique_id once) or built from --predict_file."""
+    examples = features = dataset = None
+    if cfg.predict_file:
+        examples, features, _ = json_windows(cfg.predict_file, cfg, tokenizer, training=False)
+        dataset = load_squad(cfg.predict_file)
+    if not data_dir:
+        return EvalSet(features.input_ids, features.input_mask, features.segment_ids, features.unique_id,
+                       examples, features, dataset)  # fmt: skip
+    a = record_windows(data_dir, part_num, cfg.seq_length, training=False, progress=progress)
+    ids = a["unique_ids"].reshape(-1).astype(np.int64)
+    if limit is not None and limit < len(ids):
+        say(f"predicting the first {limit} of {len(ids)} windows (--iter_num x batch size)")
+        ids = ids[:limit]
+    keep = np.sort(np.unique(ids, return_index=True)[1])  # the seed's reader cycles: each window once
+    if features is not None:
+        common, mine, theirs = np.intersect1d(ids[keep], features.unique_id, return_indices=True)
+        T = min(cfg.seq_length, cfg.max_seq_length)
+        differ = (a["input_ids"][keep][mine, :T] != features.input_ids[theirs, :T]).any(1).sum()
+        if differ:
+            say(f"warning: {differ} of {len(common)} windows in {data_dir} differ from those built from "
+                f"{cfg.predict_file}: were they made with other flags or another vocabulary?")  # fmt: skip
+    return EvalSet(a["input_ids"][keep], a["input_mask"][keep], a["segment_ids"][keep], ids[keep],
+                   examples, features, dataset)  # fmt: skip
+
+
+def score(dataset: dict, preds: SquadPredictions) -> dict | None:
+    """The official metrics when the dataset holds answers (v2.0 with null_odds.json as no-answer probabilities,
+    as Google's README runs evaluate-v2.0.py); None for a test file without them."""
+    questions = [qa for article in dataset["data"] for p in article["paragraphs"] for qa in p["qas"]]
+    if not any(qa["answers"] for qa in questions):
+        return None
+    if preds.null_odds is not None or is_squad_v2(dataset):
+        return evaluate_v2(dataset, preds.predictions, preds.null_odds)
+    return evaluate_v1(dataset, preds.predictions)
+
+
+def answer(
+    model: nn.Module, es: EvalSet, cfg: SquadModelConfig, tokenizer: WordPieceTokenizer, env: dist.DistEnv,
+    batch_size: int, write: bool, say: Callable[[str], None],
+) -> dict | None:  # fmt: skip
+    """Run the model on the windows; on rank 0 write all_results.npy and (with a json) the prediction files, and
+    return the metrics when the json holds answers."""
+    start, end = predict_logits(model, es.input_ids, es.input_mask, es.segment_ids, batch_size, env, cfg.precision,
+                                progress=env.is_main and write)  # fmt: skip
+    if not env.is_main:
+        return None
+    results = RawResults(es.unique_id, start, end)
+    out = Path(cfg.output_dir)
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        results.save(out / "all_results.npy")
+        say(f"{len(es.unique_id)} results saved to {out / 'all_results.npy'}")
+    if es.examples is None:
+        return None
+    preds = predict_answers(es.examples, es.features, results, tokenizer, cfg.n_best_size, cfg.max_answer_length,
+                            cfg.version_2_with_negative, cfg.null_score_diff_threshold, cfg.verbose_logging)  # fmt: skip
+    if write:
+        say(f"wrote {', '.join(str(p) for p in preds.write(out))}")
+    metrics = score(es.dataset, preds)
+    if metrics is not None and write:
+        say(json.dumps(metrics))
+    return metrics
+
+
+def check_outputs(paths: list[Path], overwrite: bool) -> None:
+    """Refuse, before any work, to replace a user's files unless asked to."""
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{', '.join(existing)} already exist; pass --overwrite_output_dir to replace them")
+
+
+def prediction_outputs(cfg: SquadFlags, with_json: bool, with_npy: bool = True) -> list[Path]:
+    names = ["all_results.npy"] if with_npy else []
+    if with_json:
+        names += list(PREDICTION_FILES[: 3 if cfg.version_2_with_negative else 2])
+    return [Path(cfg.output_dir) / name for name in names]
+
+
+def _launch_or_run(command: str, cfg: SquadModelConfig, body: Callable) -> dict | None:
+    """As `bertkit pretrain`: several processes re-run this command line under dist.launch; one runs here."""
+    if cfg.gpu_num_per_node * cfg.node_num > 1 and not dist.is_launched_worker():
+        from bertkit.cli import main as cli_main
+
+        node_list = cfg.node_list.split(",") if cfg.node_list else None
+        dist.launch(cli_main, to_argv(command, cfg), cfg.gpu_num_per_node, cfg.node_num, node_list,
+                    cfg.node_rank, cfg.master_port)  # fmt: skip
+        return None
+    env = dist.setup(cfg.device)
+    try:
+        return body(cfg, env)
+    finally:
+        dist.teardown()
+
+
+def _printer(env: dist.DistEnv) -> Callable[[str], None]:
+    return print if env.is_main else (lambda *a, **k: None)
+
+
+# --- the commands ---------------------------------------------------------------------------------------------
+
+
+def run_npy2json(cfg: Npy2JsonConfig) -> SquadPredictions:
+    """all_results.npy + the SQuAD json it was predicted on -> predictions.json, nbest_predictions.json (+ v2.0
+    null_odds.json) in --output_dir; prints exact match and F1 when the json holds answers."""
+    check_outputs(prediction_outputs(cfg, with_json=True, with_npy=False), cfg.overwrite_output_dir)
+    tokenizer = cfg.tokenizer()
+    results = RawResults.load(cfg.all_results_file)
+    examples, features, _ = json_windows(cfg.predict_file, cfg, tokenizer, training=False)
+    preds = predict_answers(examples, features, results, tokenizer, cfg.n_best_size, cfg.max_answer_length,
+                            cfg.version_2_with_negative, cfg.null_score_diff_threshold, cfg.verbose_logging)  # fmt: skip
+    print(f"wrote {', '.join(str(p) for p in preds.write(cfg.output_dir))}")
+    metrics = score(load_squad(cfg.predict_file), preds)
+    if metrics is not None:
+        print(json.dumps(metrics))
+    return preds
+
+
+def run_predict(cfg: SquadPredictConfig) -> dict | None:
+    return _launch_or_run("squad-predict", cfg, _run_predict)
+
+
+def _run_predict(cfg: SquadPredictConfig, env: dist.DistEnv) -> dict | None:
+    say = _printer(env)
+    say(banner(cfg))
+    if env.is_main:
+        check_outputs(prediction_outputs(cfg, with_json=bool(cfg.predict_file)), cfg.overwrite_output_dir)
+    model, _, vocab, _ = build_model(cfg, env, say)
+    tokenizer = cfg.tokenizer(vocab)
+    limit = cfg.iter_num * cfg.batch_size_per_device * env.world_size
+    es = eval_set(cfg, tokenizer, cfg.data_dir, cfg.data_part_num, limit, say, env.is_main)
+    return answer(model, es, cfg, tokenizer, env, cfg.batch_size_per_device, write=True, say=say)
+
+
+def run(cfg: SquadConfig) -> dict | None:
+    return _launch_or_run("squad", cfg, _run)
+
+
+def _run(cfg: SquadConfig, env: dist.DistEnv) -> dict:
+    say = _printer(env)
+    say(banner(cfg))
+    if env.is_main:  # nothing of the user's is replaced unless asked: checked before hours of training
+        outputs = prediction_outputs(cfg, with_json=bool(cfg.predict_file)) if cfg.do_predict else []
+        save_dir = Path(cfg.model_save_dir)
+        if cfg.do_train and not cfg.resume and save_dir.is_dir():
+            outputs += sorted(p for p in save_dir.iterdir() if re.fullmatch(r"snapshot_\d+|last_snapshot", p.name))
+        check_outputs(outputs, cfg.overwrite_output_dir)
+    model, bert_cfg, vocab, resume_state = build_model(cfg, env, say)
+    tokenizer = cfg.tokenizer(vocab)
+    notes, summary, metrics = [], None, None
+    es = None
+    if cfg.do_predict:  # built first, so that a bad eval file fails before training, not after
+        es = eval_set(cfg, tokenizer, cfg.eval_data_dir, cfg.eval_data_part_num, None, say, env.is_main)
+        if cfg.eval_example_num is not None and cfg.eval_example_num != len(es.unique_id):
+            say(f"note: --eval_example_num is {cfg.eval_example_num}; the data holds {len(es.unique_id)} windows")
+    if cfg.do_train:
+        if cfg.train_file:
+            cache = cfg.features_cache_dir or Path(cfg.output_dir) / "cache"
+            examples, feats, notes = json_windows(cfg.train_file, cfg, tokenizer, True, cache, env)
+            arrays = {"input_ids": feats.input_ids, "input_mask": feats.input_mask, "segment_ids": feats.segment_ids,
+                      "start_positions": feats.start_position, "end_positions": feats.end_position}  # fmt: skip
+            say(f"{len(feats)} training windows from {len(examples)} questions of {cfg.train_file}")
+            del examples, feats
+        else:
+            arrays = record_windows(cfg.train_data_dir, cfg.train_data_part_num, cfg.seq_length, True, env.is_main)
+        n = len(arrays["input_ids"])
+        if cfg.train_example_num is not None and cfg.train_example_num != n:
+            say(f"note: --train_example_num is {cfg.train_example_num}; the data holds {n} windows, all used")
+        global_batch = cfg.batch_size_per_device * env.world_size * cfg.num_accumulation_steps
+        if cfg.iter_num is None:
+            cfg.iter_num = max(1, math.ceil(cfg.num_epochs * n / global_batch))
+        if cfg.warmup_batches is None:
+            cfg.warmup_batches = int(cfg.iter_num * cfg.warmup_proportion)
+        cfg.validate()
+        say(f"training: {n} windows, global batch {global_batch}, iter_num {cfg.iter_num}, "
+            f"warmup_batches {cfg.warmup_batches}")  # fmt: skip
+        loader = SquadLoader(arrays, cfg.batch_size_per_device, rank=env.rank, world_size=env.world_size,
+                             seed=cfg.seed)  # fmt: skip
+        if env.is_main:
+            check_writable(cfg.model_save_dir)
+
+        def eval_fn(m: nn.Module) -> dict[str, float]:
+            return answer(m, es, cfg, tokenizer, env, cfg.eval_batch_size_per_device, write=False, say=say) or {}
+
+        summary = fit(model, bert_cfg, squad_loss, loader, cfg, env, eval_fn if es else None, resume_state, say)
+        if not cfg.save_last_snapshot:
+            say("note: the fine-tuned model is not kept; pass --save_last_snapshot to keep it")
+    if es is not None:
+        metrics = answer(model, es, cfg, tokenizer, env, cfg.eval_batch_size_per_device, write=True, say=say)
+    for note in notes:  # training questions Google's reader skips: their answer is not at answer_start
+        say(f"note: {note}")
+    return {"train": summary, "eval": metrics}
