@@ -121,13 +121,18 @@ def check_offsets(ours: WordPieceTokenizer, text: str) -> None:
         pieces = [t for _, t in group]
         if len(pieces) == 1 and pieces[0].removeprefix("##") == text[start:end]:
             continue  # the common case, settled without normalizing
-        span = google_form(text[start:end], ours.do_lower_case)
-        if pieces == ["[UNK]"]:
-            assert span and not any(ch.isspace() for ch in span), (text, start, end)
-        else:
-            joined = "".join(p.removeprefix("##") for p in pieces)
-            # A lone Σ lowercases to σ, the same Σ ending a word to ς.
-            assert joined.replace("ς", "σ") == span.replace("ς", "σ"), (text, start, end, pieces)
+        if not span_holds(pieces, google_form(text[start:end], ours.do_lower_case)):
+            # Uncased NFD puts combining marks in class order; a spacing mark so moved (U+1734 after U+0301) is
+            # credited to the first place of its run of marks, so the token may end short of that run.
+            end = next((i for i in range(end, len(text)) if not unicodedata.combining(text[i])), len(text))
+            assert span_holds(pieces, google_form(text[start:end], ours.do_lower_case)), (text, start, end, pieces)
+
+
+def span_holds(pieces: list[str], span: str) -> bool:
+    if pieces == ["[UNK]"]:
+        return bool(span) and not any(ch.isspace() for ch in span)
+    # A lone Σ lowercases to σ, the same Σ ending a word to ς.
+    return "".join(p.removeprefix("##") for p in pieces).replace("ς", "σ") == span.replace("ς", "σ")
 
 
 def assert_same(ours: WordPieceTokenizer, google: Google, text: str) -> None:

@@ -69,7 +69,11 @@ def commands() -> dict[str, tuple[type, Callable, str]]:
     from bertkit import checkpoint, demo, evaluate, loader, plot, pretrain, pretraining_data, squad
 
     return {
-        "demo": (demo.DemoConfig, demo.run, "train a tiny BERT on synthetic batches and print throughput"),
+        "demo": (
+            demo.DemoConfig,
+            demo.run,
+            "the whole pipeline on embedded data: create data, pretrain, fine-tune on SQuAD, predict, score",
+        ),
         "pretrain": (
             pretrain.PretrainConfig,
             pretrain.run,
@@ -135,6 +139,14 @@ def reject_unknown(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
         close = difflib.get_close_matches(flag, known, n=1)
         hints.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
     parser.error("unrecognized arguments: " + (", ".join(hints) or " ".join(unknown)))
+
+
+def invoke(argv: Sequence[str]):
+    """Run one subcommand in this process and return what it returns (the demo chains them this way)."""
+    parser = build_parser()
+    ns = parser.parse_args(list(argv))
+    cls, run, _ = commands()[ns.command]
+    return run(config_from_args(cls, ns))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
