@@ -185,3 +185,15 @@ def test_unknown_flag_suggests_the_closest(capsys):
     with pytest.raises(SystemExit):
         main(["pretrain", "--data_dri", "x"])
     assert "data_dir" in capsys.readouterr().err
+
+
+def test_eval_data_gives_mlm_and_nsp_accuracy(ofrecord_dir, tmp_path, capsys):
+    from bertkit.cli import main
+
+    flags = seed_flags(ofrecord_dir, tmp_path, iter_num=6, eval_data_dir=ofrecord_dir, eval_every_n_iter=3)
+    assert main(flags) == 0
+    assert "eval at iter 5: mlm_accuracy: " in capsys.readouterr().out
+    lines = [json.loads(x) for x in (tmp_path / "log" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in lines if "eval_mlm_accuracy" in r]
+    assert [r["step"] for r in evals] == [3, 6]
+    assert all(0 <= r["eval_mlm_accuracy"] <= 1 and 0 <= r["eval_nsp_accuracy"] <= 1 for r in evals)
