@@ -225,7 +225,8 @@ def _checkpoint_dir(path: Path) -> Path:
     return path if path.is_dir() else path.parent
 
 
-def _own_config(path: Path, fmt: str) -> BertConfig | None:
+def own_config(path: Path, fmt: str) -> BertConfig | None:
+    """The BertConfig a checkpoint carries (bert_config.json or HF config.json), or None when it has none."""
     d = _checkpoint_dir(path)
     if fmt == "hf":
         raw = json.loads((d / HF_CONFIG).read_text())
@@ -264,7 +265,7 @@ def _load(
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
         raise ValueError(f"unknown checkpoint format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    cfg = _as_config(config) if config is not None else _own_config(path, fmt) or default_config
+    cfg = _as_config(config) if config is not None else own_config(path, fmt) or default_config
     if cfg is None:
         raise ValueError(f"{path}: this {fmt} checkpoint has no {CONFIG} beside it; give one (--bert_config_file)")
     layers, table, expected = cfg.num_hidden_layers, _table(fmt), expected_shapes(cfg)

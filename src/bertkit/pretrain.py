@@ -9,6 +9,7 @@ OneFlow-Benchmark's BERT `pretrain.py`, which compute the same quantities:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -214,19 +215,24 @@ def pretrain_accuracy_counts(model: nn.Module, batches, device: torch.device) ->
     return counts
 
 
-def run(cfg: PretrainConfig) -> dict | None:
+def launch_or_run(command: str, cfg: PretrainConfig, body: Callable[[PretrainConfig, dist.DistEnv], dict]):
+    """Several processes: re-run this command line in each under dist.launch (returns None here). One: run body."""
     if cfg.gpu_num_per_node * cfg.node_num > 1 and not dist.is_launched_worker():
         from bertkit.cli import main as cli_main
 
         node_list = cfg.node_list.split(",") if cfg.node_list else None
-        dist.launch(cli_main, to_argv("pretrain", cfg), cfg.gpu_num_per_node, cfg.node_num, node_list,
+        dist.launch(cli_main, to_argv(command, cfg), cfg.gpu_num_per_node, cfg.node_num, node_list,
                     cfg.node_rank, cfg.master_port)  # fmt: skip
         return None
     env = dist.setup(cfg.device)
     try:
-        return _run(cfg, env)
+        return body(cfg, env)
     finally:
         dist.teardown()
+
+
+def run(cfg: PretrainConfig) -> dict | None:
+    return launch_or_run("pretrain", cfg, _run)
 
 
 def _run(cfg: PretrainConfig, env: dist.DistEnv) -> dict:

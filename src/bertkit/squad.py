@@ -39,7 +39,7 @@ from bertkit.config import BertConfig
 from bertkit.evaluate import evaluate_v1, evaluate_v2
 from bertkit.loader import PretrainingLoader, read_dataset
 from bertkit.model import BertForQuestionAnswering
-from bertkit.pretrain import PretrainConfig, banner, to_argv
+from bertkit.pretrain import PretrainConfig, banner, launch_or_run
 from bertkit.records import squad_features
 from bertkit.squad_data import (
     SquadExample,
@@ -514,8 +514,7 @@ class SquadModelConfig(PretrainConfig, SquadFlags):
             return BertConfig.from_json_file(self.bert_config_file)
         if self.model_load_dir:
             path = Path(self.model_load_dir)
-            # TODO: use a public checkpoint.checkpoint_config once checkpoint.py exports one (another task owns it).
-            own = checkpoint._own_config(path, checkpoint.detect_format(path))
+            own = checkpoint.own_config(path, checkpoint.detect_format(path))
             if own is not None:
                 return own
         return self.bert_config()
@@ -847,22 +846,6 @@ def prediction_outputs(cfg: SquadFlags, with_json: bool, with_npy: bool = True) 
     return [Path(cfg.output_dir) / name for name in names]
 
 
-def _launch_or_run(command: str, cfg: SquadModelConfig, body: Callable) -> dict | None:
-    """As `bertkit pretrain`: several processes re-run this command line under dist.launch; one runs here."""
-    if cfg.gpu_num_per_node * cfg.node_num > 1 and not dist.is_launched_worker():
-        from bertkit.cli import main as cli_main
-
-        node_list = cfg.node_list.split(",") if cfg.node_list else None
-        dist.launch(cli_main, to_argv(command, cfg), cfg.gpu_num_per_node, cfg.node_num, node_list,
-                    cfg.node_rank, cfg.master_port)  # fmt: skip
-        return None
-    env = dist.setup(cfg.device)
-    try:
-        return body(cfg, env)
-    finally:
-        dist.teardown()
-
-
 def _printer(env: dist.DistEnv) -> Callable[[str], None]:
     return print if env.is_main else (lambda *a, **k: None)
 
@@ -887,7 +870,7 @@ def run_npy2json(cfg: Npy2JsonConfig) -> SquadPredictions:
 
 
 def run_predict(cfg: SquadPredictConfig) -> dict | None:
-    return _launch_or_run("squad-predict", cfg, _run_predict)
+    return launch_or_run("squad-predict", cfg, _run_predict)
 
 
 def _run_predict(cfg: SquadPredictConfig, env: dist.DistEnv) -> dict | None:
@@ -903,7 +886,7 @@ def _run_predict(cfg: SquadPredictConfig, env: dist.DistEnv) -> dict | None:
 
 
 def run(cfg: SquadConfig) -> dict | None:
-    return _launch_or_run("squad", cfg, _run)
+    return launch_or_run("squad", cfg, _run)
 
 
 def _run(cfg: SquadConfig, env: dist.DistEnv) -> dict:
