@@ -6,7 +6,7 @@
 2. Prediction: a random BERT (MiniLM-sized L6/H384 by default, or base) on a seeded sample of dev-v1.1 windows,
    - hf:              transformers' BertForQuestionAnswering (sdpa), windows in file order, padded to 384;
    - bertkit_padded:  bertkit's model on the same padded batches (the model alone);
-   - bertkit:         `squad.predict_logits`: windows sorted by length, each batch cut to its longest window.
+   - bertkit:         `squad_predict.predict_logits`: windows sorted by length, each batch cut to its longest window.
    All start from the same weights (bertkit's, converted to HF names) and use the same threads and batch size;
    rounds alternate the implementations and the best round counts. The logits of real tokens are compared.
 
@@ -69,8 +69,8 @@ def bench_predict(args) -> list[dict]:
     from bertkit.config import BertConfig
     from bertkit.convert import to_hf
     from bertkit.model import BertForQuestionAnswering
-    from bertkit.squad import predict_logits
     from bertkit.squad_data import convert_examples_to_features, read_squad_examples, squad_tokenizer
+    from bertkit.squad_predict import predict_logits
     from bertkit.train import autocast
 
     torch.set_num_threads(args.threads)

@@ -18,18 +18,9 @@ from bertkit.cli import build_parser, config_from_args, main
 from bertkit.config import BertConfig
 from bertkit.model import BertForPreTraining, BertForQuestionAnswering
 from bertkit.records import write_ofrecord
-from bertkit.squad import (
-    Npy2JsonConfig,
-    RawResults,
-    SquadConfig,
-    SquadLoader,
-    get_final_text,
-    predict_answers,
-    predict_logits,
-    run,
-    squad_loss,
-)
+from bertkit.squad import Npy2JsonConfig, SquadConfig, SquadLoader, run, squad_loss
 from bertkit.squad_data import convert_examples_to_features, read_squad_examples, squad_tokenizer
+from bertkit.squad_predict import RawResults, get_final_text, predict_answers, predict_logits
 
 
 @pytest.fixture

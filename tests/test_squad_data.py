@@ -316,7 +316,7 @@ UNRECOVERABLE = {
 def test_every_labelled_span_maps_back_to_its_answer(shared_data, tmp_path, name, unrecoverable):
     """For every question (the first answer, read for training), the window's labelled span, turned back into text
     as predictions are (get_final_text), is the gold answer, whitespace aside, except where Google cannot do it."""
-    from bertkit.squad import get_final_text
+    from bertkit.squad_predict import get_final_text
 
     tok = squad_tokenizer()
     examples, _ = read_squad_examples(first_answer_copy(shared_data / "squad" / name, tmp_path), True, "v2.0" in name)

@@ -75,7 +75,7 @@ PLACEHOLDER = "\ufdd0"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def google_drops(ch: str) -> bool:
+def _google_drops(ch: str) -> bool:
     """Google's `_clean_text` deletes NUL, U+FFFD and Cc/Cf characters other than \\t \\n \\r."""
     return ch in "\x00\ufffd" or (ch not in "\t\n\r" and unicodedata.category(ch) in ("Cc", "Cf"))
 
@@ -138,7 +138,7 @@ def _google_classes() -> _GoogleClasses:
         elif cat not in ("Co", "Cs"):  # private use and lone surrogates: letters to Google, nothing to do
             for cp in range(lo, hi + 1):
                 ch = chr(cp)
-                if cp in (0, 0xFFFD) or (cat in ("Cc", "Cf") and ch not in "\t\n\r"):  # = google_drops(ch)
+                if cp in (0, 0xFFFD) or (cat in ("Cc", "Cf") and ch not in "\t\n\r"):  # = _google_drops(ch)
                     drop.append(cp)
                 elif cat == "Zs" or ch.isspace():  # Google's _is_whitespace, then str.split's own (U+2028, ...)
                     if ch != " ":  # replacing U+0020 by itself would only cost time
@@ -185,7 +185,7 @@ def _final_sigmas(text: str) -> str:
     Python lowercases Σ to ς at the end of a word, judged on the cleaned text (dropped characters gone); Rust's
     Lowercase maps one character at a time and always writes σ. Only texts holding a Σ pay for this.
     """
-    kept = [i for i, ch in enumerate(text) if not google_drops(ch)]
+    kept = [i for i, ch in enumerate(text) if not _google_drops(ch)]
     lowered = "".join(text[i] for i in kept).lower()
     out = list(text)
     pos = 0  # where text[i]'s lowercase starts in `lowered` (İ lowercases to two characters)
@@ -308,7 +308,10 @@ class WordPieceTokenizer:
         """Tokens and, for each, the [start, end) character span in `text` it came from.
 
         Pieces of one word point into that word; an [UNK] spans its whole word; when one character becomes
-        several tokens (uncased Hangul decomposing into jamo, say), each of them spans that character.
+        several tokens (uncased Hangul decomposing into jamo, say), each of them spans that character. One
+        quirk of Rust's alignment: when uncased NFD reorders combining marks (a spacing mark of nonzero class,
+        such as U+1734, after a nonspacing one), the moved mark is credited to the first place of its run, so a
+        token can end short of the marks that followed it.
         """
         enc = self._encode(text)
         return enc.tokens, enc.offsets
