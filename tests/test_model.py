@@ -257,3 +257,22 @@ def test_default_attention_choice():
     with torch.no_grad():
         y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     assert max_diff(explicit_attention(q, k, v, None, 0.0), y) < 1e-6
+
+
+def test_sparse_pretraining_path_gradients_equal_dense(tiny_cfg, padded_batch):
+    """The fast path (last layer computed only at [CLS] and the masked positions, sparse vocabulary projection)
+    gives the same gradients as the plain path (everything dense, then gathered)."""
+    torch.manual_seed(11)
+    a, b = BertForPreTraining(tiny_cfg), BertForPreTraining(tiny_cfg)
+    b.load_state_dict(a.state_dict())
+    bt = padded_batch
+    pos = bt["masked_lm_positions"]
+    w = torch.randn(5, 3, tiny_cfg.vocab_size, generator=torch.Generator().manual_seed(12))
+    mlm, nsp = a(bt["input_ids"], bt["segment_ids"], bt["input_mask"], pos)
+    ((mlm * w).mean() + nsp.pow(2).mean()).backward()
+    dense, nsp_b = b(bt["input_ids"], bt["segment_ids"], bt["input_mask"])
+    ((gather_positions(dense, pos) * w).mean() + nsp_b.pow(2).mean()).backward()
+    assert max_diff(mlm, gather_positions(dense, pos)) < TOL and max_diff(nsp, nsp_b) < TOL
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert max_diff(pa.grad, pb.grad) < TOL, name
+    assert max(p.grad.abs().max().item() for p in a.parameters()) > 1e-3

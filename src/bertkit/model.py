@@ -77,10 +77,19 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.attn_dropout = cfg.attention_probs_dropout_prob
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None, query_idx: Tensor | None = None) -> Tensor:
+        """x (B, T, H) -> (B, T, H); with query_idx (B, Q) only those tokens ask (keys and values are all T),
+        giving (B, Q, H): the last layer of pretraining needs only [CLS] and the masked positions."""
         B, T, H = x.shape
-        # (B, T, 3H) -> (B, T, 3, N, D) -> (3, B, N, T, D)
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, H // self.n_heads).permute(2, 0, 3, 1, 4)
+        N, D = self.n_heads, H // self.n_heads
+        if query_idx is None:
+            # (B, T, 3H) -> (B, T, 3, N, D) -> (3, B, N, T, D)
+            q, k, v = self.qkv(x).view(B, T, 3, N, D).permute(2, 0, 3, 1, 4)
+        else:  # the fused weight's rows are [q; k; v]: project q for Q tokens, k and v for all T
+            w, b = self.qkv.weight, self.qkv.bias
+            xq = gather_positions(x, query_idx)  # (B, Q, H)
+            q = F.linear(xq, w[:H], b[:H]).view(B, -1, N, D).transpose(1, 2)  # (B, N, Q, D)
+            k, v = F.linear(x, w[H:], b[H:]).view(B, T, 2, N, D).permute(2, 0, 3, 1, 4)  # 2 x (B, N, T, D)
         p = self.attn_dropout if self.training else 0.0
         explicit = self.explicit
         if explicit is None:
@@ -89,7 +98,7 @@ class SelfAttention(nn.Module):
             y = explicit_attention(q, k, v, attn_mask, p)  # (B, N, T, D)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # (B, N, T, D)
-        return self.proj(y.transpose(1, 2).reshape(B, T, H))
+        return self.proj(y.transpose(1, 2).reshape(B, -1, H))  # (B, T or Q, H)
 
 
 class MLP(nn.Module):
@@ -114,9 +123,11 @@ class EncoderLayer(nn.Module):
         self.mlp_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.drop = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
-        x = self.attn_norm(x + self.drop(self.attn(x, attn_mask)))
-        return self.mlp_norm(x + self.drop(self.mlp(x)))
+    def forward(self, x: Tensor, attn_mask: Tensor | None, query_idx: Tensor | None = None) -> Tensor:
+        """(B, T, H) -> (B, T, H), or (B, Q, H) at query_idx (B, Q): see SelfAttention."""
+        h = x if query_idx is None else gather_positions(x, query_idx)
+        h = self.attn_norm(h + self.drop(self.attn(x, attn_mask, query_idx)))
+        return self.mlp_norm(h + self.drop(self.mlp(h)))
 
 
 class Bert(nn.Module):
@@ -151,8 +162,18 @@ class Bert(nn.Module):
             raise ValueError(f"input_mask has shape {tuple(input_mask.shape)}, input_ids {tuple(input_ids.shape)}")
 
     def forward(
-        self, input_ids: Tensor, token_type_ids: Tensor | None = None, input_mask: Tensor | None = None
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor | None = None,
+        input_mask: Tensor | None = None,
+        output_positions: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
+        """Sequence output (B, T, H) and pooled [CLS] (B, H).
+
+        With output_positions (B, P) the sequence output is returned only there, (B, P, H), and the last layer
+        computes only those tokens and [CLS] (its keys and values still see every token): the fast path of
+        pretraining, where the heads read nothing else. Tested equal to gathering the full output.
+        """
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         self.check_inputs(input_ids, token_type_ids, input_mask)
@@ -162,10 +183,14 @@ class Bert(nn.Module):
         if input_mask is not None and not bool(input_mask.all()):
             attn_mask = input_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True = may attend
         x = self.emb(input_ids, token_type_ids)  # (B, T, H)
-        for layer in self.layers:
-            x = layer(x, attn_mask)
+        last = len(self.layers) - 1
+        query_idx = None
+        if output_positions is not None:  # [CLS] first, then the requested positions: (B, 1 + P)
+            query_idx = torch.cat([torch.zeros_like(output_positions[:, :1]), output_positions], 1).long()
+        for i, layer in enumerate(self.layers):
+            x = layer(x, attn_mask, query_idx if i == last else None)
         pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # (B, H)
-        return x, pooled
+        return (x if query_idx is None else x[:, 1:]), pooled
 
 
 def init_weights(module: nn.Module, std: float) -> None:
@@ -225,13 +250,10 @@ class BertForPreTraining(nn.Module):
         With `masked_positions` (B, P) the vocabulary projection runs only there (sparse): logits (B, P, V).
         Without it, it runs over every token (dense): logits (B, T, V).
         """
-        x, pooled = self.bert(input_ids, token_type_ids, input_mask)
-        if masked_positions is not None:
-            if masked_positions.numel() and (
-                masked_positions.min() < 0 or masked_positions.max() >= input_ids.shape[1]
-            ):
+        if masked_positions is not None and masked_positions.numel():
+            if masked_positions.min() < 0 or masked_positions.max() >= input_ids.shape[1]:
                 raise ValueError(f"masked_positions must be in [0, {input_ids.shape[1]})")
-            x = gather_positions(x, masked_positions)  # (B, P, H)
+        x, pooled = self.bert(input_ids, token_type_ids, input_mask, masked_positions)  # (B, P or T, H)
         return self.mlm(x, self.bert.emb.word.weight), self.nsp(pooled)
 
 
