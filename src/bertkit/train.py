@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from bertkit.config import BertConfig
 from bertkit.dist import DistEnv, all_reduce_mean
@@ -245,6 +246,10 @@ def fit(
     history, skipped = [], 0
     model.train()
     it = iter(loader)
+    # A progress bar on stderr (rank 0); the seed's log lines go through tqdm.write so they do not tear it.
+    bar = tqdm(total=cfg.iter_num, initial=start, desc="train", unit="iter", disable=not env.is_main, leave=False)
+    if print_fn is print:
+        print_fn = tqdm.write
     t_start = t_window = time.perf_counter()
     step = start
     try:
@@ -276,6 +281,7 @@ def fit(
                 skipped += 1
             opt.zero_grad(set_to_none=True)
             done = step + 1
+            bar.update(1)
             # -- log (rank 0); the losses are the global batch's mean
             if done % cfg.loss_print_every_n_iter == 0 or done % cfg.log_every_n_iter == 0 or done == cfg.iter_num:
                 means = all_reduce_mean(sums / cfg.num_accumulation_steps, env).tolist()
@@ -321,6 +327,7 @@ def fit(
         if cfg.save_last_snapshot and stop["signal"] is None:
             snapshot("last_snapshot", done)
     finally:
+        bar.close()
         log.close()
         for sig, h in handlers.items():
             signal.signal(sig, h)
