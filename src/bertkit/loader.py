@@ -275,37 +275,21 @@ def run_convert_data(cfg: ConvertDataConfig) -> dict:
 # --- the loader -----------------------------------------------------------------------------------------------
 
 
-class PretrainingLoader:
-    """Endless batches {input_ids, input_mask, segment_ids (B, T); masked_lm_positions, masked_lm_ids,
-    masked_lm_weights (B, P); next_sentence_labels (B,)}, int64 except the float32 weights (as `random_batch`).
+class ArrayLoader:
+    """The sample stream over in-memory or memory-mapped arrays (N, ...): one global permutation per epoch,
+    batches dealt round-robin to the ranks, a resumable position (see the module docstring). Subclasses say
+    what a batch holds (`next_batch`)."""
 
-    `inputs`: an OFRecord directory, TFRecord file(s) or glob, or a shard directory (see `resolve_inputs`).
-    Shards are memory-mapped; record files are parsed into memory once, here (`progress` shows a bar meanwhile:
-    pass rank == 0).
-    """
-
-    def __init__(
-        self,
-        inputs: str | Path | Sequence[str | Path],
-        batch_size: int,
-        seq_length: int,
-        max_predictions_per_seq: int,
-        *,
-        input_format: str = "auto",
-        data_part_num: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-        shuffle: bool = True,
-        progress: bool = False,
-    ) -> None:
+    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, *, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, shuffle: bool = True) -> None:  # fmt: skip
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        spec = pretraining_features(seq_length, max_predictions_per_seq)
-        self.arrays = read_dataset(inputs, spec, input_format, data_part_num, progress)
-        self.num_samples = len(self.arrays["input_ids"])
+        self.arrays = arrays
+        self.num_samples = len(next(iter(arrays.values())))
+        if self.num_samples == 0:
+            raise ValueError("no samples to train on")
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.shuffle = seed, shuffle
         self.batches = 0  # batches this rank has taken, over all epochs
@@ -337,17 +321,6 @@ class PretrainingLoader:
             start += len(take)
         return picks[0] if len(picks) == 1 else np.concatenate(picks)
 
-    def next_batch(self) -> dict[str, Tensor]:
-        """The next batch; shapes in the class docstring."""
-        idx = self.next_indices()
-        batch = {}
-        for name, a in self.arrays.items():
-            # Fancy indexing copies the rows out of the memory map; int64 is what embeddings and gather take.
-            rows = a[idx].astype(np.float32 if a.dtype.kind == "f" else np.int64)
-            batch[name] = torch.from_numpy(rows)
-        batch["next_sentence_labels"] = batch["next_sentence_labels"][:, 0]  # (B, 1) -> (B,)
-        return batch
-
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         while True:  # endless: the training loop counts iterations (--iter_num)
             yield self.next_batch()
@@ -371,3 +344,45 @@ class PretrainingLoader:
                     f"{getattr(self, key)}, so it would not see the samples the saved run would have seen"
                 )
         self.batches = int(state["batches"])
+
+
+class PretrainingLoader(ArrayLoader):
+    """Endless batches {input_ids, input_mask, segment_ids (B, T); masked_lm_positions, masked_lm_ids,
+    masked_lm_weights (B, P); next_sentence_labels (B,)}, int64 except the float32 weights (as `random_batch`).
+
+    `inputs`: an OFRecord directory, TFRecord file(s) or glob, or a shard directory (see `resolve_inputs`).
+    Shards are memory-mapped; record files are parsed into memory once, here (`progress` shows a bar meanwhile:
+    pass rank == 0).
+    """
+
+    def __init__(
+        self,
+        inputs: str | Path | Sequence[str | Path],
+        batch_size: int,
+        seq_length: int,
+        max_predictions_per_seq: int,
+        *,
+        input_format: str = "auto",
+        data_part_num: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        progress: bool = False,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        spec = pretraining_features(seq_length, max_predictions_per_seq)
+        arrays = read_dataset(inputs, spec, input_format, data_part_num, progress)
+        super().__init__(arrays, batch_size, rank=rank, world_size=world_size, seed=seed, shuffle=shuffle)
+
+    def next_batch(self) -> dict[str, Tensor]:
+        """The next batch; shapes in the class docstring."""
+        idx = self.next_indices()
+        batch = {}
+        for name, a in self.arrays.items():
+            # Fancy indexing copies the rows out of the memory map; int64 is what embeddings and gather take.
+            rows = a[idx].astype(np.float32 if a.dtype.kind == "f" else np.int64)
+            batch[name] = torch.from_numpy(rows)
+        batch["next_sentence_labels"] = batch["next_sentence_labels"][:, 0]  # (B, 1) -> (B,)
+        return batch

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from bertkit import checkpoint, dist
 from bertkit.config import BertConfig
 from bertkit.evaluate import evaluate_v1, evaluate_v2
-from bertkit.loader import PretrainingLoader, read_dataset
+from bertkit.loader import ArrayLoader, read_dataset
 from bertkit.model import BertForQuestionAnswering
 from bertkit.pretrain import PretrainConfig, banner, launch_or_run
 from bertkit.records import squad_features
@@ -56,26 +56,13 @@ def squad_loss(model: nn.Module, b: dict[str, Tensor]) -> tuple[Tensor, dict[str
     return total, {"total_loss": total}
 
 
-class SquadLoader(PretrainingLoader):
+class SquadLoader(ArrayLoader):
     """Endless batches of training windows {input_ids, input_mask, segment_ids (B, T'); start_positions,
     end_positions (B,)}, int64, T' the batch's longest window (padding columns cut: the loss does not change).
 
-    The sample stream, its epochs and the resumable position are PretrainingLoader's (one global permutation per
-    epoch, batches dealt round-robin to the ranks); only the source differs: arrays already in memory.
+    The sample stream, its epochs and the resumable position are ArrayLoader's (one global permutation per
+    epoch, batches dealt round-robin to the ranks); the windows are already in memory.
     """
-
-    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, *, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, shuffle: bool = True) -> None:  # fmt: skip
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.arrays = arrays
-        self.num_samples = len(arrays["input_ids"])
-        if self.num_samples == 0:
-            raise ValueError("no training windows")
-        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
-        self.seed, self.shuffle = seed, shuffle
-        self.batches = 0
-        self._orders: dict[int, np.ndarray] = {}
 
     def next_batch(self) -> dict[str, Tensor]:
         idx = self.next_indices()

