@@ -222,6 +222,8 @@ def fit(
     params = [p for p in raw.parameters() if p.requires_grad]
     global_batch = cfg.batch_size_per_device * env.world_size * cfg.num_accumulation_steps
     log = MetricsLog(cfg.log_dir, env.is_main)
+    if cfg.precision == "fp16" and not use_scaler and env.is_main:
+        print_fn("warning: fp16 without a GPU runs without loss scaling; --precision bf16 is the CPU's mixed precision")
     if cfg.warmup_batches > cfg.iter_num and env.is_main:
         print_fn(
             f"warning: warmup_batches ({cfg.warmup_batches}) > iter_num ({cfg.iter_num}): the peak rate is never reached"
