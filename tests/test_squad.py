@@ -389,3 +389,58 @@ def test_config_reconciles_the_seeds_and_googles_names():
         "squad_output",
     )
     assert Npy2JsonConfig(predict_file="p.json").output_dir == "."
+
+
+def test_fine_tuning_loop_equals_a_plain_hugging_face_loop(tiny_cfg, tmp_path):
+    """bertkit's SQuAD training (train.fit + squad_loss, AdamW, Google's schedule, clipping) and a plain loop over
+    transformers' BertForQuestionAnswering from the same weights on the same batches give the same losses."""
+    transformers = pytest.importorskip("transformers", reason="transformers is the test oracle ([test] extra)")
+    from bertkit.convert import to_hf
+    from bertkit.optim import learning_rate
+    from bertkit.train import TrainConfig, fit
+
+    torch.manual_seed(0)
+    ours = BertForQuestionAnswering(tiny_cfg)
+    hf = transformers.BertForQuestionAnswering(transformers.BertConfig(**tiny_cfg.to_dict()))
+    hf.load_state_dict(to_hf(ours.state_dict(), tiny_cfg.num_hidden_layers), strict=True)
+    g = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(5):
+        mask = (torch.arange(12)[None, :] < torch.randint(6, 13, (4, 1), generator=g)).long()
+        start = torch.randint(1, 6, (4,), generator=g)
+        # Padding carries id 7, not 0: transformers freezes the id-0 row (padding_idx), Google and bertkit do not.
+        ids = torch.randint(1, 99, (4, 12), generator=g) * mask + 7 * (1 - mask)
+        batches.append({"input_ids": ids, "input_mask": mask,
+                        "segment_ids": (torch.arange(12)[None, :] > 2).long() * mask, "start_positions": start,
+                        "end_positions": start + 1})  # fmt: skip
+
+    class Batches:
+        def __iter__(self):
+            return iter(batches)
+
+        def state_dict(self):
+            return {}
+
+    tc = TrainConfig(learning_rate=1e-3, batch_size_per_device=4, iter_num=5, warmup_batches=1, optimizer="adamw",
+                     loss_print_every_n_iter=100, model_save_every_n_iter=10**9, log_dir=str(tmp_path / "log"), model_save_dir=str(tmp_path / "save"))  # fmt: skip
+    ours_losses = [r["total_loss"] for r in fit(ours, tiny_cfg, squad_loss, Batches(), tc, dist.DistEnv(),
+                                                  print_fn=lambda s: None)["history"]]  # fmt: skip
+    decay = [p for n, p in hf.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
+    rest = [p for n, p in hf.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
+                            lr=1e-3, eps=1e-6)  # fmt: skip
+    hf_losses = []
+    for step, b in enumerate(batches):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, 1e-3, 1, 5)
+        out = hf(input_ids=b["input_ids"], attention_mask=b["input_mask"], token_type_ids=b["segment_ids"])
+        ce = torch.nn.functional.cross_entropy
+        loss = (ce(out.start_logits, b["start_positions"]) + ce(out.end_logits, b["end_positions"])) / 2
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+        opt.step()
+        hf_losses.append(loss.item())
+    assert len(ours_losses) == 5
+    assert max(abs(a - b) for a, b in zip(ours_losses, hf_losses, strict=True)) < 1e-4
+    assert hf_losses[-1] < hf_losses[0]
