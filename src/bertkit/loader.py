@@ -170,6 +170,12 @@ def read_dataset(
     return _fill(sources, spec, lambda n: {k: np.empty((n, s.length), s.dtype) for k, s in spec.items()}, progress)
 
 
+def check_shards_output(out: Path, flag: str) -> None:
+    """A shard directory is written whole or not at all: refuse one that already holds something."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{flag} {out} already exists and is not empty; remove it or choose another")
+
+
 def shards_meta(num_samples: int, arrays: dict[str, np.ndarray], sources: Sequence[tuple[Path, str]]) -> dict:
     """The meta.json of a shard directory: sample count, each feature's (length, dtype), where it came from."""
     return {
@@ -201,8 +207,7 @@ def convert_data(
     if sources[0][1] == "shards":
         raise ValueError(f"--input {sources[0][0]} is already a shard directory")
     out = Path(output_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"--output_dir {out} already exists and is not empty; remove it or choose another")
+    check_shards_output(out, "--output_dir")
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(out) as tmp:
         tmp.mkdir()

@@ -40,7 +40,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from bertkit.loader import shards_meta
+from bertkit.loader import check_shards_output, shards_meta
 from bertkit.records import atomic_output, write_ofrecord, write_tfrecord
 from bertkit.tokenizer import WordPieceTokenizer
 
@@ -414,11 +414,6 @@ def _rows(features: dict[str, np.ndarray], rows: range, bar: tqdm):
         yield {name: a[i] for name, a in features.items()}
 
 
-def _check_shards_dir(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"--output_file {out} already exists and is not empty; remove it or choose another")
-
-
 def write_features(
     features: dict[str, np.ndarray],
     cfg: CreatePretrainingDataConfig,
@@ -444,7 +439,7 @@ def write_features(
 
 def _write_shards(features: dict[str, np.ndarray], out: Path, sources: list[Path]) -> None:
     """The layout `bertkit.loader.load_shards` reads: one (N, length) .npy per feature and meta.json."""
-    _check_shards_dir(out)
+    check_shards_output(out, "--output_file")
     with atomic_output(out) as tmp:
         tmp.mkdir()
         for name, a in features.items():
@@ -458,7 +453,7 @@ def create_pretraining_data(cfg: CreatePretrainingDataConfig, progress: bool = F
     start = time.perf_counter()
     files = input_files(cfg.input_file)
     if cfg.output_format == "shards":  # refuse before the work, not after it
-        _check_shards_dir(Path(cfg.output_files()[0]))
+        check_shards_output(Path(cfg.output_files()[0]), "--output_file")
     tokenizer = make_tokenizer(cfg)
     documents = read_documents(files, tokenizer)
     read_s = time.perf_counter() - start
