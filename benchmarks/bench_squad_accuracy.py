@@ -43,6 +43,14 @@ def dev_file(args: argparse.Namespace, tmp: Path) -> Path:
     return out
 
 
+def keep_predictions(args: argparse.Namespace, name: str, predictions: dict) -> None:
+    """Write {name}-seed{seed}-predictions.json into --save_predictions (for a paired comparison afterwards)."""
+    if args.save_predictions:
+        out = Path(args.save_predictions)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}-seed{args.seed}-predictions.json").write_text(json.dumps(predictions), encoding="utf-8")
+
+
 def count_questions(path: Path) -> int:
     dataset = json.loads(path.read_text(encoding="utf-8"))
     return sum(len(p["qas"]) for a in dataset["data"] for p in a["paragraphs"])
@@ -59,6 +67,7 @@ def common(args: argparse.Namespace, predict_file: Path) -> dict:
         "threads": args.threads,
         "dev_questions": count_questions(predict_file),
         "dev_articles": args.dev_articles or "all",
+        "seed": args.seed,
     }
 
 
@@ -86,7 +95,7 @@ def run_bertkit(args: argparse.Namespace, model_dir: Path, predict_file: Path, t
             "--eval_batch_size_per_device", str(args.eval_batch), "--optimizer", "adamw",
             "--weight_decay_rate", "0.01", "--max_grad_norm", "1.0", "--loss_print_every_n_iter", "10",
             "--output_dir", str(out), "--log_dir", str(out / "log"), "--model_save_dir", str(out / "save"),
-            "--overwrite_output_dir"]  # fmt: skip
+            "--overwrite_output_dir", "--seed", str(args.seed)]  # fmt: skip
     squad.answer = timed_answer
     try:
         t0 = time.perf_counter()
@@ -94,6 +103,7 @@ def run_bertkit(args: argparse.Namespace, model_dir: Path, predict_file: Path, t
         total = time.perf_counter() - t0
     finally:
         squad.answer = real_answer
+    keep_predictions(args, "bertkit", json.loads((out / "predictions.json").read_text(encoding="utf-8")))
     summary = result["train"]
     train_s = args.batch * summary["step"] / summary["sentences_per_sec"]
     losses = [h["total_loss"] for h in summary["history"]]
@@ -139,7 +149,7 @@ def run_hf(args: argparse.Namespace, model_dir: Path, predict_file: Path) -> dic
     from bertkit.squad_data import load_squad, squad_tokenizer
     from bertkit.squad_predict import RawResults, predict_answers, predict_logits
 
-    seed = 12345  # bertkit's default --seed: the same data order
+    seed = args.seed  # bertkit's --seed: the same data order
     flags = SquadFlags(max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
                        max_query_length=args.max_query_length)  # fmt: skip
     tok = squad_tokenizer(model_dir / "vocab.txt")
@@ -183,6 +193,7 @@ def run_hf(args: argparse.Namespace, model_dir: Path, predict_file: Path) -> dic
     start, end = predict_logits(qa, dev.input_ids, dev.input_mask, dev.segment_ids, args.eval_batch, dist.DistEnv())
     preds = predict_answers(examples, dev, RawResults(dev.unique_id, start, end), tok, 20, 30)
     metrics = evaluate_v1(load_squad(predict_file), preds.predictions)
+    keep_predictions(args, "hf", preds.predictions)
     predict_s = time.perf_counter() - t0
     return {
         "implementation": "hf",
@@ -208,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval_batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=12345, help="data order and head init, both sides")
+    p.add_argument("--save_predictions", default=None, help="folder to keep each side's predictions.json in")
     p.add_argument("--only", choices=["bertkit", "hf"], default=None)
     args = p.parse_args(argv)
 

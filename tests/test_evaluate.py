@@ -421,3 +421,24 @@ def test_na_prob_file_must_cover_the_predictions():
     data = squad(V2_QUESTIONS, "v2.0", impossible=True)
     with pytest.raises(ValueError, match="--na_prob_file lacks 1 of the predicted question ids, e.g. q4"):
         evaluate_v2(data, V2_PREDS, {k: v for k, v in V2_NA.items() if k != "q4"})
+
+
+def test_paired_bootstrap_of_the_accuracy_benchmark(tmp_path):
+    """benchmarks/squad_paired.py: per-question official scores and the interval of the difference."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "squad_paired.py"
+    spec = importlib.util.spec_from_file_location("squad_paired", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    qas = [{"id": f"q{i}", "question": "?", "answers": [{"text": "the Denver Broncos", "answer_start": 0}]}
+           for i in range(40)]  # fmt: skip
+    dataset = {"data": [{"title": "t", "paragraphs": [{"context": "Denver Broncos", "qas": qas}]}]}
+    good = {f"q{i}": "Denver Broncos" for i in range(40)}
+    half = {f"q{i}": ("Broncos" if i % 2 else "Denver Broncos") for i in range(39)}  # q39 missing: scores 0
+    em, f1 = mod.per_question(dataset, half)
+    assert em.mean() == 100.0 * 20 / 40 and f1[1] == pytest.approx(100 * 2 * 1 * 0.5 / 1.5) and f1[39] == 0
+    assert mod.paired_interval(f1, f1, 200, 0) == (0.0, 0.0, 0.0)
+    g_em, _ = mod.per_question(dataset, good)
+    mean, lo, hi = mod.paired_interval(em, g_em, 500, 0)
+    assert mean == 50.0 and 0 < lo < mean < hi
