@@ -23,7 +23,7 @@ def test_quick_demo_writes_everything_and_learns(tmp_path, capsys):
     assert summary["pretrain"]["mlm_loss_end"] < summary["pretrain"]["mlm_loss_start"] - 1.0
     for key in ("pretrained_and_fine_tuned", "untrained"):
         assert 0 <= summary["squad"][key]["f1"] <= 100
-    assert summary["data"]["squad_heldout_questions"] == 250 and summary["data"]["instances"] > 100
+    assert summary["data"]["squad_heldout_questions"] == 810 and summary["data"]["instances"] > 100
     # The seed's log lines, the commands it ran, the table and the advice on what to run next.
     assert "iter 0, total_loss:" in printed or "iter 1, total_loss:" in printed
     assert "$ bertkit create-pretraining-data " in printed and "$ bertkit pretrain " in printed

@@ -34,7 +34,10 @@ class DemoConfig:
         default=None, metadata={"help": "pretraining iterations (default 300; quick 30)"}
     )
     squad_epochs: float | None = field(
-        default=None, metadata={"help": "SQuAD fine-tuning epochs (default 6; quick: 30 iterations)"}
+        default=None,
+        metadata={
+            "help": "SQuAD fine-tuning epochs over the 11,877 training questions (default 1; quick: 30 iterations)"
+        },
     )
     num_hidden_layers: int = field(default=2, metadata={"help": "encoder layers of the demo BERT"})
     num_attention_heads: int = field(default=2, metadata={"help": "attention heads of the demo BERT"})
@@ -50,7 +53,7 @@ class DemoConfig:
         if self.pretrain_iters is None:
             self.pretrain_iters = 30 if self.quick else 300
         if self.squad_epochs is None:
-            self.squad_epochs = 1.0 if self.quick else 6.0
+            self.squad_epochs = 1.0
         for name in ("pretrain_iters", "num_hidden_layers", "num_attention_heads", "hidden_size_per_head",
                      "batch_size_per_device"):  # fmt: skip
             if getattr(self, name) <= 0:
@@ -106,7 +109,7 @@ def run(cfg: DemoConfig) -> dict:
     squad_flags = [
         f"--train_file={DATA / 'squad_train.json'}", f"--predict_file={DATA / 'squad_dev.json'}",
         f"--max_seq_length={T * 2}", f"--doc_stride={T}", "--max_query_length=32",
-        *([f"--iter_num={30}"] if cfg.quick else [f"--num_train_epochs={cfg.squad_epochs}"]), "--learning_rate=3e-4", f"--batch_size_per_device={cfg.batch_size_per_device}",
+        *([f"--iter_num={30}"] if cfg.quick else [f"--num_train_epochs={cfg.squad_epochs}"]), "--learning_rate=1e-3", f"--batch_size_per_device={cfg.batch_size_per_device}",
         "--eval_batch_size_per_device=64", f"--precision={cfg.precision}", f"--seed={cfg.seed}",
         f"--loss_print_every_n_iter={10 if cfg.quick else 25}", "--overwrite_output_dir=True",
         f"--model_save_every_n_iter={10**9}",
