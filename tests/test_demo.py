@@ -28,3 +28,4 @@ def test_quick_demo_writes_everything_and_learns(tmp_path, capsys):
     assert "iter 0, total_loss:" in printed or "iter 1, total_loss:" in printed
     assert "$ bertkit create-pretraining-data " in printed and "$ bertkit pretrain " in printed
     assert "held-out EM / F1, untrained model" in printed and "Next, on real data" in printed
+    assert printed.count("of 810 answered exactly") == 2

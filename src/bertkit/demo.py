@@ -172,8 +172,11 @@ def print_table(s: dict) -> None:
         ("MLM loss", f"{p['mlm_loss_start']:.3f} -> {p['mlm_loss_end']:.3f}"),
         ("NSP loss", f"{p['nsp_loss_start']:.3f} -> {p['nsp_loss_end']:.3f}"),
         ("SQuAD fine-tuning", f"{s['data']['squad_train_questions']} questions, {q['iterations']} iterations"),
-        ("held-out EM / F1, bertkit's model", _emf1(q["pretrained_and_fine_tuned"])),
-        ("held-out EM / F1, untrained model", _emf1(q["untrained"])),
+        (
+            "held-out EM / F1, bertkit's model",
+            _emf1(q["pretrained_and_fine_tuned"], s["data"]["squad_heldout_questions"]),
+        ),
+        ("held-out EM / F1, untrained model", _emf1(q["untrained"], s["data"]["squad_heldout_questions"])),
     ] + [(f"time: {k}", f"{v:.0f} s") for k, v in s["seconds"].items()]
     width = max(len(r[0]) for r in rows)
     print("\n" + "-" * 66)
@@ -182,8 +185,11 @@ def print_table(s: dict) -> None:
     print("-" * 66)
 
 
-def _emf1(m: dict | None) -> str:
-    return f"{m['exact_match']:.1f} / {m['f1']:.1f}" if m else "n/a"
+def _emf1(m: dict | None, questions: int) -> str:
+    if not m:
+        return "n/a"
+    exact = round(m["exact_match"] * questions / 100)
+    return f"{m['exact_match']:.1f} / {m['f1']:.1f}  ({exact} of {questions} answered exactly)"
 
 
 NEXT_STEPS = """
