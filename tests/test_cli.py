@@ -48,6 +48,9 @@ def test_bad_flag_value_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--precision", "fp64"])
     assert "invalid choice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--squad_learning_rate", "0"])
+    assert "--squad_learning_rate must be positive, got 0.0" in capsys.readouterr().err
 
 
 def test_positional_fields_are_required_arguments_by_place(capsys):

@@ -47,6 +47,8 @@ class DemoConfig:
         default="fp32",
         metadata={"help": "fp32, or bf16 autocast (faster on CPUs with bf16)", "choices": ["fp32", "bf16"]},
     )
+    pretrain_learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate of pretraining"})
+    squad_learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate of SQuAD fine-tuning"})
     seed: int = field(default=12345, metadata={"help": "seed for data creation, init and order"})
 
     def __post_init__(self) -> None:
@@ -57,6 +59,9 @@ class DemoConfig:
         for name in ("pretrain_iters", "num_hidden_layers", "num_attention_heads", "hidden_size_per_head",
                      "batch_size_per_device"):  # fmt: skip
             if getattr(self, name) <= 0:
+                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+        for name in ("pretrain_learning_rate", "squad_learning_rate"):
+            if not getattr(self, name) > 0:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
         if self.squad_epochs <= 0:
             raise ValueError(f"--squad_epochs must be positive, got {self.squad_epochs}")
@@ -97,7 +102,7 @@ def run(cfg: DemoConfig) -> dict:
     pre, times["pretrain"] = stage("2/5 pretrain: masked LM + next sentence", [
         "pretrain", "--gpu_num_per_node=1", f"--data_dir={out / 'pretrain_data'}", "--data_part_num=1",
         f"--batch_size_per_device={cfg.batch_size_per_device}", f"--iter_num={cfg.pretrain_iters}",
-        f"--warmup_batches={max(1, cfg.pretrain_iters // 10)}", "--learning_rate=1e-3", f"--seq_length={T}",
+        f"--warmup_batches={max(1, cfg.pretrain_iters // 10)}", f"--learning_rate={cfg.pretrain_learning_rate}", f"--seq_length={T}",
         f"--max_predictions_per_seq={P}", *size, "--vocab_size=30522", f"--max_position_embeddings={T * 2}",
         f"--loss_print_every_n_iter={max(1, cfg.pretrain_iters // 10)}", f"--model_save_dir={out / 'pretrain'}",
         "--save_last_snapshot=True", f"--log_dir={out / 'pretrain' / 'log'}", f"--precision={cfg.precision}",
@@ -109,7 +114,7 @@ def run(cfg: DemoConfig) -> dict:
     squad_flags = [
         f"--train_file={DATA / 'squad_train.json'}", f"--predict_file={DATA / 'squad_dev.json'}",
         f"--max_seq_length={T * 2}", f"--doc_stride={T}", "--max_query_length=32",
-        *([f"--iter_num={30}"] if cfg.quick else [f"--num_train_epochs={cfg.squad_epochs}"]), "--learning_rate=1e-3", f"--batch_size_per_device={cfg.batch_size_per_device}",
+        *([f"--iter_num={30}"] if cfg.quick else [f"--num_train_epochs={cfg.squad_epochs}"]), f"--learning_rate={cfg.squad_learning_rate}", f"--batch_size_per_device={cfg.batch_size_per_device}",
         "--eval_batch_size_per_device=64", f"--precision={cfg.precision}", f"--seed={cfg.seed}",
         f"--loss_print_every_n_iter={10 if cfg.quick else 25}", "--overwrite_output_dir=True",
         f"--model_save_every_n_iter={10**9}",
