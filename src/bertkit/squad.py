@@ -58,7 +58,8 @@ def squad_loss(model: nn.Module, b: dict[str, Tensor]) -> tuple[Tensor, dict[str
 
 class SquadLoader(ArrayLoader):
     """Endless batches of training windows {input_ids, input_mask, segment_ids (B, T'); start_positions,
-    end_positions (B,)}, int64, T' the batch's longest window (padding columns cut: the loss does not change).
+    end_positions (B,)}, int64, T' the batch's longest window. Padding columns are cut (faster); Google's span
+    softmax runs over all max_seq_length positions, padding included, so the loss differs by those padded logits.
 
     The sample stream, its epochs and the resumable position are ArrayLoader's (one global permutation per
     epoch, batches dealt round-robin to the ranks); the windows are already in memory.
