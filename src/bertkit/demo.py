@@ -57,14 +57,9 @@ class DemoConfig:
         if self.squad_epochs is None:
             self.squad_epochs = 1.0
         for name in ("pretrain_iters", "num_hidden_layers", "num_attention_heads", "hidden_size_per_head",
-                     "batch_size_per_device"):  # fmt: skip
-            if getattr(self, name) <= 0:
+                     "batch_size_per_device", "pretrain_learning_rate", "squad_learning_rate", "squad_epochs"):  # fmt: skip
+            if not getattr(self, name) > 0:  # `not > 0` also refuses NaN
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
-        for name in ("pretrain_learning_rate", "squad_learning_rate"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
-        if self.squad_epochs <= 0:
-            raise ValueError(f"--squad_epochs must be positive, got {self.squad_epochs}")
 
     @property
     def seq_length(self) -> int:
@@ -170,18 +165,15 @@ def _count(path) -> int:
 
 
 def print_table(s: dict) -> None:
-    p, q = s["pretrain"], s["squad"]
+    p, q, n = s["pretrain"], s["squad"], s["data"]["squad_heldout_questions"]
     rows = [
         ("pretraining instances", f"{s['data']['instances']:,} from {s['data']['documents']} documents"),
         ("pretraining", f"{p['iterations']} iterations, {p['sentences_per_sec']:.1f} sentences/s"),
         ("MLM loss", f"{p['mlm_loss_start']:.3f} -> {p['mlm_loss_end']:.3f}"),
         ("NSP loss", f"{p['nsp_loss_start']:.3f} -> {p['nsp_loss_end']:.3f}"),
         ("SQuAD fine-tuning", f"{s['data']['squad_train_questions']} questions, {q['iterations']} iterations"),
-        (
-            "held-out EM / F1, bertkit's model",
-            _emf1(q["pretrained_and_fine_tuned"], s["data"]["squad_heldout_questions"]),
-        ),
-        ("held-out EM / F1, untrained model", _emf1(q["untrained"], s["data"]["squad_heldout_questions"])),
+        ("held-out EM / F1, bertkit's model", _emf1(q["pretrained_and_fine_tuned"], n)),
+        ("held-out EM / F1, untrained model", _emf1(q["untrained"], n)),
     ] + [(f"time: {k}", f"{v:.0f} s") for k, v in s["seconds"].items()]
     width = max(len(r[0]) for r in rows)
     print("\n" + "-" * 66)
