@@ -24,8 +24,36 @@ def test_quick_demo_writes_everything_and_learns(tmp_path, capsys):
     for key in ("pretrained_and_fine_tuned", "untrained"):
         assert 0 <= summary["squad"][key]["f1"] <= 100
     assert summary["data"]["squad_heldout_questions"] == 810 and summary["data"]["instances"] > 100
+    vocab = (out / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    assert summary["data"]["vocab_size"] == len(vocab) < 30522
     # The seed's log lines, the commands it ran, the table and the advice on what to run next.
     assert "iter 0, total_loss:" in printed or "iter 1, total_loss:" in printed
     assert "$ bertkit create-pretraining-data " in printed and "$ bertkit pretrain " in printed
     assert "held-out EM / F1, untrained model" in printed and "Next, on real data" in printed
     assert printed.count("of 810 answered exactly") == 2
+
+
+def test_demo_vocabulary_splits_its_text_as_google_does(tmp_path):
+    """The demo keeps Google's most frequent WordPieces and every character: the text it was built from is split
+    into the same pieces as with the full vocabulary wherever those pieces were kept, and no word becomes [UNK]."""
+    from bertkit.demo import demo_vocab
+    from bertkit.tokenizer import WordPieceTokenizer
+
+    texts = ["The quick brown fox jumps over the lazy dog.", "Denver Broncos won Super Bowl 50!", "the the the fox"]
+    least = demo_vocab(texts, 1, tmp_path / "chars.txt")  # the special tokens and the characters, nothing else
+    assert WordPieceTokenizer(tmp_path / "chars.txt").tokenize("the fox") == ["t", "##h", "##e", "f", "##o", "##x"]
+    n = demo_vocab(texts, least + 2, tmp_path / "vocab.txt")  # and the two most frequent pieces
+    lines = (tmp_path / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    assert n == len(lines) and len(set(lines)) == n
+    full, small = WordPieceTokenizer(), WordPieceTokenizer(tmp_path / "vocab.txt")
+    assert lines == [t for t in full.inv_vocab if t in set(lines)]  # Google's order
+    assert {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "t", "##x", "5"} <= set(lines)
+    for text in texts:
+        assert small.unk_id not in small.encode(text)
+        assert "".join(small.tokenize(text)).replace("##", "") == "".join(full.tokenize(text)).replace("##", "")
+    # the two most frequent words are kept whole: "the" (5 times), then "fox" (twice); "dog" is not
+    assert small.tokenize("dog") == ["d", "##o", "##g"]
+    assert small.tokenize("the fox") == ["the", "fox"]
+    big = demo_vocab(texts, 10**6, tmp_path / "all.txt")  # everything the text uses, no more
+    whole = WordPieceTokenizer(tmp_path / "all.txt")
+    assert big < 30522 and all(whole.tokenize(t) == full.tokenize(t) for t in texts)

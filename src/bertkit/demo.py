@@ -50,6 +50,13 @@ class DemoConfig:
     pretrain_learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate of pretraining"})
     squad_learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate of SQuAD fine-tuning"})
     seed: int = field(default=12345, metadata={"help": "seed for data creation, init and order"})
+    vocab_size: int = field(
+        default=8000,
+        metadata={
+            "help": "WordPieces kept from Google's 30,522 for the demo: the most frequent in its text, plus every "
+            "character (0: all of them)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.pretrain_iters is None:
@@ -60,10 +67,50 @@ class DemoConfig:
                      "batch_size_per_device", "pretrain_learning_rate", "squad_learning_rate", "squad_epochs"):  # fmt: skip
             if not getattr(self, name) > 0:  # `not > 0` also refuses NaN
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.vocab_size < 0:
+            raise ValueError(f"--vocab_size must be 0 (all of Google's WordPieces) or positive, got {self.vocab_size}")
 
     @property
     def seq_length(self) -> int:
         return 64 if self.quick else 128
+
+
+def demo_vocab(texts: list[str], size: int, out: Path) -> int:
+    """Write a vocabulary of Google's WordPieces for the demo: the special tokens, every single character
+    (plain and "##") that occurs in `texts`' pieces, and the most frequent other pieces up to `size` tokens, in
+    Google's order. Returns its length.
+
+    A word that Google's full vocabulary splits into pieces all kept here is split the same way (WordPiece takes
+    the longest piece in the vocabulary, and no longer piece was added); rarer words fall back to shorter pieces.
+    A 30,522-row softmax is most of a small model's pretraining step; this one is a fraction of it.
+    """
+    from collections import Counter
+
+    from bertkit.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
+
+    tok = WordPieceTokenizer()
+    counts = Counter(i for ids in tok.encode_batch(texts) for i in ids)
+    pieces = [tok.inv_vocab[i] for i in counts]
+    chars = {ch for piece in pieces for ch in piece.removeprefix("##")}
+    keep = {t for t in tok.vocab if t in SPECIAL_TOKENS or t.removeprefix("##") in chars}
+    for i, _ in counts.most_common():
+        if len(keep) >= size:
+            break
+        keep.add(tok.inv_vocab[i])
+    vocab = [t for t in tok.inv_vocab if t in keep]
+    out.write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+    return len(vocab)
+
+
+def demo_texts() -> list[str]:
+    """The demo's pretraining text (one line each) and its SQuAD training contexts and questions."""
+    lines = (DATA / "wiki_sample.txt").read_text(encoding="utf-8").splitlines()
+    squad = json.loads((DATA / "squad_train.json").read_text(encoding="utf-8"))
+    for article in squad["data"]:
+        for para in article["paragraphs"]:
+            lines.append(para["context"])
+            lines += [qa["question"] for qa in para["qas"]]
+    return [line for line in lines if line.strip()]
 
 
 def stage(title: str, argv: list[str]):
@@ -86,9 +133,19 @@ def run(cfg: DemoConfig) -> dict:
             f"--hidden_size_per_head={cfg.hidden_size_per_head}"]  # fmt: skip
     times: dict[str, float] = {}
 
-    # 1. records from raw text
+    # 1. the demo's vocabulary, then records from raw text
+    vocab, V = [], 30522
+    if cfg.vocab_size and cfg.vocab_size < V:
+        t0 = time.perf_counter()
+        V = demo_vocab(demo_texts(), cfg.vocab_size, out / "vocab.txt")
+        vocab = [f"--vocab_file={out / 'vocab.txt'}"]
+        print(f"\n=== vocabulary: {out / 'vocab.txt'}, {V} of Google's 30,522 WordPieces (the demo text's most "
+              f"frequent, and every character)", flush=True)  # fmt: skip
+        times["vocabulary"] = time.perf_counter() - t0
+    size.append(f"--vocab_size={V}")
     data, times["create_pretraining_data"] = stage("1/5 create-pretraining-data: raw text -> training instances", [
         "create-pretraining-data", f"--input_file={DATA / 'wiki_sample.txt'}", f"--output_file={out / 'pretrain_data'}",
+        *vocab,
         "--output_format=shards", f"--max_seq_length={T}", f"--max_predictions_per_seq={P}",
         f"--dupe_factor={1 if cfg.quick else 3}", f"--random_seed={cfg.seed}",
     ])  # fmt: skip
@@ -98,7 +155,7 @@ def run(cfg: DemoConfig) -> dict:
         "pretrain", "--gpu_num_per_node=1", f"--data_dir={out / 'pretrain_data'}", "--data_part_num=1",
         f"--batch_size_per_device={cfg.batch_size_per_device}", f"--iter_num={cfg.pretrain_iters}",
         f"--warmup_batches={max(1, cfg.pretrain_iters // 10)}", f"--learning_rate={cfg.pretrain_learning_rate}", f"--seq_length={T}",
-        f"--max_predictions_per_seq={P}", *size, "--vocab_size=30522", f"--max_position_embeddings={T * 2}",
+        f"--max_predictions_per_seq={P}", *size, f"--max_position_embeddings={T * 2}",
         f"--loss_print_every_n_iter={max(1, cfg.pretrain_iters // 10)}", f"--model_save_dir={out / 'pretrain'}",
         "--save_last_snapshot=True", f"--log_dir={out / 'pretrain' / 'log'}", f"--precision={cfg.precision}",
         f"--seed={cfg.seed}", f"--model_save_every_n_iter={10**9}",
@@ -107,7 +164,7 @@ def run(cfg: DemoConfig) -> dict:
 
     # 3-4. fine-tune from the snapshot, answer held-out questions, score; then an untrained model on the same
     squad_flags = [
-        f"--train_file={DATA / 'squad_train.json'}", f"--predict_file={DATA / 'squad_dev.json'}",
+        f"--train_file={DATA / 'squad_train.json'}", f"--predict_file={DATA / 'squad_dev.json'}", *vocab,
         f"--max_seq_length={T * 2}", f"--doc_stride={T}", "--max_query_length=32",
         *([f"--iter_num={30}"] if cfg.quick else [f"--num_train_epochs={cfg.squad_epochs}"]), f"--learning_rate={cfg.squad_learning_rate}", f"--batch_size_per_device={cfg.batch_size_per_device}",
         "--eval_batch_size_per_device=64", f"--precision={cfg.precision}", f"--seed={cfg.seed}",
@@ -119,7 +176,7 @@ def run(cfg: DemoConfig) -> dict:
         f"--output_dir={out / 'squad'}", f"--model_save_dir={out / 'squad'}", f"--log_dir={out / 'squad' / 'log'}",
     ])  # fmt: skip
     base, times["squad_untrained"] = stage("baseline: an untrained BERT of the same size answers the same questions", [
-        "squad", "--do_train=False", "--do_predict", *squad_flags, *size, "--vocab_size=30522",
+        "squad", "--do_train=False", "--do_predict", *squad_flags, *size,
         f"--max_position_embeddings={T * 2}", f"--output_dir={out / 'squad_untrained'}",
         f"--log_dir={out / 'squad_untrained' / 'log'}",
     ])  # fmt: skip
@@ -135,6 +192,7 @@ def run(cfg: DemoConfig) -> dict:
             "instances": data.get("instances"),
             "squad_train_questions": _count(DATA / "squad_train.json"),
             "squad_heldout_questions": _count(DATA / "squad_dev.json"),
+            "vocab_size": V,
         },  # fmt: skip
         "pretrain": {
             "iterations": cfg.pretrain_iters,
@@ -167,6 +225,7 @@ def _count(path) -> int:
 def print_table(s: dict) -> None:
     p, q, n = s["pretrain"], s["squad"], s["data"]["squad_heldout_questions"]
     rows = [
+        ("vocabulary", f"{s['data']['vocab_size']:,} WordPieces"),
         ("pretraining instances", f"{s['data']['instances']:,} from {s['data']['documents']} documents"),
         ("pretraining", f"{p['iterations']} iterations, {p['sentences_per_sec']:.1f} sentences/s"),
         ("MLM loss", f"{p['mlm_loss_start']:.3f} -> {p['mlm_loss_end']:.3f}"),
