@@ -391,17 +391,26 @@ def test_config_reconciles_the_seeds_and_googles_names():
     assert Npy2JsonConfig(predict_file="p.json").output_dir == "."
 
 
-def test_fine_tuning_loop_equals_a_plain_hugging_face_loop(tiny_cfg, tmp_path):
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_fine_tuning_loop_equals_a_plain_hugging_face_loop(tiny_cfg, tmp_path, dropout):
     """bertkit's SQuAD training (train.fit + squad_loss, AdamW, Google's schedule, clipping) and a plain loop over
-    transformers' BertForQuestionAnswering from the same weights on the same batches give the same losses."""
+    transformers' BertForQuestionAnswering from the same weights on the same batches give the same losses.
+
+    With dropout on, both start from the same RNG state: the two models draw their dropout masks in the same order
+    and shapes (embeddings; per layer attention probabilities, attention output, FFN output), so the masks are the
+    same and so are the losses. transformers' eager attention drops probabilities with F.dropout, as bertkit does.
+    """
     transformers = pytest.importorskip("transformers", reason="transformers is the test oracle ([test] extra)")
     from bertkit.convert import to_hf
     from bertkit.optim import learning_rate
     from bertkit.train import TrainConfig, fit
 
+    tiny_cfg.hidden_dropout_prob = tiny_cfg.attention_probs_dropout_prob = dropout
     torch.manual_seed(0)
     ours = BertForQuestionAnswering(tiny_cfg)
-    hf = transformers.BertForQuestionAnswering(transformers.BertConfig(**tiny_cfg.to_dict()))
+    hf = transformers.BertForQuestionAnswering(
+        transformers.BertConfig(**tiny_cfg.to_dict(), attn_implementation="eager")
+    )
     hf.load_state_dict(to_hf(ours.state_dict(), tiny_cfg.num_hidden_layers), strict=True)
     g = torch.Generator().manual_seed(1)
     batches = []
@@ -423,6 +432,9 @@ def test_fine_tuning_loop_equals_a_plain_hugging_face_loop(tiny_cfg, tmp_path):
 
     tc = TrainConfig(learning_rate=1e-3, batch_size_per_device=4, iter_num=5, warmup_batches=1, optimizer="adamw",
                      loss_print_every_n_iter=100, model_save_every_n_iter=10**9, log_dir=str(tmp_path / "log"), model_save_dir=str(tmp_path / "save"))  # fmt: skip
+    with torch.no_grad():  # the first batch's loss without dropout, before any step
+        plain_first = squad_loss(ours.eval(), batches[0])[0].item()
+    torch.manual_seed(1234)
     ours_losses = [r["total_loss"] for r in fit(ours, tiny_cfg, squad_loss, Batches(), tc, dist.DistEnv(),
                                                   print_fn=lambda s: None)["history"]]  # fmt: skip
     decay = [p for n, p in hf.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
@@ -430,6 +442,8 @@ def test_fine_tuning_loop_equals_a_plain_hugging_face_loop(tiny_cfg, tmp_path):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
                             lr=1e-3, eps=1e-6)  # fmt: skip
     hf_losses = []
+    hf.train()
+    torch.manual_seed(1234)
     for step, b in enumerate(batches):
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, 1e-3, 1, 5)
@@ -443,4 +457,6 @@ def test_fine_tuning_loop_equals_a_plain_hugging_face_loop(tiny_cfg, tmp_path):
         hf_losses.append(loss.item())
     assert len(ours_losses) == 5
     assert max(abs(a - b) for a, b in zip(ours_losses, hf_losses, strict=True)) < 1e-4
-    assert hf_losses[-1] < hf_losses[0]
+    # dropout really ran (or really did not): the first step's loss against the same weights without it
+    assert (abs(ours_losses[0] - plain_first) > 1e-3) == (dropout > 0)
+    assert dropout or hf_losses[-1] < hf_losses[0]
