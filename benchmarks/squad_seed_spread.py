@@ -1,0 +1,125 @@
+"""How much does the random state alone move SQuAD accuracy, bertkit against Hugging Face?
+
+One run per call: --side ours|hf|hf_matched, --seed S (torch: the QA head's init and every dropout mask); the data
+order is fixed (--data_seed), and so are the hyper-parameters of bench_squad_accuracy.py (MiniLM, seq 256, stride
+128, batch 32, lr 1e-4, 10% warmup, AdamW eps 1e-6 / wd 0.01, clip 1.0, dropout 0.1), scored on the first
+--dev_articles dev articles with the official metric.
+
+- ours: bertkit's model from the Hugging Face folder (QA head new), trained by `train.fit` + `squad.squad_loss`.
+- hf: `BertForQuestionAnswering.from_pretrained` after torch.manual_seed(S), trained by a plain loop.
+- hf_matched: as hf, but starting from bertkit's QA head init and bertkit's RNG state for the same seed (and the
+  [PAD] row trained, as bertkit and Google do): the same random draws as `ours`, so any gap is the implementation.
+
+    python benchmarks/squad_seed_spread.py --side ours --seed 1      # prints one JSON line
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from bench_squad_accuracy import DATA, HFQA, minilm_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--side", choices=["ours", "hf", "hf_matched"], required=True)
+    p.add_argument("--seed", type=int, required=True, help="torch seed: QA head init and dropout masks")
+    p.add_argument("--data_seed", type=int, default=12345, help="order of the training windows (fixed)")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--dev_articles", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import BertForQuestionAnswering as HFBert
+
+    from bertkit import checkpoint, dist
+    from bertkit.evaluate import evaluate_v1
+    from bertkit.model import BertForQuestionAnswering
+    from bertkit.optim import learning_rate
+    from bertkit.squad import SquadFlags, SquadLoader, json_windows, squad_loss
+    from bertkit.squad_data import load_squad, squad_tokenizer
+    from bertkit.squad_predict import RawResults, predict_answers, predict_logits
+    from bertkit.train import TrainConfig, fit
+
+    torch.set_num_threads(args.threads)
+    d = minilm_dir()
+    flags = SquadFlags(max_seq_length=256, doc_stride=128, max_query_length=64)
+    tok = squad_tokenizer(d / "vocab.txt")
+    _, feats, _ = json_windows(str(DATA / "train-v1.1-first44.json"), flags, tok, training=True)
+    arrays = {"input_ids": feats.input_ids, "input_mask": feats.input_mask, "segment_ids": feats.segment_ids,
+              "start_positions": feats.start_position, "end_positions": feats.end_position}  # fmt: skip
+    loader = SquadLoader(arrays, 32, seed=args.data_seed)
+    lr, warmup, steps = 1e-4, args.steps // 10, args.steps
+    cfg = checkpoint.own_config(d, checkpoint.detect_format(d))
+    tmp = Path(tempfile.mkdtemp())
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    if args.side == "ours":
+        model = BertForQuestionAnswering(cfg)
+        checkpoint.load_into(model, d)
+        tc = TrainConfig(learning_rate=lr, batch_size_per_device=32, iter_num=steps, warmup_batches=warmup,
+                         optimizer="adamw", weight_decay_rate=0.01, max_grad_norm=1.0, loss_print_every_n_iter=10,
+                         log_every_n_iter=10, model_save_every_n_iter=10**9, log_dir=str(tmp / "log"),
+                         model_save_dir=str(tmp / "save"))  # fmt: skip
+        history = fit(model, cfg, squad_loss, loader, tc, dist.DistEnv(), print_fn=lambda s: None)["history"]
+        curve = [h["total_loss"] for h in history]
+        qa = model
+    else:
+        if args.side == "hf_matched":
+            twin = BertForQuestionAnswering(cfg)
+            checkpoint.load_into(twin, d)
+            state = torch.get_rng_state()
+        model = HFBert.from_pretrained(d)
+        if args.side == "hf_matched":
+            with torch.no_grad():
+                model.qa_outputs.weight.copy_(twin.qa.weight)
+                model.qa_outputs.bias.copy_(twin.qa.bias)
+            model.bert.embeddings.word_embeddings.padding_idx = None
+            torch.set_rng_state(state)
+            del twin
+        decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
+        rest = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
+                                lr=lr, eps=1e-6)  # fmt: skip
+        model.train()
+        it, losses, curve = iter(loader), [], []
+        for step in range(steps):
+            for g in opt.param_groups:
+                g["lr"] = learning_rate(step, lr, warmup, steps)
+            b = next(it)
+            out = model(input_ids=b["input_ids"], attention_mask=b["input_mask"], token_type_ids=b["segment_ids"])
+            loss = (F.cross_entropy(out.start_logits, b["start_positions"])
+                    + F.cross_entropy(out.end_logits, b["end_positions"])) / 2  # fmt: skip
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if (step + 1) % 10 == 0:
+                curve.append(sum(losses[-10:]) / 10)
+        qa = HFQA(model).module
+    train_s = time.perf_counter() - t0
+
+    dev = load_squad(DATA / "dev-v1.1.json")
+    if args.dev_articles:
+        dev["data"] = dev["data"][: args.dev_articles]
+    dev_path = tmp / "dev.json"
+    dev_path.write_text(json.dumps(dev), encoding="utf-8")
+    examples, windows, _ = json_windows(str(dev_path), flags, tok, training=False)
+    start, end = predict_logits(qa, windows.input_ids, windows.input_mask, windows.segment_ids, 64, dist.DistEnv())
+    preds = predict_answers(examples, windows, RawResults(windows.unique_id, start, end), tok, 20, 30)
+    m = evaluate_v1(dev, preds.predictions)
+    print(json.dumps({"side": args.side, "seed": args.seed, "data_seed": args.data_seed, "steps": steps,
+                      "dev_questions": len(preds.predictions), "exact_match": round(m["exact_match"], 2),
+                      "f1": round(m["f1"], 2), "loss_curve": [round(x, 3) for x in curve],
+                      "train_seconds": round(train_s)}), flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
