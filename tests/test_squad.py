@@ -343,6 +343,9 @@ def test_train_from_records_and_a_pretraining_checkpoint(tmp_path, capsys, one_t
     assert "new (2): qa.weight, qa.bias" in out
     assert "ignored (" in out and "mlm." in out and "nsp." in out and "bert.pooler" in out
     assert "loaded (" in out and "bert.layers.{0..1}.attn.qkv.weight" in out
+    # the model that runs is the checkpoint's, whatever the (seed's BERT-large) size flags in the banner say
+    assert "num_hidden_layers = 24" in out
+    assert "model from the checkpoint's config; the size flags above are not used: 2 layers, hidden 32," in out
     assert "iter 0, total_loss" in out and "iter_num 6," in out  # ceil(22 windows / 4), from step 0
 
 

@@ -1,6 +1,7 @@
 """`bertkit demo`: the whole pipeline on data shipped with bertkit, in minutes on a laptop CPU.
 
-1. create-pretraining-data on ~320 KB of Wikipedia text (Google's algorithm, shards),
+1. create-pretraining-data on ~320 KB of Wikipedia text (Google's algorithm, shards), with a vocabulary of the
+   8,000 of Google's WordPieces most used in the demo text (every character kept; `--vocab_size 0`: all 30,522),
 2. pretrain a small BERT (the seed's log lines),
 3. fine-tune it on a SQuAD subset from that snapshot,
 4. answer held-out SQuAD questions and score them with the official metric, next to an untrained model of the

@@ -28,7 +28,7 @@ from bertkit import checkpoint, dist
 from bertkit.config import BertConfig
 from bertkit.evaluate import evaluate_v1, evaluate_v2
 from bertkit.loader import ArrayLoader, read_dataset
-from bertkit.model import BertForQuestionAnswering
+from bertkit.model import BertForQuestionAnswering, num_parameters
 from bertkit.pretrain import PretrainConfig, banner, launch_or_run
 from bertkit.records import squad_features
 from bertkit.squad_data import (
@@ -181,16 +181,17 @@ class SquadModelConfig(PretrainConfig, SquadFlags):
         )
         self.seq_length = self.seq_length or self.max_seq_length
 
-    def model_config(self) -> BertConfig:
-        """--bert_config_file, else the config the checkpoint carries, else the size flags (the seed's way)."""
+    def model_config(self) -> tuple[BertConfig, str]:
+        """--bert_config_file, else the config the checkpoint carries, else the size flags (the seed's way);
+        and which of the three it was."""
         if self.bert_config_file:
-            return BertConfig.from_json_file(self.bert_config_file)
+            return BertConfig.from_json_file(self.bert_config_file), "--bert_config_file"
         if self.model_load_dir:
             path = Path(self.model_load_dir)
             own = checkpoint.own_config(path, checkpoint.detect_format(path))
             if own is not None:
-                return own
-        return self.bert_config()
+                return own, "the checkpoint's config"
+        return self.bert_config(), "the size flags"
 
 
 @dataclass
@@ -343,6 +344,16 @@ def load_summary(report: checkpoint.LoadReport) -> str:
     return "\n".join(lines)
 
 
+def model_line(c: BertConfig, model: nn.Module) -> str:
+    """e.g. '6 layers, hidden 384, 12 heads, FFN 1536, vocab 30522, 22.7M parameters'."""
+    return (f"{c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, FFN "
+            f"{c.intermediate_size}, vocab {c.vocab_size}, {_count(num_parameters(model))} parameters")  # fmt: skip
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 100_000 else f"{n:,}"
+
+
 def build_model(
     cfg: SquadModelConfig, env: dist.DistEnv, say: Callable[[str], None]
 ) -> tuple[BertForQuestionAnswering, BertConfig, str | None, dict | None]:
@@ -353,7 +364,7 @@ def build_model(
         model.load_state_dict(weights)
         say(f"Resuming from {cfg.resume} at iter {resume_state['step']}.")
         return model.to(env.device), bert_cfg, None, resume_state
-    bert_cfg = cfg.model_config()
+    bert_cfg, source = cfg.model_config()
     uses_json = cfg.predict_file or getattr(cfg, "train_file", None)
     uses_records = cfg.data_dir or cfg.eval_data_dir or getattr(cfg, "train_data_dir", None)
     for flag, length, used in (("max_seq_length", cfg.max_seq_length, uses_json),
@@ -363,6 +374,8 @@ def build_model(
                              f"{bert_cfg.max_position_embeddings}")  # fmt: skip
     torch.manual_seed(cfg.seed)
     model = BertForQuestionAnswering(bert_cfg)
+    note = "" if source == "the size flags" else "; the size flags above are not used"
+    say(f"model from {source}{note}: {model_line(bert_cfg, model)}")
     vocab = None
     if cfg.model_load_dir:
         report = checkpoint.load_into(model, cfg.model_load_dir)
