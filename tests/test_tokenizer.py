@@ -50,7 +50,7 @@ class GoogleBasicTokenizer(legacy.BasicTokenizer):
 class Google:
     """Google's FullTokenizer, assembled from the oracle parts."""
 
-    def __init__(self, vocab: dict[str, int], do_lower_case: bool, max_input_chars_per_word: int = 100):
+    def __init__(self, vocab: dict[str, int], do_lower_case: bool, max_input_chars_per_word: int = 200):
         self.vocab = vocab
         self.basic = GoogleBasicTokenizer(do_lower_case=do_lower_case)
         self.wordpiece = legacy.WordpieceTokenizer(vocab, "[UNK]", max_input_chars_per_word)
@@ -260,6 +260,16 @@ def test_long_words_become_unk(limit):
         for word in ("a" * n, "é" * n, "e\u0301" * n, "𝐀" * n):
             assert ours.tokenize(word + " ok") == google.tokenize(word + " ok")
     assert ours.tokenize("a" * (limit + 1)) == ["[UNK]"]
+
+
+def test_the_default_word_limit_is_googles():
+    """Google's FullTokenizer builds its WordpieceTokenizer with the default limit, 200 characters."""
+    word = "a" * 150 + " ok"
+    assert WordPieceTokenizer().tokenize(word) == Google(WordPieceTokenizer().vocab, do_lower_case=True,
+                                                         max_input_chars_per_word=200).tokenize(word)  # fmt: skip
+    assert WordPieceTokenizer().tokenize("a" * 201) == ["[UNK]"] and WordPieceTokenizer().tokenize("a" * 200) != [
+        "[UNK]"
+    ]
 
 
 # --- the vocabulary ----------------------------------------------------------------------------------------

@@ -238,7 +238,7 @@ class WordPieceTokenizer:
 
     `vocab_file`: a Google `vocab.txt`; None for the bert-base-uncased vocabulary shipped with bertkit.
     `do_lower_case`: True for uncased models (lowercase and strip accents), False for cased ones (keep both).
-    `max_input_chars_per_word`: longer words become [UNK]. Google's FullTokenizer uses 200; 100 is Hugging Face's.
+    `max_input_chars_per_word`: longer words become [UNK]; 200 as in Google's FullTokenizer (Hugging Face: 100).
     No [CLS]/[SEP] is added, and special-token strings in the text are tokenized as text ("[", "mask", "]"),
     as Google does.
     """
@@ -247,7 +247,7 @@ class WordPieceTokenizer:
         self,
         vocab_file: str | os.PathLike | None = None,
         do_lower_case: bool = True,
-        max_input_chars_per_word: int = 100,
+        max_input_chars_per_word: int = 200,
     ):
         if max_input_chars_per_word <= 0:
             raise ValueError(f"max_input_chars_per_word must be positive, got {max_input_chars_per_word}")
