@@ -137,14 +137,47 @@ class HFQA:
         self.module = Wrap(model)
 
 
-def run_hf(args: argparse.Namespace, model_dir: Path, predict_file: Path) -> dict:
+def train_hf(model, loader, steps: int, lr: float, warmup: int, name: str | None = None) -> list[float]:
+    """The plain loop: AdamW (eps 1e-6, weight decay 0.01 but not on LayerNorm/bias), Google's warmup + linear decay,
+    clip 1.0, loss (CE(start) + CE(end)) / 2. Returns the per-step losses; prints every 10 steps when `name`."""
     import torch
     import torch.nn.functional as F
+
+    from bertkit.optim import learning_rate
+
+    decay, skip = [], []
+    for n, p in model.named_parameters():
+        (skip if n.endswith("bias") or "LayerNorm" in n else decay).append(p)
+    groups = [{"params": decay, "weight_decay": 0.01}, {"params": skip, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr, eps=1e-6)
+    model.train()
+    it = iter(loader)
+    losses = []
+    t0 = time.perf_counter()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = learning_rate(step, lr, warmup, steps)
+        b = next(it)
+        out = model(input_ids=b["input_ids"], token_type_ids=b["segment_ids"], attention_mask=b["input_mask"])
+        loss = (F.cross_entropy(out.start_logits.float(), b["start_positions"])
+                + F.cross_entropy(out.end_logits.float(), b["end_positions"])) / 2  # fmt: skip
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if name and (step + 1) % 10 == 0:
+            dt = (time.perf_counter() - t0) / (step + 1)
+            print(f"{name} iter {step}, total_loss: {sum(losses[-10:]) / 10:.3f}, {dt:.3f} s/step", flush=True)
+    return losses
+
+
+def run_hf(args: argparse.Namespace, model_dir: Path, predict_file: Path) -> dict:
+    import torch
     from transformers import BertForQuestionAnswering
 
     from bertkit import dist
     from bertkit.evaluate import evaluate_v1
-    from bertkit.optim import learning_rate
     from bertkit.squad import SquadFlags, SquadLoader, json_windows
     from bertkit.squad_data import load_squad, squad_tokenizer
     from bertkit.squad_predict import RawResults, predict_answers, predict_logits
@@ -160,31 +193,8 @@ def run_hf(args: argparse.Namespace, model_dir: Path, predict_file: Path) -> dic
     loader = SquadLoader(arrays, args.batch, seed=seed)
     torch.manual_seed(seed)
     model = BertForQuestionAnswering.from_pretrained(model_dir)
-    decay, skip = [], []
-    for name, p in model.named_parameters():
-        (skip if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": 0.01}, {"params": skip, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=args.lr, eps=1e-6)
-    warmup = args.steps // 10
-    model.train()
-    it = iter(loader)
-    losses = []
     t0 = time.perf_counter()
-    for step in range(args.steps):
-        for g in opt.param_groups:
-            g["lr"] = learning_rate(step, args.lr, warmup, args.steps)
-        b = next(it)
-        out = model(input_ids=b["input_ids"], token_type_ids=b["segment_ids"], attention_mask=b["input_mask"])
-        loss = (F.cross_entropy(out.start_logits.float(), b["start_positions"])
-                + F.cross_entropy(out.end_logits.float(), b["end_positions"])) / 2  # fmt: skip
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if (step + 1) % 10 == 0:
-            dt = (time.perf_counter() - t0) / (step + 1)
-            print(f"hf iter {step}, total_loss: {sum(losses[-10:]) / 10:.3f}, {dt:.3f} s/step", flush=True)
+    losses = train_hf(model, loader, args.steps, args.lr, args.steps // 10, name="hf")
     train_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()

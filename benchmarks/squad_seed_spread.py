@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_squad_accuracy import DATA, HFQA, minilm_dir
+from bench_squad_accuracy import DATA, HFQA, minilm_dir, train_hf
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,13 +35,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     import torch
-    import torch.nn.functional as F
     from transformers import BertForQuestionAnswering as HFBert
 
     from bertkit import checkpoint, dist
     from bertkit.evaluate import evaluate_v1
     from bertkit.model import BertForQuestionAnswering
-    from bertkit.optim import learning_rate
     from bertkit.squad import SquadFlags, SquadLoader, json_windows, squad_loss
     from bertkit.squad_data import load_squad, squad_tokenizer
     from bertkit.squad_predict import RawResults, predict_answers, predict_logits
@@ -83,26 +81,8 @@ def main(argv: list[str] | None = None) -> None:
             model.bert.embeddings.word_embeddings.padding_idx = None
             torch.set_rng_state(state)
             del twin
-        decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
-        rest = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
-                                lr=lr, eps=1e-6)  # fmt: skip
-        model.train()
-        it, losses, curve = iter(loader), [], []
-        for step in range(steps):
-            for g in opt.param_groups:
-                g["lr"] = learning_rate(step, lr, warmup, steps)
-            b = next(it)
-            out = model(input_ids=b["input_ids"], attention_mask=b["input_mask"], token_type_ids=b["segment_ids"])
-            loss = (F.cross_entropy(out.start_logits, b["start_positions"])
-                    + F.cross_entropy(out.end_logits, b["end_positions"])) / 2  # fmt: skip
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            if (step + 1) % 10 == 0:
-                curve.append(sum(losses[-10:]) / 10)
+        losses = train_hf(model, loader, steps, lr, warmup)
+        curve = [sum(losses[i : i + 10]) / len(losses[i : i + 10]) for i in range(0, steps, 10)]
         qa = HFQA(model).module
     train_s = time.perf_counter() - t0
 
