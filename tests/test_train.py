@@ -14,7 +14,8 @@ from bertkit.config import BertConfig
 from bertkit.dist import DistEnv
 from bertkit.model import BertForPreTraining
 from bertkit.pretrain import SyntheticData, pretrain_step_loss
-from bertkit.train import TrainConfig, check_writable, fit, load_snapshot, save_snapshot
+from bertkit.snapshot import check_writable, load_snapshot, save_snapshot
+from bertkit.train import TrainConfig, fit
 
 CFG = BertConfig(
     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,

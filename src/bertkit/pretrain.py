@@ -21,7 +21,8 @@ from bertkit import dist
 from bertkit.config import BertConfig
 from bertkit.loader import PretrainingLoader
 from bertkit.model import BertForPreTraining
-from bertkit.train import TrainConfig, check_writable, fit, load_snapshot
+from bertkit.snapshot import check_writable, load_snapshot
+from bertkit.train import TrainConfig, fit
 
 
 def pretraining_loss(

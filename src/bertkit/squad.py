@@ -31,6 +31,7 @@ from bertkit.loader import ArrayLoader, read_dataset
 from bertkit.model import BertForQuestionAnswering, num_parameters
 from bertkit.pretrain import PretrainConfig, banner, launch_or_run
 from bertkit.records import squad_features
+from bertkit.snapshot import check_writable, load_snapshot
 from bertkit.squad_data import (
     SquadExample,
     SquadFeatures,
@@ -42,7 +43,7 @@ from bertkit.squad_data import (
 )
 from bertkit.squad_predict import PREDICTION_FILES, RawResults, SquadPredictions, predict_answers, predict_logits
 from bertkit.tokenizer import WordPieceTokenizer
-from bertkit.train import check_writable, fit, load_snapshot
+from bertkit.train import fit
 
 # --- training: Google's loss and shuffled batches of windows -------------------------------------------------
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -22,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from bertkit.config import BertConfig
 from bertkit.dist import DistEnv, all_reduce_mean
 from bertkit.optim import build_optimizer, learning_rate, set_lr
+from bertkit.snapshot import save_snapshot
 
 LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]]
 
@@ -82,53 +80,6 @@ class TrainConfig:
                 raise ValueError(f"--{name} must not be negative, got {getattr(self, name)}")
         if self.use_fp16:
             self.precision = "fp16"
-
-
-# --- snapshots ---------------------------------------------------------------------------------------
-
-
-def atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
-    """Write into final.tmp-PID, then swap it in; the old copy is removed only after the new one is whole."""
-    final = Path(final)
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    old = final.with_name(f"{final.name}.old-{os.getpid()}")
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def save_snapshot(path: Path, model: nn.Module, cfg: BertConfig, train_state: dict) -> None:
-    def write(d: Path) -> None:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, d / "model.safetensors")
-        cfg.to_json_file(d / "bert_config.json")
-        torch.save(train_state, d / "train_state.pt")
-
-    atomic_dir(path, write)
-
-
-def load_snapshot(path: str | os.PathLike) -> tuple[dict[str, Tensor], BertConfig, dict]:
-    d = Path(path)
-    for name in ("model.safetensors", "bert_config.json", "train_state.pt"):
-        if not (d / name).is_file():
-            raise ValueError(f"--resume {d}: not a bertkit snapshot ({name} is missing)")
-    cfg = BertConfig.from_json_file(d / "bert_config.json")
-    return load_file(d / "model.safetensors"), cfg, torch.load(d / "train_state.pt", weights_only=True)
-
-
-def check_writable(directory: str) -> None:
-    """Fail before training, not after an hour, when snapshots cannot be written."""
-    d = Path(directory)
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        probe = d / f".bertkit-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"--model_save_dir {directory} cannot be written: {e.strerror or e}") from None
 
 
 # --- metrics -------------------------------------------------------------------------------------------
