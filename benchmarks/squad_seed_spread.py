@@ -1,14 +1,25 @@
 """How much does the random state alone move SQuAD accuracy, bertkit against Hugging Face?
 
-One run per call: --side ours|hf|hf_matched, --seed S (torch: the QA head's init and every dropout mask); the data
-order is fixed (--data_seed), and so are the hyper-parameters of bench_squad_accuracy.py (MiniLM, seq 256, stride
-128, batch 32, lr 1e-4, 10% warmup, AdamW eps 1e-6 / wd 0.01, clip 1.0, dropout 0.1), scored on the first
---dev_articles dev articles with the official metric.
+One run per call: --side ours|hf|hf_matched|hf_pad|hf_init, --seed S (torch: the QA head's init and every dropout
+mask); the data order is fixed (--data_seed), and so are the hyper-parameters of bench_squad_accuracy.py (MiniLM,
+seq 256, stride 128, batch 32, lr 1e-4, 10% warmup, AdamW eps 1e-6 / wd 0.01, clip 1.0, dropout 0.1), scored on the
+first --dev_articles dev articles with the official metric.
 
 - ours: bertkit's model from the Hugging Face folder (QA head new), trained by `train.fit` + `squad.squad_loss`.
 - hf: `BertForQuestionAnswering.from_pretrained` after torch.manual_seed(S), trained by a plain loop.
 - hf_matched: as hf, but starting from bertkit's QA head init and bertkit's RNG state for the same seed (and the
   [PAD] row trained, as bertkit and Google do): the same random draws as `ours`, so any gap is the implementation.
+
+The one-change sides differ from `hf` (same seed) in exactly one thing, so that each of hf_matched's three changes
+is measured on its own:
+
+- hf_pad: only `padding_idx=None`: the [PAD] embedding row is trained, as bertkit and Google train it (transformers
+  freezes it). Same head init and dropout masks as `hf`. (It can matter only while padding logits are in the span
+  loss: with the padding positions masked out of the softmax, the [PAD] row gets no gradient at all.)
+- hf_init: only the QA head's init: bertkit's draw for this seed (Google's truncated normal), copied into the model
+  `hf` builds; the RNG state afterwards, so every dropout mask, is `hf`'s own.
+
+The third change, the RNG state alone, is what `hf` against `hf_matched` leaves once the two above are known.
 
     python benchmarks/squad_seed_spread.py --side ours --seed 1      # prints one JSON line
 """
@@ -26,7 +37,7 @@ from bench_squad_accuracy import DATA, HFQA, minilm_dir, train_hf
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--side", choices=["ours", "hf", "hf_matched"], required=True)
+    p.add_argument("--side", choices=["ours", "hf", "hf_matched", "hf_pad", "hf_init"], required=True)
     p.add_argument("--seed", type=int, required=True, help="torch seed: QA head init and dropout masks")
     p.add_argument("--data_seed", type=int, default=12345, help="order of the training windows (fixed)")
     p.add_argument("--steps", type=int, default=100)
@@ -69,18 +80,23 @@ def main(argv: list[str] | None = None) -> None:
         curve = [h["total_loss"] for h in history]
         qa = model
     else:
-        if args.side == "hf_matched":
+        bertkit_head = args.side in ("hf_matched", "hf_init")
+        if bertkit_head:  # bertkit's construction for this seed: its QA head draw, and the RNG state after it
             twin = BertForQuestionAnswering(cfg)
             checkpoint.load_into(twin, d)
             state = torch.get_rng_state()
+        if args.side == "hf_init":  # from here on HF's own draws, as in `hf`: its head (replaced) and dropout masks
+            torch.manual_seed(args.seed)
         model = HFBert.from_pretrained(d)
-        if args.side == "hf_matched":
+        if bertkit_head:
             with torch.no_grad():
                 model.qa_outputs.weight.copy_(twin.qa.weight)
                 model.qa_outputs.bias.copy_(twin.qa.bias)
-            model.bert.embeddings.word_embeddings.padding_idx = None
-            torch.set_rng_state(state)
             del twin
+        if args.side in ("hf_matched", "hf_pad"):  # the [PAD] row trained, as bertkit and Google do
+            model.bert.embeddings.word_embeddings.padding_idx = None
+        if args.side == "hf_matched":
+            torch.set_rng_state(state)
         losses = train_hf(model, loader, steps, lr, warmup)
         curve = [sum(losses[i : i + 10]) / len(losses[i : i + 10]) for i in range(0, steps, 10)]
         qa = HFQA(model).module
