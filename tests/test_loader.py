@@ -4,13 +4,26 @@ the same batches whether it reads OFRecord, TFRecord or shards."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from bertkit import records as R
 from bertkit.cli import main
-from bertkit.loader import PretrainingLoader, convert_data, load_shards, ofrecord_parts, read_dataset
+from bertkit.loader import (
+    ArrayLoader,
+    PretrainingLoader,
+    cache_key,
+    cached_shards,
+    convert_data,
+    load_shards,
+    ofrecord_parts,
+    read_dataset,
+    resolve_inputs,
+)
 from bertkit.model import BertForPreTraining
 from bertkit.pretrain import pretraining_loss, random_batch
 
@@ -232,3 +245,154 @@ def test_ranks_see_what_accumulation_micro_steps_see(data):
             ranked = PretrainingLoader(data["shards"], 5, T, P, rank=rank, world_size=world, seed=3)
             got = [sample_ids(b) for b in take(ranked, 30 // world)]
             assert got == single[rank::world]
+
+
+# --- record directories sniffed, values checked per batch -------------------------------------------------------
+
+
+def test_directory_of_tfrecord_parts(tmp_path):
+    """A data directory of part-N files is sniffed like a named file: TFRecord parts are read, or named as such."""
+    recs = make_records(10)
+    (tmp_path / "tf").mkdir()
+    R.write_tfrecord(tmp_path / "tf" / "part-0", recs[:6])
+    R.write_tfrecord(tmp_path / "tf" / "part-1", recs[6:])
+    got = read_dataset(tmp_path / "tf", R.pretraining_features(T, P))
+    np.testing.assert_array_equal(got["input_ids"], np.stack([r["input_ids"] for r in recs]))
+    assert [fmt for _, fmt in resolve_inputs(tmp_path / "tf")] == ["tfrecord", "tfrecord"]
+    raises(
+        lambda: read_dataset(tmp_path / "tf", R.pretraining_features(T, P), input_format="ofrecord"),
+        "part-0",
+        "this is a TFRecord",
+        "--input_format tfrecord",
+    )
+
+
+def bad_dataset(root, feature: str, value: int):
+    """make_records(20) in two OFRecord parts, with `value` at record 3 of part-1 (sample 13) in `feature`."""
+    recs = make_records(20)
+    recs[13][feature] = recs[13][feature].copy()
+    recs[13][feature][-1] = value
+    (root / "bad").mkdir()
+    R.write_ofrecord(root / "bad" / "part-0", recs[:10])
+    R.write_ofrecord(root / "bad" / "part-1", recs[10:])
+    return root / "bad"
+
+
+@pytest.mark.parametrize(
+    "feature, value, kwargs, needle",
+    [
+        ("input_ids", 120, {"vocab_size": 99}, "[0, 99) (--vocab_size 99"),
+        ("masked_lm_ids", -1, {"vocab_size": 99}, "[0, 99) (--vocab_size 99"),
+        ("segment_ids", 2, {"type_vocab_size": 2}, "[0, 2) (--type_vocab_size 2"),
+        ("masked_lm_positions", T, {}, f"[0, {T}) (--seq_length {T}"),
+    ],
+)
+def test_values_checked_per_batch(tmp_path, feature, value, kwargs, needle):
+    """The model does not check its inputs (no host sync): the loader does, in numpy, naming file and record."""
+    d = bad_dataset(tmp_path, feature, value)
+    for cache in (None, tmp_path / "cache"):
+        loader = PretrainingLoader(d, 4, T, P, shuffle=False, cache_dir=cache, **kwargs)
+        take(loader, 3)  # samples 0-11 are fine
+        raises(lambda ld=loader: next(iter(ld)), f"{d / 'part-1'}: record 3", f"'{feature}'", f"value {value}", needle)
+    if kwargs:  # without the model's sizes, only positions and labels are checked
+        take(PretrainingLoader(d, 4, T, P, shuffle=False), 5)
+
+
+def test_value_check_names_shard_sources(tmp_path):
+    d = bad_dataset(tmp_path, "input_ids", 500)
+    convert_data(d, tmp_path / "shards", T, P)
+    loader = PretrainingLoader(tmp_path / "shards", 20, T, P, vocab_size=99)
+    raises(lambda: next(iter(loader)), f"{d / 'part-1'}: record 3", "value 500")
+    loader = ArrayLoader(
+        {"input_ids": np.full((4, 2), 7)}, 2, shuffle=False, limits={"input_ids": (5, "--vocab_size 5")}
+    )
+    raises(lambda: loader.next_indices(), "sample 0 of the data", "'input_ids': value 7 is outside [0, 5)")
+
+
+# --- the shard cache: record files converted once, memory-mapped by every process ---------------------------------
+
+
+def snapshot_of(root) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+def test_cached_shards_equal_parsed_records(data, tmp_path):
+    """The global sample stream is the same from the cache as from records parsed in memory, on every rank."""
+    cache = tmp_path / "cache"
+    before = snapshot_of(data["ofrecord"])
+    for fmt in ("ofrecord", "tfrecord"):
+        for rank in (0, 1):
+            parsed = take(PretrainingLoader(data[fmt], 5, T, P, seed=3, rank=rank, world_size=2), 12)
+            cached = PretrainingLoader(data[fmt], 5, T, P, seed=3, rank=rank, world_size=2, cache_dir=cache)
+            assert isinstance(cached.arrays["input_ids"], np.memmap)
+            for g, w in zip(take(cached, 12), parsed, strict=True):
+                for k in w:
+                    assert torch.equal(g[k], w[k]), (fmt, rank, k)
+    assert snapshot_of(data["ofrecord"]) == before  # nothing written beside the data
+    built = sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock"))
+    assert len(built) == 2 and all(n.startswith("shards-") for n in built)  # one per input, reused by rank 1
+    assert cached_shards(data["shards"], R.pretraining_features(T, P), cache) == data["shards"]  # shards as they are
+
+
+def test_cache_key_follows_files_and_flags(data, tmp_path):
+    spec = R.pretraining_features(T, P)
+    cache = tmp_path / "cache"
+    a = cached_shards(data["tfrecord"], spec, cache)
+    meta = (a / "meta.json").stat().st_mtime_ns
+    assert cached_shards(data["tfrecord"], spec, cache) == a and (a / "meta.json").stat().st_mtime_ns == meta
+    assert cached_shards(data["tfrecord"], R.pretraining_features(T, P) | {}, cache) == a
+    assert cached_shards(data["tfrecord"], {"input_ids": spec["input_ids"]}, cache) != a  # another feature set
+    raises(lambda: cached_shards(data["tfrecord"], R.pretraining_features(32, P), cache), "--seq_length is 32")
+    R.write_tfrecord(data["tfrecord"], make_records(7))  # the data changed: a new cache, with the new data
+    b = cached_shards(data["tfrecord"], spec, cache)
+    assert b != a and load_shards(b)["input_ids"].shape == (7, T)
+
+
+def test_one_process_builds_the_others_wait(data, tmp_path, monkeypatch):
+    """Callers at once (threads here: flock locks belong to open files, so they exclude each other like
+    processes): one converts, every caller gets the same directory."""
+    import bertkit.loader as L
+
+    builds, real = [], L._write_shards
+
+    def slow_write(*args, **kwargs):
+        builds.append(threading.get_ident())
+        time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(L, "_write_shards", slow_write)
+    spec, cache = R.pretraining_features(T, P), tmp_path / "cache"
+    results = [None] * 4
+
+    def call(i):
+        results[i] = cached_shards(data["ofrecord"], spec, cache, build=i < 2)  # two may build, two only wait
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1 and len(set(results)) == 1 and results[0] is not None
+    assert not [p for p in cache.iterdir() if ".tmp-" in p.name]
+
+
+def test_cache_failures_are_clear(tmp_path):
+    spec, cache = R.pretraining_features(T, P), tmp_path / "cache"
+    (tmp_path / "in").mkdir()
+    recs = make_records(3)
+    recs[2]["input_ids"] = recs[2]["input_ids"][:5]
+    R.write_ofrecord(tmp_path / "in" / "part-0", recs)
+    raises(lambda: cached_shards(tmp_path / "in", spec, cache), "record 2", "has 5 values")
+    assert not [p for p in cache.iterdir() if p.is_dir()]  # nothing half-built is left
+    # A process that only waits learns the builder's error instead of waiting out its timeout.
+    raises(lambda: cached_shards(tmp_path / "in", spec, cache, build=False, timeout_s=0.1), "could not be built")
+    # Nobody building: the wait ends with a message naming the directory.
+    R.write_ofrecord(tmp_path / "in" / "part-0", make_records(3))
+    raises(lambda: cached_shards(tmp_path / "in", spec, cache, build=False, timeout_s=0.2), "waited 0 s", "shards-")
+    # A builder killed mid-way leaves a temporary directory; the next builder removes it.
+    key, _ = cache_key(resolve_inputs(tmp_path / "in"), spec)
+    (cache / f".{key}.tmp-otherhost-1").mkdir()
+    assert cached_shards(tmp_path / "in", spec, cache).name == key
+    assert not list(cache.glob(".shards-*"))
+    (tmp_path / "file").write_text("")
+    raises(lambda: cached_shards(tmp_path / "in", spec, tmp_path / "file" / "cache"), "cannot create it")

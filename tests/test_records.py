@@ -4,6 +4,7 @@ re-written byte for byte."""
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 import numpy as np
@@ -102,7 +103,8 @@ def test_round_trip(tmp_path, fmt):
     if fmt == "ofrecord":
         assert got[0]["i32"].dtype == np.int32 and got[0]["f64"].dtype == np.float64
     assert R.sniff_format(tmp_path / "f") == fmt
-    assert [p.name for p in tmp_path.iterdir()] == ["f"]  # the temporary file was renamed
+    names = ["f", "f.sha256"] if fmt == "ofrecord" else ["f"]  # OFRecord gets a checksum sidecar
+    assert sorted(p.name for p in tmp_path.iterdir()) == names  # the temporary file was renamed
 
 
 def test_unpacked_lists_read_like_packed():
@@ -206,6 +208,7 @@ def raises(fn, *needles: str) -> R.RecordError | ValueError:
 def test_truncated_file(tmp_path, fmt):
     f = tmp_path / "part-0"
     (R.write_ofrecord if fmt == "ofrecord" else R.write_tfrecord)(f, synthetic(3))
+    R.checksum_path(f).unlink(missing_ok=True)  # the framing is checked, as in files from other writers
     at = offsets(f, fmt)
     data = f.read_bytes()
     f.write_bytes(data[: at[2] + 20])  # the third record cut short
@@ -218,6 +221,7 @@ def test_truncated_file(tmp_path, fmt):
 def test_length_prefix_past_end(tmp_path):
     f = tmp_path / "part-0"
     R.write_ofrecord(f, synthetic(3))
+    R.checksum_path(f).unlink()  # the framing is checked, as in files from other writers
     at = offsets(f, "ofrecord")
     data = bytearray(f.read_bytes())
     data[at[1] : at[1] + 8] = struct.pack("<q", 10**9)
@@ -278,6 +282,53 @@ def test_missing_feature_and_wrong_length(tmp_path):
         "feature 'masked_lm_positions'",
         "has 4 values but --max_predictions_per_seq is 5",
     )
+
+
+def test_ofrecord_checksum_sidecar(tmp_path):
+    """OFRecord files bertkit writes carry part-N.sha256 (sha256sum's format); a changed byte is refused by name."""
+    f = tmp_path / "part-0"
+    R.write_ofrecord(f, synthetic(3))
+    sidecar = tmp_path / "part-0.sha256"
+    assert sidecar.read_text() == f"{hashlib.sha256(f.read_bytes()).hexdigest()}  part-0\n"
+    assert R.verify_checksum(f)
+    at = offsets(f, "ofrecord")
+    good = f.read_bytes()
+    bad = bytearray(good)
+    bad[at[1] + 8 + 3] ^= 1  # one bit inside record 1's data: it may still parse, so only the sum can tell
+    f.write_bytes(bytes(bad))
+    for read in (lambda: list(R.read_ofrecord(f)), lambda: arrays_of(f, R.pretraining_features(16, 4))):
+        raises(read, str(f), "damaged or changed", "part-0.sha256", "delete")
+    sidecar.write_text("not a checksum\n")
+    raises(lambda: list(R.read_ofrecord(f)), str(sidecar), "not a sha256 checksum file")
+    sidecar.unlink()  # no sidecar (files from other writers): read as they are
+    f.write_bytes(good)
+    assert not R.verify_checksum(f) and len(list(R.read_ofrecord(f))) == 3
+    # Rewriting the file rewrites its sum (the old one never sits beside new data); TFRecord has CRCs, no sidecar.
+    sidecar.write_text("0" * 64 + "  part-0\n")
+    R.write_ofrecord(f, synthetic(2))
+    assert R.verify_checksum(f) and len(list(R.read_ofrecord(f))) == 2
+    R.write_tfrecord(tmp_path / "t.tfrecord", synthetic(2))
+    assert not R.checksum_path(tmp_path / "t.tfrecord").exists()
+
+
+def test_wrong_format_says_which_it_is(tmp_path):
+    """A TFRecord read as OFRecord and an OFRecord read as TFRecord: the error names the format the file has."""
+    of, tf = tmp_path / "part-0", tmp_path / "part-1"
+    R.write_ofrecord(of, synthetic(3))
+    R.write_tfrecord(tf, synthetic(3))
+    spec = R.pretraining_features(16, 4)
+    for path, fmt, needle in ((tf, "ofrecord", "this is a TFRecord"), (of, "tfrecord", "this looks like an OFRecord")):
+        other = "tfrecord" if fmt == "ofrecord" else "ofrecord"
+        raises(lambda p=path, f=fmt: list(R.read_arrays(p, spec, f)), str(path), needle, f"--input_format {other}")
+        raises(lambda p=path, f=fmt: R.count_records(p, f), needle)
+    raises(lambda: list(R.read_ofrecord(tf)), "this is a TFRecord")  # the record parser's error too
+    # A real damaged file gets no such hint.
+    data = bytearray(of.read_bytes())
+    data[offsets(of, "ofrecord")[1] + 7] = 0x7F  # record 1 says it is ~2^62 bytes long
+    of.write_bytes(bytes(data))
+    R.checksum_path(of).unlink()
+    err = raises(lambda: R.count_records(of, "ofrecord"), "record 1", "truncated")
+    assert "TFRecord" not in str(err)
 
 
 def test_nothing_half_written(tmp_path):

@@ -4,9 +4,15 @@ References: the seed's OneFlow BERT reader (an OFRecord `--data_dir` of `--data_
 batch per iteration for `--iter_num` iterations) and torch's `DistributedSampler` (a permutation seeded by seed and
 epoch, every rank taking its own stride of it).
 
-Inputs are OFRecord directories, TFRecord files or globs (parsed by `records`), or a shard directory: one
-`<feature>.npy` (N, length) per feature plus `meta.json`, memory-mapped, which `convert_data` / `bertkit
-convert-data` writes so that the training loop never parses protobuf.
+Inputs are directories of `part-<i>` files (OFRecord, or TFRecord: each file's format is sniffed), TFRecord files
+or globs (parsed by `records`), or a shard directory: one `<feature>.npy` (N, length) per feature plus `meta.json`,
+memory-mapped, which `convert_data` / `bertkit convert-data` writes so that the training loop never parses protobuf.
+
+Memory per rank: record files parsed in each process cost every rank ~1.8 KB per sample (seq 128) of private
+memory. `cached_shards` instead converts them once into shards in a cache directory (keyed by the files' paths,
+sizes and mtimes and the features wanted; one process builds, the others wait) that every process memory-maps:
+the pages are the kernel's page cache, shared by all processes of a machine, and a rank's private memory no longer
+grows with the data set (`benchmarks/bench_memory.py` measures it).
 
 The loader: one global stream of samples, epoch e being a permutation of all N samples seeded by (seed, e), the
 epochs laid end to end (so no sample is skipped at an epoch's end). The stream is cut into batches of
@@ -19,8 +25,13 @@ saves restores every rank, and a resumed run sees exactly the samples it would h
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import hashlib
 import json
+import os
+import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +44,11 @@ from torch import Tensor
 from tqdm import tqdm
 
 from bertkit.records import Spec, atomic_output, count_records, pretraining_features, read_arrays, sniff_format
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: the cache is then built without a lock (see cached_shards)
+    fcntl = None
 
 SHARDS_META = "meta.json"
 
@@ -66,8 +82,9 @@ def resolve_inputs(
 ) -> list[tuple[Path, str]]:
     """(path, format) for each file or shard directory named by `inputs`.
 
-    `inputs` is a comma-separated string or a list of: OFRecord directories (part-<i> files), shard directories
-    (holding meta.json), record files, or globs. `input_format` 'auto' tells the kinds apart by looking.
+    `inputs` is a comma-separated string or a list of: data directories (part-<i> files, OFRecord as the seed
+    writes them or TFRecord), shard directories (holding meta.json), record files, or globs. `input_format` 'auto'
+    tells the kinds apart by looking at each file, in a directory as well as named.
     """
     if input_format not in ("auto", "ofrecord", "tfrecord"):
         raise ValueError(f"--input_format must be auto, ofrecord or tfrecord, got {input_format!r}")
@@ -81,10 +98,9 @@ def resolve_inputs(
         if p.is_dir():
             if (p / SHARDS_META).is_file():
                 out.append((p, "shards"))
-            elif input_format == "tfrecord":
-                raise ValueError(f"--input {p} is a directory; --input_format tfrecord wants files or a glob")
             else:
-                out += [(f, "ofrecord") for f in ofrecord_parts(p, data_part_num)]
+                parts = ofrecord_parts(p, data_part_num)
+                out += [(f, sniff_format(f) if input_format == "auto" else input_format) for f in parts]
             continue
         files = sorted(Path(f) for f in glob.glob(item)) if glob.has_magic(item) else [p]
         if not files:
@@ -131,14 +147,26 @@ def load_shards(shard_dir: str | Path, spec: dict[str, Spec] | None = None) -> d
     return {name: arrays[name] for name in spec} if spec else arrays
 
 
+def shard_sources(shard_dir: str | Path) -> list[tuple[str, int]]:
+    """(file, samples) in sample order for the record files a shard directory was made from; [(shard_dir, N)]
+    when its meta.json does not count them (shards from text, or from an older bertkit)."""
+    meta = json.loads((Path(shard_dir) / SHARDS_META).read_text())
+    sources = meta.get("sources", [])
+    if sources and all("num_samples" in src for src in sources):
+        return [(src["path"], src["num_samples"]) for src in sources]
+    return [(str(shard_dir), meta["num_samples"])]
+
+
 def _fill(
     sources: list[tuple[Path, str]],
     spec: dict[str, Spec],
     allocate: Callable[[int], dict[str, np.ndarray]],
     progress: bool,
-) -> dict[str, np.ndarray]:
-    """Parse every record of `sources` into arrays from allocate(N): one pass to count, one to fill."""
-    n = sum(count_records(path, fmt) for path, fmt in sources)
+) -> tuple[dict[str, np.ndarray], list[int]]:
+    """Parse every record of `sources` into arrays from allocate(N): one pass to count, one to fill.
+    Returns the arrays and the sample count of each source."""
+    counts = [count_records(path, fmt) for path, fmt in sources]
+    n = sum(counts)
     if n == 0:
         raise ValueError(f"--input: no records in {', '.join(str(p) for p, _ in sources)}")
     arrays, i = allocate(n), 0
@@ -150,7 +178,35 @@ def _fill(
                     arrays[name][i : i + k] = values
                 i += k
                 bar.update(k)
-    return arrays
+    return arrays, counts
+
+
+def open_dataset(
+    inputs: str | Path | Sequence[str | Path],
+    spec: dict[str, Spec],
+    input_format: str = "auto",
+    data_part_num: int = 0,
+    progress: bool = False,
+    cache_dir: str | Path | None = None,
+    build_cache: bool = True,
+    cache_timeout_s: float | None = None,
+) -> tuple[dict[str, np.ndarray], list[tuple[str, int]]]:
+    """The arrays (N, length) per feature of `spec` and the (file, samples) they came from, in order.
+
+    Shards are memory-mapped. Record files are converted once into cached shards under `cache_dir` and
+    memory-mapped from there (see `cached_shards`) or, with no `cache_dir`, parsed into this process's memory.
+    """
+    sources = resolve_inputs(inputs, input_format, data_part_num)
+    if sources[0][1] == "shards":
+        return load_shards(sources[0][0], spec), shard_sources(sources[0][0])
+    if cache_dir is not None:
+        timeout = CACHE_TIMEOUT_S if cache_timeout_s is None else cache_timeout_s
+        d = _cached_shards(sources, spec, Path(cache_dir), build_cache, timeout, progress)
+        return load_shards(d, spec), shard_sources(d)
+    arrays, counts = _fill(
+        sources, spec, lambda n: {k: np.empty((n, s.length), s.dtype) for k, s in spec.items()}, progress
+    )
+    return arrays, [(str(p), c) for (p, _), c in zip(sources, counts, strict=True)]
 
 
 def read_dataset(
@@ -164,10 +220,7 @@ def read_dataset(
 
     Shards are memory-mapped; OFRecord and TFRecord files are parsed once into memory.
     """
-    sources = resolve_inputs(inputs, input_format, data_part_num)
-    if sources[0][1] == "shards":
-        return load_shards(sources[0][0], spec)
-    return _fill(sources, spec, lambda n: {k: np.empty((n, s.length), s.dtype) for k, s in spec.items()}, progress)
+    return open_dataset(inputs, spec, input_format, data_part_num, progress)[0]
 
 
 def check_shards_output(out: Path, flag: str) -> None:
@@ -176,15 +229,46 @@ def check_shards_output(out: Path, flag: str) -> None:
         raise ValueError(f"{flag} {out} already exists and is not empty; remove it or choose another")
 
 
-def shards_meta(num_samples: int, arrays: dict[str, np.ndarray], sources: Sequence[tuple[Path, str]]) -> dict:
-    """The meta.json of a shard directory: sample count, each feature's (length, dtype), where it came from."""
+def shards_meta(
+    num_samples: int,
+    arrays: dict[str, np.ndarray],
+    sources: Sequence[tuple[Path, str]],
+    counts: Sequence[int] | None = None,
+) -> dict:
+    """The meta.json of a shard directory: sample count, each feature's (length, dtype), where it came from
+    (with each record file's sample count when known, so errors can name the file and record)."""
+    src = [{"path": str(p), "format": fmt} for p, fmt in sources]
+    for entry, c in zip(src, counts or [], strict=False):
+        entry["num_samples"] = int(c)
     return {
         "format": "bertkit-shards",
         "version": 1,
         "num_samples": num_samples,
         "features": {k: {"length": a.shape[1], "dtype": a.dtype.name} for k, a in arrays.items()},
-        "sources": [{"path": str(p), "format": fmt} for p, fmt in sources],
+        "sources": src,
     }
+
+
+def _write_shards(
+    sources: list[tuple[Path, str]], spec: dict[str, Spec], tmp: Path, progress: bool, extra: dict | None = None
+) -> dict:
+    """Parse `sources` into a new shard directory `tmp` (.npy files filled in place through memory maps) and
+    write its meta.json last, flushed to disk; returns the meta."""
+    tmp.mkdir()
+
+    def allocate(n: int) -> dict[str, np.ndarray]:
+        return {k: open_memmap(tmp / f"{k}.npy", "w+", s.dtype, (n, s.length)) for k, s in spec.items()}
+
+    arrays, counts = _fill(sources, spec, allocate, progress)
+    for a in arrays.values():
+        a.flush()  # msync: the data is on disk before meta.json says the directory is complete
+    meta = shards_meta(len(next(iter(arrays.values()))), arrays, sources, counts) | (extra or {})
+    del arrays  # close the memory maps before the rename
+    with open(tmp / SHARDS_META, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(meta, indent=2) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return meta
 
 
 def convert_data(
@@ -210,18 +294,161 @@ def convert_data(
     check_shards_output(out, "--output_dir")
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(out) as tmp:
-        tmp.mkdir()
-
-        def allocate(n: int) -> dict[str, np.ndarray]:  # .npy files written in place through memory maps
-            return {k: open_memmap(tmp / f"{k}.npy", "w+", s.dtype, (n, s.length)) for k, s in spec.items()}
-
-        arrays = _fill(sources, spec, allocate, progress)
-        for a in arrays.values():
-            a.flush()
-        meta = shards_meta(len(next(iter(arrays.values()))), arrays, sources)
-        del arrays  # close the memory maps before the rename
-        (tmp / SHARDS_META).write_text(json.dumps(meta, indent=2) + "\n")
+        meta = _write_shards(sources, spec, tmp, progress)
     return meta
+
+
+# --- the shard cache: record files converted once per machine, memory-mapped by every process ----------------
+
+CACHE_TIMEOUT_S = 4 * 3600.0  # how long a process waits for another to build the cache (~250M records at 17k/s)
+_POLL_S = 0.5
+
+
+def cache_key(sources: Sequence[tuple[Path, str]], spec: dict[str, Spec]) -> tuple[str, dict]:
+    """(directory name, what it hashes) of the cached shards of `sources` read as `spec`.
+
+    The key covers each file's resolved path, format, size and mtime (a file rewritten gets a new cache) and the
+    features read: names, lengths (--seq_length, --max_predictions_per_seq) and dtypes.
+    """
+    files = []
+    for path, fmt in sources:
+        st = Path(path).stat()
+        files.append({"path": str(Path(path).resolve()), "format": fmt, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    features = {name: {"length": s.length, "dtype": np.dtype(s.dtype).str} for name, s in spec.items()}
+    desc = {"version": 1, "files": files, "features": features}
+    digest = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:24]
+    return f"shards-{digest}", desc
+
+
+def cached_shards(
+    inputs: str | Path | Sequence[str | Path],
+    spec: dict[str, Spec],
+    cache_dir: str | Path,
+    *,
+    input_format: str = "auto",
+    data_part_num: int = 0,
+    build: bool = True,
+    timeout_s: float = CACHE_TIMEOUT_S,
+    progress: bool = False,
+) -> Path:
+    """The shard directory holding `inputs` read as `spec`, converted once into `cache_dir/<key>/` and reused.
+
+    `inputs` that already are a shard directory are returned as they are. Otherwise the key (`cache_key`) names
+    the files' paths, sizes, mtimes and the features, so changed data or flags get a new directory; old ones are
+    left for the user to delete. The directory is written under a temporary name and renamed when complete, so
+    a complete-looking cache is complete. Nothing is ever written beside the data.
+
+    Several processes (the ranks of a run, or runs sharing a cache) may call this at once:
+    - `build=True`: the first to take the lock file `<key>.lock` (flock) builds; the others wait on the lock and
+      then find the directory made. If the builder fails, the next one tries and fails the same way (a bad record
+      is an error on every rank alike); if it dies, the lock is released and another builds. Call it so on every
+      rank: one process per machine (per shared file system) converts.
+    - `build=False`: only wait for the directory to appear (for processes that must not convert, e.g. ranks
+      other than each machine's local rank 0); a failure of the builder is reported from `<key>.failed`.
+    Either way, waiting longer than `timeout_s` is a ValueError naming the directory and the process building it.
+    """
+    sources = resolve_inputs(inputs, input_format, data_part_num)
+    if sources[0][1] == "shards":
+        return sources[0][0]
+    return _cached_shards(sources, spec, Path(cache_dir), build, timeout_s, progress)
+
+
+def _is_built(d: Path) -> bool:
+    return (d / SHARDS_META).is_file()
+
+
+def _cached_shards(
+    sources: list[tuple[Path, str]], spec: dict[str, Spec], cache_dir: Path, build: bool, timeout_s: float,
+    progress: bool,
+) -> Path:  # fmt: skip
+    key, desc = cache_key(sources, spec)
+    final = cache_dir / key
+    if _is_built(final):
+        return final
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(
+            f"data cache {cache_dir}: cannot create it ({e.strerror}); choose a writable directory"
+        ) from None
+    lock_path, failed = cache_dir / f"{key}.lock", cache_dir / f"{key}.failed"
+    started, deadline = time.time(), time.monotonic() + timeout_s
+    with open(lock_path, "a+") as lock:
+        while True:
+            if _is_built(final):
+                return final
+            if build and _try_lock(lock):
+                try:
+                    if not _is_built(final):
+                        _build_cache(sources, spec, final, desc, lock, failed, progress)
+                    return final
+                finally:
+                    _unlock(lock)
+            if not build and failed.is_file() and failed.stat().st_mtime >= started - 1:
+                raise ValueError(failed.read_text(encoding="utf-8", errors="replace").strip())
+            if time.monotonic() > deadline:
+                holder = lock_path.read_text(encoding="utf-8", errors="replace").strip() or "no process"
+                raise ValueError(
+                    f"data cache {final}: waited {timeout_s:.0f} s for another process to build it ({holder} holds "
+                    f"{lock_path.name}); if it is still converting, allow it longer; if no process is, remove "
+                    f"{lock_path} and start again"
+                )
+            time.sleep(_POLL_S)
+
+
+def _try_lock(lock) -> bool:
+    """Take the exclusive lock without blocking. Where flock is unsupported (some network file systems),
+    every builder proceeds and the atomic rename decides: correct, only wasteful."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _unlock(lock) -> None:
+    if fcntl is not None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _build_cache(
+    sources: list[tuple[Path, str]], spec: dict[str, Spec], final: Path, desc: dict, lock, failed: Path,
+    progress: bool,
+) -> None:  # fmt: skip
+    """Convert `sources` into `final` while holding the lock: leftovers of killed builders removed first (no other
+    builder of this key can be running), the holder recorded in the lock file for waiters' messages."""
+    failed.unlink(missing_ok=True)
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    lock.flush()
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.with_name(f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    try:
+        _write_shards(sources, spec, tmp, progress, {"cache_key": desc})
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not _is_built(final):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another builder (without a working lock) finished first
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, Exception):
+            msg = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+            with contextlib.suppress(OSError):
+                failed.write_text(f"data cache {final} could not be built: {msg}\n", encoding="utf-8")
+        raise
+    finally:
+        lock.seek(0)
+        lock.truncate()
+        lock.flush()
 
 
 @dataclass
@@ -283,10 +510,17 @@ def run_convert_data(cfg: ConvertDataConfig) -> dict:
 class ArrayLoader:
     """The sample stream over in-memory or memory-mapped arrays (N, ...): one global permutation per epoch,
     batches dealt round-robin to the ranks, a resumable position (see the module docstring). Subclasses say
-    what a batch holds (`next_batch`)."""
+    what a batch holds (`next_batch`).
+
+    `limits`: feature -> (bound, why): every batch's values of that feature must lie in [0, bound), checked in
+    numpy once per batch (so the model needs no host sync to check its inputs); `why` says what sets the bound,
+    e.g. "--vocab_size 30522". A value outside is a ValueError naming the file, record, feature and value;
+    `sources` ((file, samples) in sample order, as `open_dataset` returns them) lets it name the file.
+    """
 
     def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, *, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, shuffle: bool = True) -> None:  # fmt: skip
+                 seed: int = 0, shuffle: bool = True, limits: dict[str, tuple[int, str]] | None = None,
+                 sources: Sequence[tuple[str, int]] | None = None) -> None:  # fmt: skip
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -297,6 +531,11 @@ class ArrayLoader:
             raise ValueError("no samples to train on")
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.shuffle = seed, shuffle
+        self.limits = dict(limits or {})
+        for name in self.limits:
+            if name not in arrays:
+                raise ValueError(f"limits name feature '{name}', which the data does not have")
+        self.sources = list(sources or [])
         self.batches = 0  # batches this rank has taken, over all epochs
         self._orders: dict[int, np.ndarray] = {}
 
@@ -305,16 +544,16 @@ class ArrayLoader:
         return self.batches * self.world_size * self.batch_size // self.num_samples
 
     def order(self, epoch: int) -> np.ndarray:
-        """The global sample order of `epoch`, (N,)."""
+        """The global sample order of `epoch`, (N,): int32 where it fits (4 bytes per sample per rank)."""
         if epoch not in self._orders:
             self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}  # keep at most two
             n = self.num_samples
             perm = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-            self._orders[epoch] = perm
+            self._orders[epoch] = perm.astype(np.int32) if n < 2**31 else perm
         return self._orders[epoch]
 
     def next_indices(self) -> np.ndarray:
-        """The sample indices of this rank's next batch, (B,); advances the position."""
+        """The sample indices of this rank's next batch, (B,); advances the position. Checks the `limits`."""
         start = (self.batches * self.world_size + self.rank) * self.batch_size  # in the global stream
         self.batches += 1
         picks, need = [], self.batch_size
@@ -324,7 +563,28 @@ class ArrayLoader:
             picks.append(take)
             need -= len(take)
             start += len(take)
-        return picks[0] if len(picks) == 1 else np.concatenate(picks)
+        idx = picks[0] if len(picks) == 1 else np.concatenate(picks)
+        self.check_limits(idx)
+        return idx
+
+    def check_limits(self, idx: np.ndarray) -> None:
+        """Raise ValueError if a value of a `limits` feature of samples `idx` lies outside [0, bound)."""
+        for name, (bound, why) in self.limits.items():
+            rows = self.arrays[name][idx].reshape(len(idx), -1)  # (B, length)
+            if rows.min() >= 0 and rows.max() < bound:
+                continue
+            i, j = np.argwhere((rows < 0) | (rows >= bound))[0]
+            where = self.where(int(idx[i]))
+            raise ValueError(f"{where}, feature '{name}': value {rows[i, j]} is outside [0, {bound}) ({why})")
+
+    def where(self, sample: int) -> str:
+        """'<file>: record k' for global sample index `sample`, from `sources` when known."""
+        start = 0
+        for path, count in self.sources:
+            if sample < start + count:
+                return f"{path}: record {sample - start}"
+            start += count
+        return f"sample {sample} of the data"
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         while True:  # endless: the training loop counts iterations (--iter_num)
@@ -355,9 +615,14 @@ class PretrainingLoader(ArrayLoader):
     """Endless batches {input_ids, input_mask, segment_ids (B, T); masked_lm_positions, masked_lm_ids,
     masked_lm_weights (B, P); next_sentence_labels (B,)}, int64 except the float32 weights (as `random_batch`).
 
-    `inputs`: an OFRecord directory, TFRecord file(s) or glob, or a shard directory (see `resolve_inputs`).
-    Shards are memory-mapped; record files are parsed into memory once, here (`progress` shows a bar meanwhile:
-    pass rank == 0).
+    `inputs`: a data directory, TFRecord file(s) or glob, or a shard directory (see `resolve_inputs`). Shards are
+    memory-mapped. Record files are, with `cache_dir`, converted once into shards there and memory-mapped by every
+    process (see `cached_shards`: `build_cache`, `cache_timeout_s`); without it, parsed into this process's memory.
+    `progress` shows a bar meanwhile: pass rank == 0.
+
+    Every batch is checked in numpy (ValueError naming the file, record, feature and value): masked positions
+    in [0, seq_length), next-sentence labels 0 or 1, and, when given, input and masked-LM ids in
+    [0, vocab_size) and segment ids in [0, type_vocab_size). Pass the model's sizes: the model does not check.
     """
 
     def __init__(
@@ -374,12 +639,29 @@ class PretrainingLoader(ArrayLoader):
         seed: int = 0,
         shuffle: bool = True,
         progress: bool = False,
+        vocab_size: int | None = None,
+        type_vocab_size: int | None = None,
+        cache_dir: str | Path | None = None,
+        build_cache: bool = True,
+        cache_timeout_s: float | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         spec = pretraining_features(seq_length, max_predictions_per_seq)
-        arrays = read_dataset(inputs, spec, input_format, data_part_num, progress)
-        super().__init__(arrays, batch_size, rank=rank, world_size=world_size, seed=seed, shuffle=shuffle)
+        arrays, sources = open_dataset(
+            inputs, spec, input_format, data_part_num, progress, cache_dir, build_cache, cache_timeout_s
+        )
+        limits = {
+            "masked_lm_positions": (seq_length, f"--seq_length {seq_length}: a masked position past the sequence"),
+            "next_sentence_labels": (2, "next-sentence labels are 0 or 1"),
+        }
+        if vocab_size is not None:
+            why = f"--vocab_size {vocab_size}: pass the vocab_size of the vocabulary the data was made with"
+            limits |= {"input_ids": (vocab_size, why), "masked_lm_ids": (vocab_size, why)}
+        if type_vocab_size is not None:
+            limits["segment_ids"] = (type_vocab_size, f"--type_vocab_size {type_vocab_size}")
+        super().__init__(arrays, batch_size, rank=rank, world_size=world_size, seed=seed, shuffle=shuffle,
+                         limits=limits, sources=sources)  # fmt: skip
 
     def next_batch(self) -> dict[str, Tensor]:
         """The next batch; shapes in the class docstring."""

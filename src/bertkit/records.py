@@ -17,11 +17,16 @@ References:
 A record is a dict: feature name -> 1-D numpy array (int32, int64, float32, float64, or object holding bytes).
 For training, `read_arrays` checks the features a `Spec` names (present, right length) and stacks them, decoding a
 chunk of records per numpy call; `loader` turns those into memory-mapped shards and batches.
+
+OFRecord has no checksum of its own (TFRecord has a CRC per record), so every OFRecord file bertkit writes gets a
+sidecar `<file>.sha256` in `sha256sum` format (`sha256sum -c part-0.sha256` checks it too); a file that has one is
+verified before it is read. A file read in the wrong format gets an error that says which format it looks like.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import os
 import shutil
@@ -333,24 +338,72 @@ def atomic_output(path: Path) -> Iterator[Path]:
         raise
 
 
+def checksum_path(path: str | Path) -> Path:
+    """The checksum sidecar of a record file: `part-0` -> `part-0.sha256` (not a `part-<i>` name, so a data
+    directory's part list does not include it)."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checksum(path: str | Path) -> bool:
+    """Check `path` against its sidecar `<path>.sha256` when there is one; returns whether there was.
+
+    Raises ValueError naming the file when the sums differ or the sidecar does not parse. Reads the whole file
+    (hashlib, ~1-2 GB/s), once per read of the file: a cost next to parsing it, none next to training from it.
+    """
+    path = Path(path)
+    sidecar = checksum_path(path)
+    if not sidecar.is_file():
+        return False
+    want = sidecar.read_text(encoding="utf-8", errors="replace").split()
+    if not want or len(want[0]) != 64 or any(c not in "0123456789abcdef" for c in want[0].lower()):
+        raise ValueError(f"{sidecar}: not a sha256 checksum file (expected '<64 hex digits>  {path.name}')")
+    got = _sha256_of(path)
+    if got != want[0].lower():
+        raise ValueError(
+            f"{path}: damaged or changed since it was written: its sha256 is {got[:16]}..., {sidecar.name} says "
+            f"{want[0][:16]}...; restore the file, or delete {sidecar} if it was changed on purpose"
+        )
+    return True
+
+
 def _write(path: str | Path, records: Iterable[dict[str, np.ndarray]], fmt: str) -> int:
-    n = 0
-    with atomic_output(Path(path)) as tmp, open(tmp, "wb") as fh:
+    path, n = Path(path), 0
+    digest = hashlib.sha256()  # of the bytes as written, so the file is not read back
+    sidecar = checksum_path(path)
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
         for record in records:
             if fmt == "ofrecord":
                 data = serialize_ofrecord(record)
-                fh.write(struct.pack("<q", len(data)) + data)
+                frame = struct.pack("<q", len(data)) + data
             else:
                 data = serialize_example(record)
                 length = struct.pack("<Q", len(data))
-                fh.write(length + struct.pack("<I", masked_crc32c(length)) + data)
-                fh.write(struct.pack("<I", masked_crc32c(data)))
+                frame = (
+                    length + struct.pack("<I", masked_crc32c(length)) + data + struct.pack("<I", masked_crc32c(data))
+                )
+            fh.write(frame)
+            digest.update(frame)
             n += 1
+        # An old sidecar goes before the new file takes the name: never a stale sum beside new data.
+        sidecar.unlink(missing_ok=True)
+    if fmt == "ofrecord":  # TFRecord has its own CRCs
+        with atomic_output(sidecar) as tmp:
+            tmp.write_text(f"{digest.hexdigest()}  {path.name}\n", encoding="utf-8")
     return n
 
 
 def write_ofrecord(path: str | Path, records: Iterable[dict[str, np.ndarray]]) -> int:
-    """Write one OFRecord part file (name it `part-<i>` inside a dataset directory); returns the record count."""
+    """Write one OFRecord part file (name it `part-<i>` inside a dataset directory) and its checksum sidecar
+    `<path>.sha256`; returns the record count."""
     return _write(path, records, "ofrecord")
 
 
@@ -360,29 +413,32 @@ def write_tfrecord(path: str | Path, records: Iterable[dict[str, np.ndarray]]) -
 
 
 def _frames(path: Path, fmt: str, read_data: bool = True) -> Iterator[tuple[int, int, bytes | None]]:
-    """(index, byte offset, data) per record of one file, its framing (and TFRecord CRCs) checked."""
+    """(index, byte offset, data) per record of one file, its framing (and TFRecord CRCs) checked; when the data
+    is read, the file is first checked against its checksum sidecar, if it has one."""
     header, trailer = HEADER[fmt], TRAILER[fmt]
+    if read_data:
+        verify_checksum(path)
     size = path.stat().st_size
     with open(path, "rb") as fh:
         index = offset = 0
         while offset < size:
             head = fh.read(header)
             if len(head) < header:
-                raise RecordError(path, index, offset, f"truncated record: {len(head)} of {header} header bytes")
+                reason = f"truncated record: {len(head)} of {header} header bytes"
+                raise RecordError(path, index, offset, reason + _format_hint(path, fmt))
             if fmt == "tfrecord":
                 length, crc = struct.unpack("<QI", head)
                 if masked_crc32c(head[:8]) != crc:
-                    raise RecordError(path, index, offset, "bad CRC of the length field (corrupt file?)")
+                    reason = "bad CRC of the length field (corrupt file?)"
+                    raise RecordError(path, index, offset, reason + (_format_hint(path, fmt) if index == 0 else ""))
             else:
                 (length,) = struct.unpack("<q", head)
             end = offset + header + length + trailer
             if length < 0 or end > size:
-                raise RecordError(
-                    path,
-                    index,
-                    offset,
-                    f"truncated record: the length prefix says {length} bytes, past the end of the file ({size} bytes)",
+                reason = (
+                    f"truncated record: the length prefix says {length} bytes, past the end of the file ({size} bytes)"
                 )
+                raise RecordError(path, index, offset, reason + _format_hint(path, fmt))
             data = None
             if read_data:
                 data = fh.read(length)
@@ -396,9 +452,44 @@ def _frames(path: Path, fmt: str, read_data: bool = True) -> Iterator[tuple[int,
             index, offset = index + 1, end
 
 
+def _looks_like_ofrecord(path: Path) -> bool:
+    """Whether the file opens with OFRecord framing: a length prefix that fits the file and a record that parses."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return False
+        (length,) = struct.unpack("<q", head)
+        if length < 0 or 8 + length > path.stat().st_size:
+            return False
+        try:
+            return bool(parse_ofrecord(fh.read(length)))
+        except ValueError:
+            return False
+
+
+def _format_hint(path: Path, fmt: str) -> str:
+    """For an error in reading `path` as `fmt`: what the file looks like instead, if it looks like the other
+    format (only worked out once something has gone wrong, so it costs nothing on good files)."""
+    try:
+        if fmt == "ofrecord" and sniff_format(path) == "tfrecord":
+            return (
+                "; this is a TFRecord file (its length CRCs check out), not an OFRecord: pass --input_format "
+                "tfrecord (or auto)"
+            )
+        if fmt == "tfrecord" and _looks_like_ofrecord(path):
+            return (
+                "; this looks like an OFRecord file (a length prefix without a CRC, then a record that parses), "
+                "not a TFRecord: pass --input_format ofrecord (or auto)"
+            )
+    except OSError:
+        pass
+    return ""
+
+
 def _parse_error(path: Path, fmt: str, index: int, offset: int, e: _ParseError) -> RecordError:
     at = offset + HEADER[fmt] + e.pos
-    return RecordError(path, index, offset, f"protobuf does not parse: {e.reason} (byte {at})", e.feature)
+    hint = _format_hint(path, fmt) if index == 0 else ""
+    return RecordError(path, index, offset, f"protobuf does not parse: {e.reason} (byte {at}){hint}", e.feature)
 
 
 def _records(path: Path, fmt: str) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
