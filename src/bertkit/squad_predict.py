@@ -21,6 +21,7 @@ import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -111,12 +112,20 @@ def get_final_text(pred_text: str, orig_text: str, tokenizer: WordPieceTokenizer
     `pred_text` (lowercased, accents stripped, punctuation split off) covers. "steve smith" in "Steve Smith's" gives
     "Steve Smith". The characters are aligned one to one after basic tokenization with spaces removed; where that
     fails, the whole of `orig_text` is returned, as Google does."""
+    start, end = final_text_span(pred_text, orig_text, tokenizer, verbose)
+    return orig_text[start:end]
+
+
+def final_text_span(
+    pred_text: str, orig_text: str, tokenizer: WordPieceTokenizer, verbose: bool = False
+) -> tuple[int, int]:
+    """Where get_final_text's answer lies in `orig_text`: character offsets (start, end), end exclusive."""
     tok_text = " ".join(tokenizer.basic_tokenize(orig_text))
     start = tok_text.find(pred_text)
     if start == -1:
         if verbose:
             print(f"Unable to find text: '{pred_text}' in '{orig_text}'")
-        return orig_text
+        return 0, len(orig_text)
     end = start + len(pred_text) - 1
     # Index of each non-space character (Google's ns_to_s_map); both lists are sorted.
     orig_kept = [i for i, c in enumerate(orig_text) if c != " "]
@@ -124,7 +133,7 @@ def get_final_text(pred_text: str, orig_text: str, tokenizer: WordPieceTokenizer
     if len(orig_kept) != len(tok_kept):
         if verbose:
             print(f"Length not equal after stripping spaces: '{orig_text}' vs '{tok_text}'")
-        return orig_text
+        return 0, len(orig_text)
 
     def to_orig(position: int) -> int | None:
         ns = bisect.bisect_left(tok_kept, position)  # the position's rank among non-spaces, if it is not a space
@@ -134,8 +143,8 @@ def get_final_text(pred_text: str, orig_text: str, tokenizer: WordPieceTokenizer
     if orig_start is None or orig_end is None:
         if verbose:
             print(f"Couldn't map {'start' if orig_start is None else 'end'} position")
-        return orig_text
-    return orig_text[orig_start : orig_end + 1]
+        return 0, len(orig_text)
+    return orig_start, orig_end + 1
 
 
 def compute_softmax(scores: list[float]) -> list[float]:
@@ -188,14 +197,8 @@ def predict_answers(
     null_score_diff_threshold: float = 0.0,
     verbose: bool = False,
 ) -> SquadPredictions:
-    """Google's `write_predictions` without the writing: the best answer span per question over all its windows.
-
-    Per window, the n_best_size best start and end positions are paired; a pair counts when both lie in the
-    context, the start is in its max-context window, and 1 <= length <= max_answer_length. The pairs of all
-    windows are ranked by start + end logit; their texts, mapped back to the original words (`get_final_text`), make
-    the n-best list, repeats dropped. For v2.0 the null answer (the smallest [CLS] score over the windows) competes,
-    and "" is predicted when it beats the best non-null answer by more than null_score_diff_threshold.
-    """
+    """Google's `write_predictions` without the writing: the best answer span per question over all its windows
+    (`answer_example`), its n-best list with probabilities, and for v2.0 its null odds."""
     T = features.input_ids.shape[1]
     if results.start_logits.shape[1] != T:
         raise ValueError(
@@ -216,32 +219,73 @@ def predict_answers(
     out = SquadPredictions({}, {}, {} if version_2_with_negative else None)
     for example_index, example in enumerate(examples):
         window_ids = range(bounds[example_index], bounds[example_index + 1])
-        prelim, null = _candidates(features, results, rows, window_ids, n_best_size, max_answer_length)
-        if version_2_with_negative:
-            prelim.append((null[1], 0, 0, null[2], null[3]))
-        # Google sorts a Python list by start + end logit (stable, largest first): same order, same ties.
-        prelim.sort(key=lambda p: p[3] + p[4], reverse=True)
-        nbest = _nbest(prelim, example, features, tokenizer, n_best_size, verbose)
-        if version_2_with_negative and not any(text == "" for text, _, _ in nbest):
-            nbest.append(("", null[2], null[3]))
-        if not nbest:  # no valid span at all: Google's placeholder
-            nbest.append(("empty", 0.0, 0.0))
-        probs = compute_softmax([s + e for _, s, e in nbest])
+        nbest, prediction, null_odds = answer_example(
+            example, features, results, rows, window_ids, tokenizer, n_best_size, max_answer_length,
+            version_2_with_negative, null_score_diff_threshold, verbose,
+        )  # fmt: skip
+        probs = compute_softmax([c.start_logit + c.end_logit for c in nbest])
         out.nbest[example.qas_id] = [
-            {"text": text, "probability": p, "start_logit": s, "end_logit": e}
-            for (text, s, e), p in zip(nbest, probs, strict=True)
+            {"text": c.text, "probability": p, "start_logit": c.start_logit, "end_logit": c.end_logit}
+            for c, p in zip(nbest, probs, strict=True)
         ]
-        if not version_2_with_negative:
-            out.predictions[example.qas_id] = nbest[0][0]
-            continue
-        best_non_null = next((entry for entry in nbest if entry[0]), None)
-        if best_non_null is None:  # every candidate is the null answer: Google fails here; the null answer wins
-            out.null_odds[example.qas_id], out.predictions[example.qas_id] = null[0], ""
-            continue
-        score_diff = null[0] - best_non_null[1] - best_non_null[2]  # Google's order of subtraction
-        out.null_odds[example.qas_id] = score_diff
-        out.predictions[example.qas_id] = "" if score_diff > null_score_diff_threshold else best_non_null[0]
+        out.predictions[example.qas_id] = prediction
+        if version_2_with_negative:
+            out.null_odds[example.qas_id] = null_odds
     return out
+
+
+class Candidate(NamedTuple):
+    """An n-best answer: its text, logits, and where it lies: window (row of the features; -1 for Google's
+    "empty" placeholder) and start/end positions in it (0, 0 for the null answer)."""
+
+    text: str
+    start_logit: float
+    end_logit: float
+    window: int = -1
+    start: int = 0
+    end: int = 0
+
+
+def answer_example(
+    example: SquadExample,
+    features: SquadFeatures,
+    results: RawResults,
+    rows: np.ndarray,
+    window_ids: range,
+    tokenizer: WordPieceTokenizer,
+    n_best_size: int = 20,
+    max_answer_length: int = 30,
+    version_2_with_negative: bool = False,
+    null_score_diff_threshold: float = 0.0,
+    verbose: bool = False,
+) -> tuple[list[Candidate], str, float | None]:
+    """Google's write_predictions for one question: (n-best candidates, best first; the predicted text; v2.0 null
+    odds, else None). `window_ids` are the question's rows of `features`, `rows[w]` the row of `results` holding
+    window w's logits.
+
+    Per window, the n_best_size best start and end positions are paired; a pair counts when both lie in the
+    context, the start is in its max-context window, and 1 <= length <= max_answer_length. The pairs of all
+    windows are ranked by start + end logit; their texts, mapped back to the original words (`get_final_text`), make
+    the n-best list, repeats dropped. For v2.0 the null answer (the smallest [CLS] score over the windows) competes,
+    and "" is predicted when it beats the best non-null answer by more than null_score_diff_threshold.
+    """
+    prelim, null = _candidates(features, results, rows, window_ids, n_best_size, max_answer_length)
+    if version_2_with_negative:
+        prelim.append((null[1], 0, 0, null[2], null[3]))
+    # Google sorts a Python list by start + end logit (stable, largest first): same order, same ties.
+    prelim.sort(key=lambda p: p[3] + p[4], reverse=True)
+    nbest = _nbest(prelim, example, features, tokenizer, n_best_size, verbose)
+    if version_2_with_negative and not any(c.text == "" for c in nbest):
+        nbest.append(Candidate("", null[2], null[3], null[1]))
+    if not nbest:  # no valid span at all: Google's placeholder
+        nbest.append(Candidate("empty", 0.0, 0.0))
+    if not version_2_with_negative:
+        return nbest, nbest[0].text, None
+    best_non_null = next((c for c in nbest if c.text), None)
+    if best_non_null is None:  # every candidate is the null answer: Google fails here; the null answer wins
+        return nbest, "", null[0]
+    score_diff = null[0] - best_non_null.start_logit - best_non_null.end_logit  # Google's order of subtraction
+    return nbest, "" if score_diff > null_score_diff_threshold else best_non_null.text, score_diff
 
 
 def _candidates(
@@ -276,26 +320,37 @@ def _nbest(
     tokenizer: WordPieceTokenizer,
     n_best_size: int,
     verbose: bool,
-) -> list[tuple[str, float, float]]:
-    """(text, start logit, end logit) of the best candidates with distinct texts, at most n_best_size."""
+) -> list[Candidate]:
+    """The best candidates with distinct texts, at most n_best_size."""
     nbest, seen = [], set()
     for w, s, e, start_logit, end_logit in prelim:
         if len(nbest) >= n_best_size:
             break
         if s > 0:  # a span of the context, not the null answer
-            pieces = tokenizer.convert_ids_to_tokens(features.input_ids[w, s : e + 1].tolist())
-            tok_text = " ".join(pieces).replace(" ##", "").replace("##", "")
-            tok_text = " ".join(tok_text.strip().split())
-            words = features.token_to_orig_map[w]
-            orig_text = " ".join(example.doc_tokens[words[s] : words[e] + 1])
-            text = get_final_text(tok_text, orig_text, tokenizer, verbose)
+            text = span_text(example, features, w, s, e, tokenizer, verbose)[0]
             if text in seen:
                 continue
         else:
             text = ""
         seen.add(text)
-        nbest.append((text, start_logit, end_logit))
+        nbest.append(Candidate(text, start_logit, end_logit, w, s, e))
     return nbest
+
+
+def span_text(
+    example: SquadExample, features: SquadFeatures, w: int, s: int, e: int, tokenizer: WordPieceTokenizer,
+    verbose: bool = False,
+) -> tuple[str, int, int]:  # fmt: skip
+    """(text, first word, offset) of positions s..e of window w: Google's answer text, the index in
+    example.doc_tokens of the first word it lies in, and where the text starts in the words from there joined by
+    single spaces."""
+    pieces = tokenizer.convert_ids_to_tokens(features.input_ids[w, s : e + 1].tolist())
+    tok_text = " ".join(pieces).replace(" ##", "").replace("##", "")
+    tok_text = " ".join(tok_text.strip().split())
+    words = features.token_to_orig_map[w]
+    orig_text = " ".join(example.doc_tokens[words[s] : words[e] + 1])
+    start, end = final_text_span(tok_text, orig_text, tokenizer, verbose)
+    return orig_text[start:end], int(words[s]), start
 
 
 # --- the model's side: logits for every window ----------------------------------------------------------------
