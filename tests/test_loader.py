@@ -15,12 +15,14 @@ from bertkit import records as R
 from bertkit.cli import main
 from bertkit.loader import (
     ArrayLoader,
+    Prefetcher,
     PretrainingLoader,
     cache_key,
     cached_shards,
     convert_data,
     load_shards,
     ofrecord_parts,
+    prefetch,
     read_dataset,
     resolve_inputs,
 )
@@ -396,3 +398,47 @@ def test_cache_failures_are_clear(tmp_path):
     assert not list(cache.glob(".shards-*"))
     (tmp_path / "file").write_text("")
     raises(lambda: cached_shards(tmp_path / "in", spec, tmp_path / "file" / "cache"), "cannot create it")
+
+
+# --- background prefetch ----------------------------------------------------------------------------------------
+
+
+def test_prefetch_gives_the_same_batches_and_position(data):
+    """The prefetching thread changes nothing a run sees: same batches, and the saved position is the consumer's
+    (batches prepared ahead are not counted), so a resume continues at the next unseen batch."""
+    plain = take(PretrainingLoader(data["shards"], 5, T, P, seed=3), 15)
+    ahead = Prefetcher(PretrainingLoader(data["shards"], 5, T, P, seed=3), depth=4)
+    it = iter(ahead)
+    got = [next(it) for _ in range(6)]
+    deadline = time.monotonic() + 5
+    while ahead.loader.batches <= 6 and time.monotonic() < deadline:  # let the thread run ahead
+        time.sleep(0.01)
+    state = ahead.state_dict()
+    assert state["batches"] == 6 and ahead.loader.batches > 6
+    got += [next(it) for _ in range(9)]
+    ahead.close()
+    resumed = Prefetcher(PretrainingLoader(data["shards"], 5, T, P, seed=3))
+    resumed.load_state_dict(state)
+    got_resumed = take(resumed, 9)
+    resumed.close()
+    for g, w in zip(got + got_resumed, plain + plain[6:], strict=True):
+        for k in w:
+            assert torch.equal(g[k], w[k]), k
+    assert prefetch(ahead.loader, "cpu") is ahead.loader  # only CUDA input is prefetched
+
+
+def test_prefetch_raises_where_the_bad_batch_is(tmp_path):
+    d = bad_dataset(tmp_path, "input_ids", 120)
+    ahead = Prefetcher(PretrainingLoader(d, 4, T, P, shuffle=False, vocab_size=99))
+    it = iter(ahead)
+    assert len([next(it) for _ in range(3)]) == 3  # samples 0-11 are fine, though the thread has met sample 13
+    raises(lambda: next(it), f"{d / 'part-1'}: record 3", "value 120")
+    ahead.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs a CUDA build and device")
+def test_prefetch_pins_for_cuda(data):
+    ahead = prefetch(PretrainingLoader(data["shards"], 5, T, P, seed=3), "cuda")
+    batch = next(iter(ahead))
+    assert all(v.is_pinned() for v in batch.values())
+    ahead.close()

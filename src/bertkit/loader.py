@@ -30,8 +30,10 @@ import glob
 import hashlib
 import json
 import os
+import queue
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -673,3 +675,89 @@ class PretrainingLoader(ArrayLoader):
             batch[name] = torch.from_numpy(rows)
         batch["next_sentence_labels"] = batch["next_sentence_labels"][:, 0]  # (B, 1) -> (B,)
         return batch
+
+
+# --- background preparation of the next batches (GPU input) -----------------------------------------------------
+
+
+class Prefetcher:
+    """`loader`'s batches, prepared `depth` ahead by a background thread and, with `pin`, in pinned (page-locked)
+    host memory, so that the training loop's `.to(device, non_blocking=True)` is an asynchronous copy and the
+    gather, cast and pinning of batch k+1 overlap the GPU's work on batch k. The same batches in the same order
+    as `loader` itself (tested); use `prefetch(loader, device)`, which wraps only for CUDA.
+
+    The position is the consumer's: `state_dict()` counts the batches handed out, not those prepared ahead, so a
+    snapshot resumes at the next unseen batch. `load_state_dict` only before iterating. An error in preparing a
+    batch (a value outside its limits) is raised where that batch would have been returned. The thread is a
+    daemon and stops at `close()`.
+    """
+
+    def __init__(self, loader: ArrayLoader, depth: int = 2, pin: bool = False) -> None:
+        if depth < 1:
+            raise ValueError(f"prefetch depth must be >= 1, got {depth}")
+        self.loader, self.depth, self.pin = loader, depth, pin
+        self.handed_out = 0  # batches returned to the caller since the (re)start position
+        self._start = loader.batches
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                batch = self.loader.next_batch()
+                if self.pin:
+                    batch = {k: v.pin_memory() for k, v in batch.items()}
+                item = (batch, None)
+            except Exception as e:  # handed to the consumer, raised in its thread
+                item = (None, e)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item[1] is not None:
+                return
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        if self._thread is None:
+            self._queue = queue.Queue(self.depth)
+            self._thread = threading.Thread(target=self._work, name="bertkit-prefetch", daemon=True)
+            self._thread.start()
+        while True:
+            batch, error = self._queue.get()
+            if error is not None:
+                raise error
+            self.handed_out += 1
+            yield batch
+
+    def next_batch(self) -> dict[str, Tensor]:
+        return next(iter(self))
+
+    def close(self) -> None:
+        """Stop the thread (the batches it prepared ahead are dropped)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict() | {"batches": self._start + self.handed_out}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self._thread is not None:
+            raise RuntimeError("Prefetcher.load_state_dict after iteration started")
+        self.loader.load_state_dict(state)
+        self._start, self.handed_out = self.loader.batches, 0
+
+    @property
+    def num_samples(self) -> int:
+        return self.loader.num_samples
+
+
+def prefetch(loader: ArrayLoader, device: torch.device | str, depth: int = 2) -> ArrayLoader | Prefetcher:
+    """`loader` wrapped in a pinned-memory `Prefetcher` when `device` is CUDA; on the CPU `loader` itself (a
+    thread would only compete with the step for the same cores)."""
+    if torch.device(device).type != "cuda":
+        return loader
+    return Prefetcher(loader, depth, pin=True)
