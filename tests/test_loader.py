@@ -19,7 +19,9 @@ from bertkit.loader import (
     PretrainingLoader,
     cache_key,
     cached_shards,
+    check_limits,
     convert_data,
+    id_limits,
     load_shards,
     ofrecord_parts,
     prefetch,
@@ -309,6 +311,11 @@ def test_value_check_names_shard_sources(tmp_path):
         {"input_ids": np.full((4, 2), 7)}, 2, shuffle=False, limits={"input_ids": (5, "--vocab_size 5")}
     )
     raises(lambda: loader.next_indices(), "sample 0 of the data", "'input_ids': value 7 is outside [0, 5)")
+    # The same check for arrays of any task (SQuAD windows, prediction sets), 1-D features included.
+    windows = {"input_ids": np.array([[1, 2], [3, 99]]), "segment_ids": np.array([0, 2])}
+    raises(lambda: check_limits(windows, id_limits(99)), "sample 1, feature 'input_ids': value 99", "--vocab_size 99")
+    raises(lambda: check_limits(windows, id_limits(None, 2), lambda i: f"window {i}"), "window 1", "'segment_ids'")
+    check_limits(windows, id_limits(100, 3))
 
 
 # --- the shard cache: record files converted once, memory-mapped by every process ---------------------------------

@@ -509,6 +509,36 @@ def run_convert_data(cfg: ConvertDataConfig) -> dict:
 # --- the loader -----------------------------------------------------------------------------------------------
 
 
+def id_limits(
+    vocab_size: int | None, type_vocab_size: int | None = None, id_features: Sequence[str] = ("input_ids",)
+) -> dict[str, tuple[int, str]]:
+    """The `limits` that keep token ids below the model's `vocab_size` and segment ids below its
+    `type_vocab_size` (either None: not checked): what the model's embeddings index with."""
+    limits = {}
+    if vocab_size is not None:
+        why = f"--vocab_size {vocab_size}: pass the vocab_size of the vocabulary the data was made with"
+        limits |= {name: (vocab_size, why) for name in id_features}
+    if type_vocab_size is not None:
+        limits["segment_ids"] = (type_vocab_size, f"--type_vocab_size {type_vocab_size}")
+    return limits
+
+
+def check_limits(
+    rows: dict[str, np.ndarray],
+    limits: dict[str, tuple[int, str]],
+    where: Callable[[int], str] = lambda i: f"sample {i}",
+) -> None:
+    """Raise ValueError if a value of `rows[name]` (N, ...) lies outside [0, bound) for `limits[name] = (bound,
+    why)`; the message names `where(i)` of the first offending row i, the feature, the value and `why`. Numpy on
+    the host: a batch costs microseconds, and the model needs no host sync to check its inputs."""
+    for name, (bound, why) in limits.items():
+        r = rows[name].reshape(len(rows[name]), -1)  # (N, length)
+        if r.size == 0 or (r.min() >= 0 and r.max() < bound):
+            continue
+        i, j = np.argwhere((r < 0) | (r >= bound))[0]
+        raise ValueError(f"{where(int(i))}, feature '{name}': value {r[i, j]} is outside [0, {bound}) ({why})")
+
+
 class ArrayLoader:
     """The sample stream over in-memory or memory-mapped arrays (N, ...): one global permutation per epoch,
     batches dealt round-robin to the ranks, a resumable position (see the module docstring). Subclasses say
@@ -571,13 +601,9 @@ class ArrayLoader:
 
     def check_limits(self, idx: np.ndarray) -> None:
         """Raise ValueError if a value of a `limits` feature of samples `idx` lies outside [0, bound)."""
-        for name, (bound, why) in self.limits.items():
-            rows = self.arrays[name][idx].reshape(len(idx), -1)  # (B, length)
-            if rows.min() >= 0 and rows.max() < bound:
-                continue
-            i, j = np.argwhere((rows < 0) | (rows >= bound))[0]
-            where = self.where(int(idx[i]))
-            raise ValueError(f"{where}, feature '{name}': value {rows[i, j]} is outside [0, {bound}) ({why})")
+        check_limits(
+            {name: self.arrays[name][idx] for name in self.limits}, self.limits, lambda i: self.where(int(idx[i]))
+        )
 
     def where(self, sample: int) -> str:
         """'<file>: record k' for global sample index `sample`, from `sources` when known."""
@@ -656,12 +682,7 @@ class PretrainingLoader(ArrayLoader):
         limits = {
             "masked_lm_positions": (seq_length, f"--seq_length {seq_length}: a masked position past the sequence"),
             "next_sentence_labels": (2, "next-sentence labels are 0 or 1"),
-        }
-        if vocab_size is not None:
-            why = f"--vocab_size {vocab_size}: pass the vocab_size of the vocabulary the data was made with"
-            limits |= {"input_ids": (vocab_size, why), "masked_lm_ids": (vocab_size, why)}
-        if type_vocab_size is not None:
-            limits["segment_ids"] = (type_vocab_size, f"--type_vocab_size {type_vocab_size}")
+        } | id_limits(vocab_size, type_vocab_size, ("input_ids", "masked_lm_ids"))
         super().__init__(arrays, batch_size, rank=rank, world_size=world_size, seed=seed, shuffle=shuffle,
                          limits=limits, sources=sources)  # fmt: skip
 
