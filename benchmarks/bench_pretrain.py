@@ -155,8 +155,9 @@ def bf16_curve(iters: int) -> dict:
                              precision=precision, log_every_n_iter=1, loss_print_every_n_iter=10**9,
                              model_save_every_n_iter=10**9, log_dir=str(Path(tmp) / precision),
                              model_save_dir=str(Path(tmp) / "s"))  # fmt: skip
-            summary = fit(model, cfg, pretrain_step_loss, data, tc, DistEnv(), print_fn=lambda s: None)
-            losses = [r["total_loss"] for r in summary["history"]]
+            history = []
+            fit(model, cfg, pretrain_step_loss, data, tc, DistEnv(), print_fn=lambda s: None, on_log=history.append)
+            losses = [r["total_loss"] for r in history]
             means[precision] = (float(np.mean(losses[-20:])), losses[0])
     rel = abs(means["bf16"][0] - means["fp32"][0]) / means["fp32"][0]
     return {"bench": "bf16_curve", "iters": iters, "fp32_start": round(means["fp32"][1], 4),

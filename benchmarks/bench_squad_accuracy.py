@@ -5,7 +5,8 @@
 2. hf: transformers' `BertForQuestionAnswering.from_pretrained` (QA head new, after torch.manual_seed), trained by a
    plain loop on the SAME windows in the SAME order (bertkit's `json_windows` and `SquadLoader`, seed 12345), same
    batch, steps, AdamW (weight decay 0.01 but not on LayerNorm/bias, eps 1e-6), Google's warmup + linear decay
-   (`bertkit.optim.learning_rate`), grad clip 1.0, loss (CE(start) + CE(end)) / 2; the dev windows are answered by
+   (`bertkit.optim.learning_rate`), grad clip 1.0, loss (CE(start) + CE(end)) / 2 with padding positions out of
+   the softmax, as bertkit's (Google's softmax takes them in); the dev windows are answered by
    `squad_predict.predict_logits` + `predict_answers` and scored by `evaluate.evaluate_v1`.
 
 Model dropout is the checkpoint's (0.1). Both run on CPU with the same thread count. One JSON line per result:
@@ -106,7 +107,8 @@ def run_bertkit(args: argparse.Namespace, model_dir: Path, predict_file: Path, t
     keep_predictions(args, "bertkit", json.loads((out / "predictions.json").read_text(encoding="utf-8")))
     summary = result["train"]
     train_s = args.batch * summary["step"] / summary["sentences_per_sec"]
-    losses = [h["total_loss"] for h in summary["history"]]
+    log = (out / "log" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    losses = [r["total_loss"] for r in map(json.loads, log) if "total_loss" in r]
     return {
         "implementation": "bertkit",
         "train_seconds": round(train_s, 1),
@@ -139,7 +141,8 @@ class HFQA:
 
 def train_hf(model, loader, steps: int, lr: float, warmup: int, name: str | None = None) -> list[float]:
     """The plain loop: AdamW (eps 1e-6, weight decay 0.01 but not on LayerNorm/bias), Google's warmup + linear decay,
-    clip 1.0, loss (CE(start) + CE(end)) / 2. Returns the per-step losses; prints every 10 steps when `name`."""
+    clip 1.0, loss (CE(start) + CE(end)) / 2 over each window's real positions: padding logits masked out of the
+    softmax, as bertkit's squad_loss does. Returns the per-step losses; prints every 10 steps when `name`."""
     import torch
     import torch.nn.functional as F
 
@@ -159,8 +162,10 @@ def train_hf(model, loader, steps: int, lr: float, warmup: int, name: str | None
             g["lr"] = learning_rate(step, lr, warmup, steps)
         b = next(it)
         out = model(input_ids=b["input_ids"], token_type_ids=b["segment_ids"], attention_mask=b["input_mask"])
-        loss = (F.cross_entropy(out.start_logits.float(), b["start_positions"])
-                + F.cross_entropy(out.end_logits.float(), b["end_positions"])) / 2  # fmt: skip
+        pad = b["input_mask"] == 0  # the same mask as bertkit's loss
+        start = out.start_logits.float().masked_fill(pad, float("-inf"))
+        end = out.end_logits.float().masked_fill(pad, float("-inf"))
+        loss = (F.cross_entropy(start, b["start_positions"]) + F.cross_entropy(end, b["end_positions"])) / 2
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -14,8 +14,9 @@ The one-change sides differ from `hf` (same seed) in exactly one thing, so that 
 is measured on its own:
 
 - hf_pad: only `padding_idx=None`: the [PAD] embedding row is trained, as bertkit and Google train it (transformers
-  freezes it). Same head init and dropout masks as `hf`. (It can matter only while padding logits are in the span
-  loss: with the padding positions masked out of the softmax, the [PAD] row gets no gradient at all.)
+  freezes it). Same head init and dropout masks as `hf`. It matters only while padding logits are in the span
+  loss, as they were before squad_loss masked them (commit cb5ee09 and earlier): with padding out of the softmax
+  the [PAD] row gets no gradient at all, and hf_pad trains exactly as hf.
 - hf_init: only the QA head's init: bertkit's draw for this seed (Google's truncated normal), copied into the model
   `hf` builds; the RNG state afterwards, so every dropout mask, is `hf`'s own.
 
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
                          optimizer="adamw", weight_decay_rate=0.01, max_grad_norm=1.0, loss_print_every_n_iter=10,
                          log_every_n_iter=10, model_save_every_n_iter=10**9, log_dir=str(tmp / "log"),
                          model_save_dir=str(tmp / "save"))  # fmt: skip
-        history = fit(model, cfg, squad_loss, loader, tc, dist.DistEnv(), print_fn=lambda s: None)["history"]
+        history = []
+        fit(model, cfg, squad_loss, loader, tc, dist.DistEnv(), print_fn=lambda s: None, on_log=history.append)
         curve = [h["total_loss"] for h in history]
         qa = model
     else:

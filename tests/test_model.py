@@ -145,7 +145,7 @@ def test_bert_base_parameter_count_equals_hf():
 
 
 def test_no_padding_fast_path_equals_masked_path(tiny_cfg):
-    """An all-ones input_mask drops the attention mask (SDPA's unmasked kernel); results must not change."""
+    """No input_mask (a batch without pad: SDPA's unmasked kernel) equals an all-ones mask."""
     torch.manual_seed(7)
     bert = Bert(tiny_cfg).eval()
     ids = torch.randint(0, 99, (3, 10))
@@ -157,7 +157,7 @@ def test_no_padding_fast_path_equals_masked_path(tiny_cfg):
         x = layer(x, full_mask)
     assert max_diff(fast, x) < 1e-6
     none, _ = bert(ids, types, None)
-    assert torch.equal(fast, none)
+    assert max_diff(fast, none) < 1e-6
 
 
 def test_padding_does_not_change_real_tokens(tiny_cfg):
@@ -198,30 +198,12 @@ def test_decoder_is_tied_to_word_embeddings(tiny_cfg):
     assert max_diff(mlm[..., 7], h @ torch.full((tiny_cfg.hidden_size,), 0.5)) < 1e-5
 
 
-@pytest.mark.parametrize(
-    "field, value, message",
-    [
-        ("input_ids", 99, r"input_ids must be in \[0, vocab_size=99\)"),
-        ("input_ids", -1, "input_ids must be in"),
-        ("segment_ids", 2, r"token_type_ids must be in \[0, type_vocab_size=2\)"),
-    ],
-)
-def test_out_of_range_ids_are_clear_errors(tiny_cfg, padded_batch, field, value, message):
-    m = BertForPreTraining(tiny_cfg)
-    b = {k: v.clone() for k, v in padded_batch.items()}
-    b[field][2, 3] = value
-    with pytest.raises(ValueError, match=message):
-        m(b["input_ids"], b["segment_ids"], b["input_mask"])
-
-
 def test_too_long_and_bad_shapes(tiny_cfg):
     m = Bert(tiny_cfg)
     with pytest.raises(ValueError, match="max_position_embeddings"):
         m(torch.zeros(1, 65, dtype=torch.long))
     with pytest.raises(ValueError, match="input_mask has shape"):
         m(torch.zeros(2, 5, dtype=torch.long), None, torch.ones(2, 4))
-    with pytest.raises(ValueError, match="masked_positions"):
-        BertForPreTraining(tiny_cfg)(torch.zeros(1, 5, dtype=torch.long), None, None, torch.tensor([[5]]))
 
 
 @pytest.mark.parametrize("masked", [False, True])

@@ -159,12 +159,14 @@ def test_sorted_unpadded_prediction_equals_padded(super_bowl_windows, one_thread
     np.testing.assert_allclose(s16[mask[:8]], start[:8][mask[:8]], atol=0.1)
 
 
-def test_squad_loss_is_googles_mean_of_two_cross_entropies():
+def test_squad_loss_is_googles_mean_of_two_cross_entropies_over_real_positions():
     class Fixed(torch.nn.Module):
         def forward(self, ids, types, mask):
-            return torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), torch.tensor([[0.0, 0.0, 3.0], [1.0, 1.0, 1.0]])
+            start = torch.tensor([[2.0, 0.0, 0.0, 9.0], [0.0, 1.0, 0.0, 5.0]])
+            return start, torch.tensor([[0.0, 0.0, 3.0, 7.0], [1.0, 1.0, 1.0, 0.0]])
 
-    b = {k: torch.zeros(2, 3, dtype=torch.long) for k in ("input_ids", "segment_ids", "input_mask")}
+    b = {k: torch.zeros(2, 4, dtype=torch.long) for k in ("input_ids", "segment_ids")}
+    b["input_mask"] = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]])  # the last column is padding: not in the softmax
     b |= {"start_positions": torch.tensor([0, 1]), "end_positions": torch.tensor([2, 0])}
     loss, parts = squad_loss(Fixed(), b)
 
@@ -174,6 +176,64 @@ def test_squad_loss_is_googles_mean_of_two_cross_entropies():
     want = (ce(np.array([2.0, 0, 0]), 0) + ce(np.array([0, 1.0, 0]), 1)) / 4
     want += (ce(np.array([0, 0, 3.0]), 2) + ce(np.array([1.0, 1, 1]), 0)) / 4
     assert abs(loss.item() - want) < 1e-6 and parts == {"total_loss": loss}
+
+
+def _windows(path: Path, max_seq_length: int) -> dict[str, np.ndarray]:
+    """The training windows of a SQuAD json as SquadLoader's arrays, padded to max_seq_length."""
+    examples, _ = read_squad_examples(path, True)
+    f = convert_examples_to_features(examples, squad_tokenizer(), max_seq_length, 64, 64, is_training=True)
+    return {"input_ids": f.input_ids, "input_mask": f.input_mask, "segment_ids": f.segment_ids,
+            "start_positions": f.start_position, "end_positions": f.end_position}  # fmt: skip
+
+
+def test_a_windows_span_loss_does_not_depend_on_its_padding(tmp_path, one_thread):
+    """Padding out of the span softmax makes cutting padding columns exact: a window's loss and gradients are the
+    same alone (cut to its own length), in a batch with a longer window (padded to that one's length), and
+    padded to either of two --max_seq_length values (relative 1e-6). Google's loss, padding logits in, is not."""
+    context, qid, question, text, start = QUESTIONS[4]
+    short = tmp_path / "short.json"  # "Architecturally, ... a golden statue of the Virgin Mary.": one short window
+    short.write_text(json.dumps({"data": [{"title": "t", "paragraphs": [{"context": context[:126], "qas": [
+        {"answers": [{"answer_start": start, "text": text}], "question": question, "id": qid}]}]}]}))  # fmt: skip
+    w128, w192 = _windows(short, 128), _windows(short, 192)
+    real = int(w128["input_mask"].sum())
+    assert len(w128["input_ids"]) == len(w192["input_ids"]) == 1 and real < 64
+    assert (w128["input_ids"] == w192["input_ids"][:, :128]).all()
+    longer = {k: v[:1] for k, v in _windows(write_questions(tmp_path / "q8.json"), 128).items()}
+    assert longer["input_mask"].sum() == 128  # a full window
+
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(BertConfig(**(TINY | {"max_position_embeddings": 192})))
+
+    def loss_and_grads(batch, loss_fn=squad_loss):
+        model.zero_grad()
+        loss = loss_fn(model, batch)[0]
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    def same(a, b):  # relative 1e-6: the loss, and the gradient of all parameters as one vector
+        assert abs(a[0] - b[0]) <= 1e-6 * abs(b[0])
+        assert (a[1] - b[1]).norm() <= 1e-6 * b[1].norm(), ((a[1] - b[1]).norm() / b[1].norm()).item()
+
+    def uncut(arrays):  # every column, as Google feeds a window: all max_seq_length positions
+        return {k: torch.from_numpy(v.astype(np.int64)) for k, v in arrays.items()}
+
+    cut = SquadLoader(w128, 1, seed=0).next_batch()  # the loader cuts the padding columns
+    assert cut["input_ids"].shape == (1, real)
+    alone = loss_and_grads(cut)
+    same(loss_and_grads(uncut(w128)), alone)  # padded to --max_seq_length 128
+    same(loss_and_grads(uncut(w192)), alone)  # and to 192
+    # In a batch with a longer window, padded to its 128: the batch's mean is the mean of the two alone.
+    batch = SquadLoader({k: np.concatenate([w128[k], longer[k]]) for k in w128}, 2, seed=0).next_batch()
+    assert batch["input_ids"].shape == (2, 128)
+    other = loss_and_grads(SquadLoader(longer, 1, seed=0).next_batch())
+    same(loss_and_grads(batch), ((alone[0] + other[0]) / 2, (alone[1] + other[1]) / 2))
+
+    def googles(m, b):  # the softmax over every position, padding included
+        start, end = m(b["input_ids"], b["segment_ids"], b["input_mask"])
+        ce = torch.nn.functional.cross_entropy
+        return ((ce(start, b["start_positions"]) + ce(end, b["end_positions"])) / 2,)
+
+    assert abs(loss_and_grads(cut, googles)[0] - loss_and_grads(uncut(w192), googles)[0]) > 0.1
 
 
 def test_loader_cuts_padding_and_resumes():
@@ -397,7 +457,8 @@ def test_config_reconciles_the_seeds_and_googles_names():
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_fine_tuning_loop_equals_a_plain_hugging_face_loop(tiny_cfg, tmp_path, dropout):
     """bertkit's SQuAD training (train.fit + squad_loss, AdamW, Google's schedule, clipping) and a plain loop over
-    transformers' BertForQuestionAnswering from the same weights on the same batches give the same losses.
+    transformers' BertForQuestionAnswering from the same weights on the same batches give the same losses. The
+    plain loop's loss leaves padding positions out of the span softmax, as bertkit's does (Google's does not).
 
     With dropout on, both start from the same RNG state: the two models draw their dropout masks in the same order
     and shapes (embeddings; per layer attention probabilities, attention output, FFN output), so the masks are the
@@ -438,8 +499,9 @@ def test_fine_tuning_loop_equals_a_plain_hugging_face_loop(tiny_cfg, tmp_path, d
     with torch.no_grad():  # the first batch's loss without dropout, before any step
         plain_first = squad_loss(ours.eval(), batches[0])[0].item()
     torch.manual_seed(1234)
-    ours_losses = [r["total_loss"] for r in fit(ours, tiny_cfg, squad_loss, Batches(), tc, dist.DistEnv(),
-                                                  print_fn=lambda s: None)["history"]]  # fmt: skip
+    history = []
+    fit(ours, tiny_cfg, squad_loss, Batches(), tc, dist.DistEnv(), print_fn=lambda s: None, on_log=history.append)
+    ours_losses = [r["total_loss"] for r in history]
     decay = [p for n, p in hf.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
     rest = [p for n, p in hf.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
@@ -452,7 +514,9 @@ def test_fine_tuning_loop_equals_a_plain_hugging_face_loop(tiny_cfg, tmp_path, d
             group["lr"] = learning_rate(step, 1e-3, 1, 5)
         out = hf(input_ids=b["input_ids"], attention_mask=b["input_mask"], token_type_ids=b["segment_ids"])
         ce = torch.nn.functional.cross_entropy
-        loss = (ce(out.start_logits, b["start_positions"]) + ce(out.end_logits, b["end_positions"])) / 2
+        pad = b["input_mask"] == 0  # the same mask as bertkit's loss: padding positions out of the span softmax
+        start, end = out.start_logits.masked_fill(pad, -torch.inf), out.end_logits.masked_fill(pad, -torch.inf)
+        loss = (ce(start, b["start_positions"]) + ce(end, b["end_positions"])) / 2
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)

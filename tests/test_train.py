@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bertkit.config import BertConfig
-from bertkit.dist import DistEnv
+from bertkit.dist import DistEnv, Stopped
 from bertkit.model import BertForPreTraining
 from bertkit.pretrain import SyntheticData, pretrain_step_loss
 from bertkit.snapshot import check_writable, load_snapshot, save_snapshot
@@ -42,9 +42,10 @@ def run(tmp_path, resume=None, loader=None, model=None, quiet=True, **kw):
     if resume:
         weights, _, state = load_snapshot(resume)
         model.load_state_dict(weights)
-    out = []
+    out, history = [], []
     summary = fit(model, CFG, pretrain_step_loss, loader, train_cfg(tmp_path, **kw), DistEnv(), None, state,
-                  print_fn=(lambda s: None) if quiet else out.append)  # fmt: skip
+                  print_fn=(lambda s: None) if quiet else out.append, on_log=history.append)  # fmt: skip
+    summary["history"] = history
     return model, summary, out
 
 
@@ -112,7 +113,7 @@ def test_seed_log_lines_and_metrics(tmp_path):
     assert "sentences_per_sec" in records[4]
     assert records[0]["lr"] == 0.0 and records[5]["lr"] == pytest.approx(1e-3 * (1 - 5 / 20))
     weights, cfg, state = load_snapshot(tmp_path / "save" / "last_snapshot")
-    assert cfg == CFG and state["step"] == 20 and state["loader"] == {"pos": 20}
+    assert cfg == CFG and state["step"] == 20 and state["ranks"][0]["loader"] == {"pos": 20}
 
 
 def test_loss_falls_on_a_fixed_pool(tmp_path):
@@ -131,10 +132,14 @@ def test_sigterm_snapshots_and_stops(tmp_path):
                     threading.Event().wait(0.2)
                 yield b
 
-    _, summary, out = run(tmp_path, loader=Slow(4, 16, 3, 99, seed=7), quiet=False)
-    assert summary["interrupted"] and summary["step"] < 20
-    assert (tmp_path / "save" / f"snapshot_{summary['step']}" / "train_state.pt").is_file()
-    assert any("resume with --resume" in s for s in out)
+    out = []
+    with pytest.raises(Stopped) as stopped:
+        fit(BertForPreTraining(CFG), CFG, pretrain_step_loss, Slow(4, 16, 3, 99, seed=7), train_cfg(tmp_path),
+            DistEnv(), print_fn=out.append)  # fmt: skip
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    snaps = list((tmp_path / "save").glob("snapshot_*"))
+    assert len(snaps) == 1 and int(snaps[0].name[9:]) < 20 and (snaps[0] / "train_state.pt").is_file()
+    assert any(f"--resume {snaps[0]}" in s for s in out)
 
 
 def test_snapshot_save_is_atomic(tmp_path, monkeypatch):
@@ -147,7 +152,7 @@ def test_snapshot_save_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(OSError):
+    with pytest.raises((OSError, ValueError)):  # a write error the user can act on is a ValueError with the path
         save_snapshot(path, model, CFG, {"step": 2})
     assert (path / "model.safetensors").read_bytes() == before  # the previous snapshot is untouched
 

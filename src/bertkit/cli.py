@@ -66,7 +66,7 @@ def config_from_args(cls: type, ns: argparse.Namespace):
 
 def commands() -> dict[str, tuple[type, Callable, str]]:
     """name -> (config dataclass, run(config), one-line help). Imported lazily to keep `--help` fast."""
-    from bertkit import checkpoint, demo, evaluate, loader, plot, pretrain, pretraining_data, squad
+    from bertkit import checkpoint, classify, demo, evaluate, glue, loader, plot, pretrain, pretraining_data, squad
 
     return {
         "demo": (
@@ -114,6 +114,16 @@ def commands() -> dict[str, tuple[type, Callable, str]]:
             squad.Npy2JsonConfig,
             squad.run_npy2json,
             "turn all_results.npy into predictions.json and nbest_predictions.json: the seed's npy2json.py",
+        ),
+        "classify": (
+            classify.ClassifyConfig,
+            classify.run,
+            "fine-tune BERT on a GLUE task, evaluate, predict: Google's and OneFlow's run_classifier.py",
+        ),
+        "create-glue-data": (
+            glue.CreateGlueDataConfig,
+            glue.run_create_glue_data,
+            "GLUE tsv files -> classifier records: OneFlow's OFRecord part files or Google's TFRecords",
         ),
     }
 
@@ -164,11 +174,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config_from_args(cls, ns)
     except ValueError as e:
         parser.error(str(e))
+    from bertkit import dist, runner
+
     try:
         run(cfg)
     except ValueError as e:  # a user's mistake (a file, a record, a field): the message, not a traceback
         print(f"bertkit {ns.command}: error: {e}", file=sys.stderr)
         return 2
+    except dist.Stopped as e:  # a signal stopped training after a snapshot: 143 / 130, as a scheduler expects
+        if str(e):
+            print(f"bertkit {ns.command}: {e}", file=sys.stderr)
+        return e.exit_code
+    except runner.Failed as e:  # a rank failed: one line naming it
+        print(f"bertkit {ns.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
     return 0
 
 

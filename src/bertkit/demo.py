@@ -188,7 +188,7 @@ def run(cfg: DemoConfig) -> dict:
     from bertkit import plot
 
     curves = plot.run(plot.PlotConfig(log_dir=str(out / "pretrain" / "log"), output=str(out / "pretrain_curves.png")))
-    hist = pre["history"]
+    hist = [pre["first"], pre["last"]]
     summary = {
         "data": {
             "documents": data.get("documents"),

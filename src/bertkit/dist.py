@@ -13,12 +13,55 @@ tested here.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
 import socket
-from dataclasses import dataclass
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as tdist
+
+
+@dataclass
+class DistConfig:
+    """The seed's flags for where the processes run (torchrun's nproc_per_node, nnodes, node rank, master)."""
+
+    gpu_num_per_node: int = field(
+        default=1, metadata={"help": "processes per machine (GPUs; CPU processes without GPUs)"}
+    )
+    node_num: int = field(default=1, metadata={"help": "number of machines"})
+    node_list: str | None = field(default=None, metadata={"help": "comma-separated hosts; the first is the rendezvous"})
+    node_rank: int | None = field(default=None, metadata={"help": "this machine's index in node_list (default: found)"})
+    master_port: int = field(default=29500, metadata={"help": "rendezvous port on the first host of node_list"})
+    shutdown_timeout: int = field(
+        default=60,
+        metadata={
+            "help": "seconds the launcher gives its workers to snapshot and exit after a SIGTERM/SIGINT before it "
+            "SIGKILLs them; a scheduler must allow at least this much grace"
+        },
+    )
+
+    def check_dist_flags(self) -> None:
+        if self.gpu_num_per_node <= 0 or self.node_num <= 0:
+            raise ValueError("--gpu_num_per_node and --node_num must be positive")
+        if self.node_num > 1 and not self.node_list:
+            raise ValueError(f"--node_num {self.node_num} needs --node_list host1,host2,...")
+        if self.node_list and len(self.node_list.split(",")) != self.node_num:
+            raise ValueError(f"--node_num {self.node_num} needs --node_list with {self.node_num} hosts, "
+                             f"got {self.node_list}")  # fmt: skip
+        if self.node_rank is not None and not 0 <= self.node_rank < self.node_num:
+            raise ValueError(f"--node_rank must be in [0, {self.node_num}), got {self.node_rank}")
+        if self.shutdown_timeout < 0:
+            raise ValueError(f"--shutdown_timeout must not be negative, got {self.shutdown_timeout}")
+
+    @property
+    def world_size(self) -> int:
+        return self.gpu_num_per_node * self.node_num
 
 
 @dataclass(frozen=True)
@@ -71,6 +114,21 @@ def teardown() -> None:
         tdist.destroy_process_group()
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The torch seed of `rank` after model init: rank 0 keeps the run's stream (a one-process run is unchanged),
+    every other rank gets its own, so that ranks draw different dropout masks on their different samples."""
+    return seed if rank == 0 else (seed * 1_000_003 + rank * 7_919) % (2**63 - 1)
+
+
+def all_gather_object(obj, env: DistEnv) -> list:
+    """Every rank's `obj`, in rank order, on every rank (RNG states and data positions for snapshots)."""
+    if env.world_size == 1:
+        return [obj]
+    out = [None] * env.world_size
+    tdist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_mean(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
     """Mean over ranks (for logging the global batch's losses); identity in one process."""
     if env.world_size > 1:
@@ -86,6 +144,88 @@ def all_reduce_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
         values = values.clone()
         tdist.all_reduce(values)
     return values
+
+
+def all_reduce_max(value: int, env: DistEnv) -> int:
+    """The largest of every rank's integer (a decision all ranks take together); no collective in one process."""
+    if env.world_size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=env.device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return int(t.item())
+
+
+# --- stopping together -------------------------------------------------------------------------------------
+
+
+class Stopped(Exception):
+    """Training stopped on a signal after writing a snapshot; the process exits with 128 + signal."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopRequest:
+    """SIGTERM/SIGINT set a flag that the loop reads at its stop checks; every rank agrees on it there.
+
+    The first signal only asks for a stop (a snapshot is written, then the process exits with 128 + signal).
+    Signals again within `repeat_window` seconds count as the same request: Ctrl-C reaches every worker and the
+    elastic agent then forwards it once more. A signal after that window, or `shutdown_timeout` seconds after the
+    first with the process still alive, ends the process at once (exit 128 + signal, no snapshot; the previous
+    snapshot is whole because snapshots are written atomically).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    active: StopRequest | None = None  # the one installed in this process, read by the training loop
+
+    def __init__(self, repeat_window: float = 2.0, hard_timeout: float | None = None):
+        self.signum = 0
+        self.first_at = 0.0
+        self.repeat_window = repeat_window
+        self.hard_timeout = hard_timeout
+        self.previous: dict = {}
+
+    def install(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            StopRequest.active = self
+        return self
+
+    def uninstall(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+        if StopRequest.active is self:
+            StopRequest.active = None
+
+    def _handle(self, signum: int, frame) -> None:
+        now = time.monotonic()
+        if not self.signum:
+            self.signum, self.first_at = signum, now
+            if self.hard_timeout:  # the agent SIGKILLs after its grace anyway; exit first, with our code
+                timer = threading.Timer(self.hard_timeout, self._exit_now, (signum, "no snapshot in time"))
+                timer.daemon = True
+                timer.start()
+            return
+        if now - self.first_at > self.repeat_window:
+            self._exit_now(signum, "signal repeated")
+
+    @staticmethod
+    def _exit_now(signum: int, why: str) -> None:
+        with contextlib.suppress(Exception):
+            print(f"bertkit: {why}: exiting at once (signal {signum})", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    def agreed(self, env: DistEnv) -> int:
+        """The signal some rank received (0: none). A collective in several processes: call it on every rank at
+        the same step."""
+        return all_reduce_max(self.signum, env)
 
 
 def local_addresses() -> set[str]:
@@ -120,14 +260,20 @@ def find_node_rank(node_list: list[str]) -> int:
 
 def launch(
     entrypoint,
-    args: list[str],
+    args: tuple,
     nproc_per_node: int,
     node_num: int = 1,
     node_list: list[str] | None = None,
     node_rank: int | None = None,
     master_port: int = 29500,
-) -> None:
-    """Start nproc_per_node workers here (and join node_num machines) running entrypoint(args)."""
+    shutdown_timeout: int = 60,
+) -> dict[int, object]:
+    """Start nproc_per_node workers here (and join node_num machines) running entrypoint(*args).
+
+    Returns the workers' return values by local rank. Raises torch's ChildFailedError when a worker exits
+    non-zero and SignalException when this process gets SIGTERM/SIGINT (after the agent has forwarded the
+    signal to the workers and waited up to shutdown_timeout seconds for them).
+    """
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     if node_num > 1:
@@ -148,5 +294,8 @@ def launch(
         max_restarts=0,
         monitor_interval=0.5,
         start_method="spawn",
+        shutdown_timeout=shutdown_timeout,
     )
-    elastic_launch(config, entrypoint)(args)
+    # The agent's own warnings ("Sending process N closing signal ...") would bury the one line that matters.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    return elastic_launch(config, entrypoint)(*args)

@@ -8,21 +8,17 @@ OneFlow-Benchmark's BERT `pretrain.py`, which compute the same quantities:
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertkit import dist
-from bertkit.config import BertConfig
-from bertkit.loader import PretrainingLoader
+from bertkit import dist, runner
+from bertkit.loader import PretrainingLoader, resolve_inputs
 from bertkit.model import BertForPreTraining
 from bertkit.snapshot import check_writable, load_snapshot
-from bertkit.train import TrainConfig, fit
+from bertkit.train import fit
 
 
 def pretraining_loss(
@@ -31,12 +27,18 @@ def pretraining_loss(
     masked_lm_ids: Tensor,
     masked_lm_weights: Tensor,
     next_sentence_labels: Tensor,
+    mlm_norm: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """mlm_logits (B, P, V), nsp_logits (B, 2), ids/weights (B, P), labels (B,) -> (total, mlm, nsp)."""
+    """mlm_logits (B, P, V), nsp_logits (B, 2), ids/weights (B, P), labels (B,) -> (total, mlm, nsp).
+
+    mlm_norm: the MLM denominator. None: Google's sum(weight) + 1e-5 of this batch. The training loop passes the
+    global batch's (sum(weight) + 1e-5) / (micro-steps x ranks), so that its mean over micro-steps and ranks is
+    sum(weight x CE) / sum(weight) over the global batch (equal to Google's in one process with one micro-step).
+    """
     # Cross-entropy in fp32 whatever the autocast dtype: log-softmax over 30k logits loses digits in bf16.
     ce = F.cross_entropy(mlm_logits.float().flatten(0, 1), masked_lm_ids.long().flatten(), reduction="none")  # (B*P,)
     w = masked_lm_weights.float().flatten()
-    mlm = (ce * w).sum() / (w.sum() + 1e-5)
+    mlm = (ce * w).sum() / (w.sum() + 1e-5 if mlm_norm is None else mlm_norm)
     nsp = F.cross_entropy(nsp_logits.float(), next_sentence_labels.long().flatten())
     return mlm + nsp, mlm, nsp
 
@@ -104,101 +106,39 @@ class SyntheticData:
 
 
 @dataclass
-class PretrainConfig(TrainConfig):
+class PretrainConfig(runner.SeedConfig):
     """Pretrain BERT (masked LM + next sentence) on OFRecord / TFRecord / shard data: the seed's run_pretraining.py."""
 
-    gpu_num_per_node: int = field(
-        default=1, metadata={"help": "processes per machine (GPUs; CPU processes without GPUs)"}
+    mlm_loss_normalization: str = field(
+        default="global_batch",
+        metadata={
+            "help": "global_batch: sum(weight x CE) / sum(weight) over the whole global batch (every micro-step and "
+            "rank), so the loss does not depend on how the batch is cut; per_micro_batch: Google's per-core form",
+            "choices": ["global_batch", "per_micro_batch"],
+        },
     )
-    node_num: int = field(default=1, metadata={"help": "number of machines"})
-    node_list: str | None = field(default=None, metadata={"help": "comma-separated hosts; the first is the rendezvous"})
-    node_rank: int | None = field(default=None, metadata={"help": "this machine's index in node_list (default: found)"})
-    master_port: int = field(default=29500, metadata={"help": "rendezvous port on the first host of node_list"})
-    data_dir: str | None = field(
-        default=None, metadata={"help": "OFRecord dir (part-N), TFRecord file(s)/glob, or shards"}
-    )
-    data_part_num: int = field(default=32, metadata={"help": "number of part-N files used from an OFRecord data_dir"})
-    eval_data_dir: str | None = field(default=None, metadata={"help": "held-out data for MLM/NSP accuracy"})
-    use_boxing_v2: bool | None = field(
-        default=None, metadata={"help": "accepted for the seed's command lines; no effect"}
-    )
-    bert_config_file: str | None = field(
-        default=None, metadata={"help": "Google bert_config.json (instead of size flags)"}
-    )
-    seq_length: int = field(default=512, metadata={"help": "tokens per sequence in the records"})
-    max_predictions_per_seq: int = field(default=80, metadata={"help": "masked slots per sequence in the records"})
-    num_hidden_layers: int = field(default=24, metadata={"help": "encoder layers"})
-    num_attention_heads: int = field(default=16, metadata={"help": "attention heads per layer"})
-    max_position_embeddings: int = field(default=512, metadata={"help": "longest sequence the model takes"})
-    type_vocab_size: int = field(default=2, metadata={"help": "token types (segments)"})
-    vocab_size: int = field(default=30522, metadata={"help": "WordPiece vocabulary size"})
-    attention_probs_dropout_prob: float = field(default=0.1, metadata={"help": "dropout on attention weights"})
-    hidden_dropout_prob: float = field(default=0.1, metadata={"help": "dropout on embeddings and layer outputs"})
-    hidden_size_per_head: int = field(default=64, metadata={"help": "hidden size = heads x this; FFN = 4 x hidden"})
 
     def __post_init__(self) -> None:
         self.validate()
-        if self.gpu_num_per_node <= 0 or self.node_num <= 0:
-            raise ValueError("--gpu_num_per_node and --node_num must be positive")
-        if self.node_num > 1 and not self.node_list:
-            raise ValueError(f"--node_num {self.node_num} needs --node_list host1,host2,...")
+        self.check_dist_flags()
         if not self.data_dir:
             raise ValueError("--data_dir is required (an OFRecord directory, TFRecord files or shards)")
 
-    def bert_config(self) -> BertConfig:
-        if self.bert_config_file:
-            return BertConfig.from_json_file(self.bert_config_file)
-        return BertConfig.from_head_size(
-            self.num_attention_heads,
-            self.hidden_size_per_head,
-            num_hidden_layers=self.num_hidden_layers,
-            max_position_embeddings=self.max_position_embeddings,
-            type_vocab_size=self.type_vocab_size,
-            vocab_size=self.vocab_size,
-            attention_probs_dropout_prob=self.attention_probs_dropout_prob,
-            hidden_dropout_prob=self.hidden_dropout_prob,
-        )
 
-
-# The seed prints its arguments in this order; bertkit's additions follow.
-SEED_ORDER = (
-    "gpu_num_per_node node_num node_list learning_rate weight_decay_rate batch_size_per_device iter_num "
-    "warmup_batches log_every_n_iter data_dir data_part_num use_fp16 use_boxing_v2 loss_print_every_n_iter "
-    "model_save_every_n_iter model_save_dir save_last_snapshot model_load_dir log_dir seq_length "
-    "max_predictions_per_seq num_hidden_layers num_attention_heads max_position_embeddings type_vocab_size "
-    "vocab_size attention_probs_dropout_prob hidden_dropout_prob hidden_size_per_head"
-).split()
-
-
-def banner(cfg) -> str:
-    names = [f.name for f in dataclasses.fields(cfg)]
-    ordered = [n for n in SEED_ORDER if n in names] + [n for n in names if n not in SEED_ORDER]
-    lines = [
-        "=" * 66,
-        f"Running bert: num_gpu_per_node = {cfg.gpu_num_per_node}, num_nodes = {cfg.node_num}.",
-        "=" * 66,
-    ]
-    lines += [f"{n} = {getattr(cfg, n)}" for n in ordered]
-    lines += ["-" * 66, f"Time stamp: {datetime.now().strftime('%Y-%m-%d-%H:%M:%S')}"]
-    return "\n".join(lines)
-
-
-def to_argv(command: str, cfg) -> list[str]:
-    """The command line that rebuilds `cfg` (what the launched workers run)."""
-    argv = [command]
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if value is not None:
-            argv.append(f"--{f.name}={value}")
-    return argv
-
-
-def pretrain_step_loss(model: nn.Module, b: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+def pretrain_step_loss(
+    model: nn.Module, b: dict[str, Tensor], mlm_norm: Tensor | None = None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The step loss of a batch; mlm_norm: the MLM denominator (see pretraining_loss), None for Google's per batch."""
     mlm_logits, nsp_logits = model(b["input_ids"], b["segment_ids"], b["input_mask"], b["masked_lm_positions"])
     total, mlm, nsp = pretraining_loss(
-        mlm_logits, nsp_logits, b["masked_lm_ids"], b["masked_lm_weights"], b["next_sentence_labels"]
+        mlm_logits, nsp_logits, b["masked_lm_ids"], b["masked_lm_weights"], b["next_sentence_labels"], mlm_norm
     )
     return total, {"total_loss": total, "mlm_loss": mlm, "nsp_loss": nsp}
+
+
+def masked_count(b: dict[str, Tensor]) -> Tensor:
+    """sum(masked_lm_weights) of a batch: what the global MLM normalisation adds up over micro-steps and ranks."""
+    return b["masked_lm_weights"].float().sum()
 
 
 @torch.no_grad()
@@ -216,24 +156,19 @@ def pretrain_accuracy_counts(model: nn.Module, batches, device: torch.device) ->
     return counts
 
 
-def launch_or_run(command: str, cfg: PretrainConfig, body: Callable[[PretrainConfig, dist.DistEnv], dict]):
-    """Several processes: re-run this command line in each under dist.launch (returns None here). One: run body."""
-    if cfg.gpu_num_per_node * cfg.node_num > 1 and not dist.is_launched_worker():
-        from bertkit.cli import main as cli_main
-
-        node_list = cfg.node_list.split(",") if cfg.node_list else None
-        dist.launch(cli_main, to_argv(command, cfg), cfg.gpu_num_per_node, cfg.node_num, node_list,
-                    cfg.node_rank, cfg.master_port)  # fmt: skip
-        return None
-    env = dist.setup(cfg.device)
-    try:
-        return body(cfg, env)
-    finally:
-        dist.teardown()
+def check(cfg: PretrainConfig) -> None:
+    """Every user error before any worker starts (runs once, in the launching process)."""
+    resolve_inputs(cfg.data_dir, data_part_num=cfg.data_part_num)
+    if cfg.eval_data_dir:
+        resolve_inputs(cfg.eval_data_dir, data_part_num=cfg.data_part_num)
+    if cfg.bert_config_file:
+        cfg.bert_config()
+    check_writable(cfg.model_save_dir)
+    runner.check_resume(cfg)
 
 
 def run(cfg: PretrainConfig) -> dict | None:
-    return launch_or_run("pretrain", cfg, _run)
+    return runner.run(cfg, _run, check)
 
 
 def _run(cfg: PretrainConfig, env: dist.DistEnv) -> dict:
@@ -242,9 +177,7 @@ def _run(cfg: PretrainConfig, env: dist.DistEnv) -> dict:
     resume_state = None
     if cfg.resume:
         weights, bert_cfg, resume_state = load_snapshot(cfg.resume)
-    say(banner(cfg))
-    if env.is_main:
-        check_writable(cfg.model_save_dir)
+    say(runner.banner(cfg))
     torch.manual_seed(cfg.seed)
     model = BertForPreTraining(bert_cfg)
     if resume_state is not None:
@@ -278,5 +211,7 @@ def _run(cfg: PretrainConfig, env: dist.DistEnv) -> dict:
             hits_mlm, n_mlm, hits_nsp, n_nsp = dist.all_reduce_sum(counts, env).tolist()
             return {"mlm_accuracy": hits_mlm / max(n_mlm, 1.0), "nsp_accuracy": hits_nsp / max(n_nsp, 1.0)}
 
-    summary = fit(model, bert_cfg, pretrain_step_loss, loader, cfg, env, eval_fn, resume_state, print_fn=say)
+    global_norm = cfg.mlm_loss_normalization == "global_batch"
+    summary = fit(model, bert_cfg, pretrain_step_loss, loader, cfg, env, eval_fn, resume_state, print_fn=say,
+                  count_fn=masked_count if global_norm else None)  # fmt: skip
     return summary

@@ -24,12 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertkit import checkpoint, dist
+from bertkit import checkpoint, dist, runner
 from bertkit.config import BertConfig
 from bertkit.evaluate import evaluate_v1, evaluate_v2
 from bertkit.loader import ArrayLoader, read_dataset
 from bertkit.model import BertForQuestionAnswering, num_parameters
-from bertkit.pretrain import PretrainConfig, banner, launch_or_run
 from bertkit.records import squad_features
 from bertkit.snapshot import check_writable, load_snapshot
 from bertkit.squad_data import (
@@ -48,19 +47,29 @@ from bertkit.train import fit
 # --- training: Google's loss and shuffled batches of windows -------------------------------------------------
 
 
+def span_logits(logits: Tensor, input_mask: Tensor) -> Tensor:
+    """Start or end logits (B, T) in fp32 with padding positions (input_mask 0) at -inf: out of the softmax.
+
+    So a window's loss and gradients do not depend on how much padding it carries (its batch's longest window,
+    --max_seq_length). A masked position gets probability exactly 0 and gradient exactly 0; every window has a
+    real [CLS], so no row is all -inf. Google's loss runs the softmax over the padding logits too."""
+    return logits.float().masked_fill(~input_mask.bool(), float("-inf"))
+
+
 def squad_loss(model: nn.Module, b: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-    """Google's loss: the mean of the start and end cross-entropies (B, T) -> (), in fp32 whatever the autocast."""
+    """Google's loss, the mean of the start and end cross-entropies (B, T) -> (), over the real positions of each
+    window only (`span_logits`: the one difference from Google), in fp32 whatever the autocast."""
     start, end = model(b["input_ids"], b["segment_ids"], b["input_mask"])
-    start_loss = F.cross_entropy(start.float(), b["start_positions"])
-    end_loss = F.cross_entropy(end.float(), b["end_positions"])
+    start_loss = F.cross_entropy(span_logits(start, b["input_mask"]), b["start_positions"])
+    end_loss = F.cross_entropy(span_logits(end, b["input_mask"]), b["end_positions"])
     total = (start_loss + end_loss) / 2
     return total, {"total_loss": total}
 
 
 class SquadLoader(ArrayLoader):
     """Endless batches of training windows {input_ids, input_mask, segment_ids (B, T'); start_positions,
-    end_positions (B,)}, int64, T' the batch's longest window. Padding columns are cut (faster); Google's span
-    softmax runs over all max_seq_length positions, padding included, so the loss differs by those padded logits.
+    end_positions (B,)}, int64, T' the batch's longest window. Padding columns are cut (faster), and exactly so:
+    `squad_loss` leaves padding positions out of the span softmax, so no window's loss depends on T'.
 
     The sample stream, its epochs and the resumable position are ArrayLoader's (one global permutation per
     epoch, batches dealt round-robin to the ranks); the windows are already in memory.
@@ -157,7 +166,7 @@ class Npy2JsonConfig(SquadFlags):
 
 
 @dataclass
-class SquadModelConfig(PretrainConfig, SquadFlags):
+class SquadModelConfig(runner.SeedConfig, SquadFlags):
     """What squad and squad-predict share: the seed's run_pretraining.py flags (its SQuAD scripts take them too),
     Google's window and answer flags, and a checkpoint to start from."""
 
@@ -173,10 +182,7 @@ class SquadModelConfig(PretrainConfig, SquadFlags):
 
     def _check_model_flags(self, default_output_dir: str) -> None:
         self.check_squad_flags(default_output_dir)
-        if self.gpu_num_per_node <= 0 or self.node_num <= 0:
-            raise ValueError("--gpu_num_per_node and --node_num must be positive")
-        if self.node_num > 1 and not self.node_list:
-            raise ValueError(f"--node_num {self.node_num} needs --node_list host1,host2,...")
+        self.check_dist_flags()
         self.model_load_dir = self.init_checkpoint = _one(
             ("model_load_dir", "init_checkpoint"), self.model_load_dir, self.init_checkpoint
         )
@@ -556,15 +562,19 @@ def run_npy2json(cfg: Npy2JsonConfig) -> SquadPredictions:
     return preds
 
 
+def check_predict(cfg: SquadPredictConfig) -> None:
+    """Every user error before any worker starts: inputs there, outputs not about to be replaced."""
+    check_inputs(cfg)
+    check_outputs(prediction_outputs(cfg, with_json=bool(cfg.predict_file)), cfg.overwrite_output_dir)
+
+
 def run_predict(cfg: SquadPredictConfig) -> dict | None:
-    return launch_or_run("squad-predict", cfg, _run_predict)
+    return runner.run(cfg, _run_predict, check_predict)
 
 
 def _run_predict(cfg: SquadPredictConfig, env: dist.DistEnv) -> dict | None:
     say = _printer(env)
-    say(banner(cfg))
-    if env.is_main:
-        check_outputs(prediction_outputs(cfg, with_json=bool(cfg.predict_file)), cfg.overwrite_output_dir)
+    say(runner.banner(cfg))
     model, _, vocab, _ = build_model(cfg, env, say)
     tokenizer = cfg.tokenizer(vocab)
     limit = cfg.iter_num * cfg.batch_size_per_device * env.world_size
@@ -572,19 +582,34 @@ def _run_predict(cfg: SquadPredictConfig, env: dist.DistEnv) -> dict | None:
     return answer(model, es, cfg, tokenizer, env, cfg.batch_size_per_device, write=True, say=say)
 
 
+def check_inputs(cfg: SquadModelConfig) -> None:
+    """The files the flags name exist (json, records, checkpoint, config), before any worker starts."""
+    for flag in ("train_file", "predict_file", "model_load_dir", "bert_config_file", "vocab_file", "resume"):
+        value = getattr(cfg, flag, None)
+        if value and value != "latest" and not Path(value).exists():
+            raise ValueError(f"--{flag} {value}: no such file or directory")
+
+
+def check(cfg: SquadConfig) -> None:
+    """Every user error before any worker starts; nothing of the user's is replaced unless asked."""
+    check_inputs(cfg)
+    outputs = prediction_outputs(cfg, with_json=bool(cfg.predict_file)) if cfg.do_predict else []
+    save_dir = Path(cfg.model_save_dir)
+    if cfg.do_train and not cfg.resume and save_dir.is_dir():
+        outputs += sorted(p for p in save_dir.iterdir() if re.fullmatch(r"snapshot_\d+|last_snapshot", p.name))
+    check_outputs(outputs, cfg.overwrite_output_dir)
+    if cfg.do_train:
+        check_writable(cfg.model_save_dir)
+        runner.check_resume(cfg)
+
+
 def run(cfg: SquadConfig) -> dict | None:
-    return launch_or_run("squad", cfg, _run)
+    return runner.run(cfg, _run, check)
 
 
 def _run(cfg: SquadConfig, env: dist.DistEnv) -> dict:
     say = _printer(env)
-    say(banner(cfg))
-    if env.is_main:  # nothing of the user's is replaced unless asked: checked before hours of training
-        outputs = prediction_outputs(cfg, with_json=bool(cfg.predict_file)) if cfg.do_predict else []
-        save_dir = Path(cfg.model_save_dir)
-        if cfg.do_train and not cfg.resume and save_dir.is_dir():
-            outputs += sorted(p for p in save_dir.iterdir() if re.fullmatch(r"snapshot_\d+|last_snapshot", p.name))
-        check_outputs(outputs, cfg.overwrite_output_dir)
+    say(runner.banner(cfg))
     model, bert_cfg, vocab, resume_state = build_model(cfg, env, say)
     tokenizer = cfg.tokenizer(vocab)
     notes, summary, metrics = [], None, None
@@ -616,8 +641,6 @@ def _run(cfg: SquadConfig, env: dist.DistEnv) -> dict:
             f"warmup_batches {cfg.warmup_batches}")  # fmt: skip
         loader = SquadLoader(arrays, cfg.batch_size_per_device, rank=env.rank, world_size=env.world_size,
                              seed=cfg.seed)  # fmt: skip
-        if env.is_main:
-            check_writable(cfg.model_save_dir)
 
         def eval_fn(m: nn.Module) -> dict[str, float]:
             return answer(m, es, cfg, tokenizer, env, cfg.eval_batch_size_per_device, write=False, say=say) or {}

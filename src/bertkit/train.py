@@ -2,18 +2,22 @@
 
 Follows nanoGPT/nanochat's single loop in labelled blocks: learning rate, micro-steps under autocast
 (DDP `no_sync` on all but the last), unscale + clip, step, log on rank 0, evaluate and snapshot every N steps.
-Everything a resumed run needs (step, optimizer, loss scale, RNG states, data position) is saved with the
-weights, so a resumed run equals an uninterrupted one bit for bit on CPU.
+Everything a resumed run needs (step, optimizer, loss scale, every rank's RNG state and data position) is saved
+with the weights (snapshot.py), so a resumed run equals an uninterrupted one bit for bit on CPU, at any world size
+equal to the one that wrote the snapshot.
 
-A snapshot is a bertkit model directory (model.safetensors + bert_config.json) plus train_state.pt; it is
-written under a temporary name and renamed, so a crash during a save never damages the previous one.
+Sync points, for the GPU: none inside a step (fp16 loss scaling aside). The losses and gradient norm stay on the
+device and are reduced once per print window; the ranks agree on a stop every stop_check_every_n_iter steps; a
+snapshot gathers every rank's state; evaluation reduces its counts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,12 +27,13 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from bertkit import dist
 from bertkit.config import BertConfig
-from bertkit.dist import DistEnv, all_reduce_mean
+from bertkit.dist import DistEnv
 from bertkit.optim import build_optimizer, learning_rate, set_lr
-from bertkit.snapshot import save_snapshot
+from bertkit.snapshot import prune_snapshots, save_snapshot
 
-LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]]
+LossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 
 
 @dataclass
@@ -67,15 +72,24 @@ class TrainConfig:
     seed: int = field(default=12345, metadata={"help": "seed for init, dropout and data order"})
     resume: str | None = field(default=None, metadata={"help": "continue exactly from this snapshot directory"})
     eval_every_n_iter: int = field(default=0, metadata={"help": "evaluate on eval data every N steps (0 = never)"})
+    stop_check_every_n_iter: int = field(
+        default=10,
+        metadata={
+            "help": "with several processes, the ranks agree every N steps whether a SIGTERM/SIGINT asked them to "
+            "stop (one tiny all-reduce); the longest delay before the snapshot is N steps (one process: every step)"
+        },
+    )
+    keep_last_n: int = field(default=0, metadata={"help": "keep only the newest N snapshot_N directories (0 = all)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda", "choices": ["auto", "cpu", "cuda"]})
 
     def validate(self) -> None:
         for name in ("batch_size_per_device", "iter_num", "num_accumulation_steps", "loss_print_every_n_iter",
-                     "model_save_every_n_iter", "log_every_n_iter"):  # fmt: skip
+                     "model_save_every_n_iter", "log_every_n_iter", "stop_check_every_n_iter"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
-        for name in ("learning_rate", "weight_decay_rate", "warmup_batches", "max_grad_norm", "eval_every_n_iter"):
+        for name in ("learning_rate", "weight_decay_rate", "warmup_batches", "max_grad_norm", "eval_every_n_iter",
+                     "keep_last_n"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must not be negative, got {getattr(self, name)}")
         if self.use_fp16:
@@ -86,14 +100,24 @@ class TrainConfig:
 
 
 class MetricsLog:
-    """metrics.jsonl in log_dir, plus TensorBoard events when tensorboard is installed. Rank 0 only."""
+    """metrics.jsonl in log_dir, plus TensorBoard events when tensorboard is installed. Rank 0 only.
 
-    def __init__(self, log_dir: str, enabled: bool):
+    On resume from step S the records after S (written by the interrupted run, and about to be written again) are
+    dropped first, so that the file holds each step once.
+    """
+
+    def __init__(self, log_dir: str, enabled: bool, resume_step: int | None = None):
         self.file = self.tb = None
         if not enabled:
             return
         Path(log_dir).mkdir(parents=True, exist_ok=True)
-        self.file = open(Path(log_dir) / "metrics.jsonl", "a", encoding="utf-8")
+        path = Path(log_dir) / "metrics.jsonl"
+        if resume_step is not None and path.is_file():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _step_of(line) <= resume_step]
+            tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(tmp, path)
+        self.file = open(path, "a", encoding="utf-8")
         with contextlib.suppress(ImportError):
             from torch.utils.tensorboard import SummaryWriter
 
@@ -116,26 +140,54 @@ class MetricsLog:
             self.tb.close()
 
 
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line).get("step", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return float("inf")  # a torn last line of a killed run: dropped
+
+
 # --- the loop ------------------------------------------------------------------------------------------
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
+    """This process's random state: the CPU generator and, on a GPU, its own device's."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        cuda = state["cuda"]
+        if isinstance(cuda, list | tuple):  # snapshots before per-rank states held every device's
+            cuda = cuda[device.index or 0]
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def resume_ranks(resume_state: dict) -> list[dict]:
+    """Each rank's {rng, loader} from a snapshot's train state (one entry in snapshots before per-rank states)."""
+    if "ranks" in resume_state:
+        return resume_state["ranks"]
+    return [{"rng": resume_state["rng"], "loader": resume_state["loader"]}]
+
+
+def check_world_size(resume_state: dict, world_size: int, path: str) -> None:
+    """A snapshot continues exactly only with the number of processes that wrote it (each rank's RNG and data)."""
+    n = len(resume_ranks(resume_state))
+    if n != world_size:
+        raise ValueError(
+            f"--resume {path} was written by {n} process(es); resume it with {n} (--gpu_num_per_node x "
+            f"--node_num), not {world_size}: each rank's random state and data position continue exactly"
+        )
 
 
 def fit(
@@ -148,12 +200,25 @@ def fit(
     eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
     resume_state: dict | None = None,
     print_fn: Callable[[str], None] = print,
+    count_fn: Callable[[dict[str, Tensor]], Tensor] | None = None,
+    on_log: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train for cfg.iter_num steps. `loader` yields dict batches and has state_dict()/load_state_dict().
 
-    Returns a summary: per-logged-step losses, average sentences/s, and the final step.
+    loss_fn(model, batch) -> (loss, named parts); the loop averages it over micro-steps and DDP over ranks.
+    With count_fn (a loss normalised by a count over the global batch, e.g. MLM's sum of masked_lm_weights),
+    fit sums count_fn(batch) over the step's micro-batches and ranks (one all-reduce per step, no host sync) and
+    calls loss_fn(model, batch, norm) with norm = that count / (micro-steps x ranks): a loss of
+    sum(weight * CE) / norm then averages to sum over the global batch / global count, however the batch is cut.
+    on_log(record) receives every step's record (losses are reduced once per print window, not per step).
+
+    Returns {"step", "sentences_per_sec", "first", "last"} (first and last logged records). Raises dist.Stopped
+    after writing a snapshot when a SIGTERM/SIGINT asked every rank to stop (see dist.StopRequest), and
+    ValueError when a snapshot cannot be written (on every rank alike).
     """
     raw = model
+    if env.rank:  # each rank its own dropout masks (rank 0 keeps the run's stream: one process is unchanged)
+        torch.manual_seed(dist.rank_seed(cfg.seed, env.rank))
     if cfg.compile:
         model = torch.compile(model)
     if env.world_size > 1:
@@ -165,61 +230,113 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     start = 0
     if resume_state is not None:
+        check_world_size(resume_state, env.world_size, "the snapshot")
+        mine = resume_ranks(resume_state)[env.rank]
         opt.load_state_dict(resume_state["optimizer"])
         scaler.load_state_dict(resume_state["scaler"]) if use_scaler and resume_state.get("scaler") else None
-        loader.load_state_dict(resume_state["loader"])
-        set_rng_state(resume_state["rng"])
+        loader.load_state_dict(mine["loader"])
+        set_rng_state(mine["rng"], env.device)
         start = resume_state["step"]
     params = [p for p in raw.parameters() if p.requires_grad]
-    global_batch = cfg.batch_size_per_device * env.world_size * cfg.num_accumulation_steps
-    log = MetricsLog(cfg.log_dir, env.is_main)
+    accum = cfg.num_accumulation_steps
+    global_batch = cfg.batch_size_per_device * env.world_size * accum
+    log = MetricsLog(cfg.log_dir, env.is_main, start if resume_state is not None else None)
     if cfg.precision == "fp16" and not use_scaler and env.is_main:
         print_fn("warning: fp16 without a GPU runs without loss scaling; --precision bf16 is the CPU's mixed precision")
     if cfg.warmup_batches > cfg.iter_num and env.is_main:
         print_fn(
             f"warning: warmup_batches ({cfg.warmup_batches}) > iter_num ({cfg.iter_num}): the peak rate is never reached"
         )
+    saved_at: dict[str, int] = {}
 
     def snapshot(name: str, step: int) -> None:
+        """Every rank takes part (its RNG state and data position); rank 0 writes; a failure fails all ranks."""
+        per_rank = dist.all_gather_object({"rng": rng_state(env.device), "loader": loader.state_dict()}, env)
+        error = None
         if env.is_main:
             path = Path(cfg.model_save_dir) / name
             print_fn(f"Saving model to {path}")
-            state = {"step": step, "optimizer": opt.state_dict(), "scaler": scaler.state_dict() if use_scaler else None,
-                     "loader": loader.state_dict(), "rng": rng_state()}  # fmt: skip
-            save_snapshot(path, raw, bert_cfg, state)
+            state = {"step": step, "world_size": env.world_size, "optimizer": opt.state_dict(),
+                     "scaler": scaler.state_dict() if use_scaler else None, "ranks": per_rank}  # fmt: skip
+            try:
+                save_snapshot(path, raw, bert_cfg, state)
+                prune_snapshots(cfg.model_save_dir, cfg.keep_last_n)
+            except (OSError, ValueError) as e:
+                error = str(e) if isinstance(e, ValueError) else f"cannot write the snapshot {path}: {e}"
+        if env.world_size > 1:
+            error = dist.all_gather_object(error, env)[0]
+        if error:
+            raise ValueError(error)
+        saved_at[name] = step
 
-    # SIGTERM/SIGINT: finish the current step, snapshot, exit cleanly.
-    stop = {"signal": None}
-    handlers = {}
-    if env.is_main or env.world_size == 1:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError):  # not the main thread
-                handlers[sig] = signal.signal(sig, lambda s, f: stop.__setitem__("signal", s))
+    # SIGTERM/SIGINT: the runner installed the handler for the whole command; a bare fit() call installs its own.
+    stop = dist.StopRequest.active
+    own_stop = stop is None
+    if own_stop:
+        stop = dist.StopRequest().install()
 
-    history, skipped = [], 0
     model.train()
     it = iter(loader)
-    # A progress bar on stderr (rank 0); the seed's log lines go through tqdm.write so they do not tear it.
-    bar = tqdm(total=cfg.iter_num, initial=start, desc="train", unit="iter", disable=not env.is_main, leave=False)
-    if print_fn is print:
+    # A progress bar only where stderr is a terminal (rank 0); redirected output gets the seed's plain lines.
+    show_bar = env.is_main and sys.stderr.isatty()
+    bar = tqdm(total=cfg.iter_num, initial=start, desc="train", unit="iter", disable=not show_bar, leave=False)
+    if print_fn is print and show_bar:
         print_fn = tqdm.write
+    window: list[Tensor] = []  # per step: the loss parts and the gradient norm, on the device
+    lrs: list[float] = []
+    names: list[str] = []
+    summary = {"first": None, "last": None}
     t_start = t_window = time.perf_counter()
-    step = start
+    done = start
+
+    def flush(print_line: bool) -> None:
+        """One all-reduce and one host sync for the whole window: records to metrics.jsonl, the seed's line."""
+        nonlocal t_window
+        rows = dist.all_reduce_mean(torch.stack(window), env).tolist()  # (steps, parts + 1)
+        now = time.perf_counter()
+        for i, (row, lr_i) in enumerate(zip(rows, lrs, strict=True)):
+            s = done - len(rows) + 1 + i
+            record = {"step": s, **dict(zip(names, row[:-1], strict=True)), "lr": lr_i, "grad_norm": row[-1]}
+            if i == len(rows) - 1:
+                if use_scaler:
+                    record |= {"loss_scale": scaler.get_scale(), "skipped_steps": skipped}
+                if print_line:
+                    dt = (now - t_window) / len(rows)
+                    record["sentences_per_sec"] = global_batch / dt
+                    losses = ", ".join(f"{k}: {v:.3f}" for k, v in zip(names, row[:-1], strict=True))
+                    if env.is_main:
+                        print_fn(f"iter {s - 1}, {losses}, speed: {dt:.3f}(sec/batch), "
+                                 f"{global_batch / dt:.3f}(sentences/sec)")  # fmt: skip
+                    t_window = now
+            if s % cfg.log_every_n_iter == 0:
+                log.write(record)
+            summary["first"] = summary["first"] or record
+            summary["last"] = record
+            if on_log is not None:
+                on_log(record)
+        window.clear()
+        lrs.clear()
+
+    skipped = 0
     try:
         for step in range(start, cfg.iter_num):
             # -- learning rate
             lr = learning_rate(step, cfg.learning_rate, cfg.warmup_batches, cfg.iter_num)
             set_lr(opt, lr)
+            # -- the step's micro-batches; a global count for losses normalised over the whole global batch
+            batches = [{k: v.to(env.device, non_blocking=True) for k, v in next(it).items()} for _ in range(accum)]
+            norm = None
+            if count_fn is not None:
+                local = torch.stack([count_fn(b).float() for b in batches]).sum()
+                norm = dist.all_reduce_sum(local, env) / (accum * env.world_size)
             # -- micro-steps: gradients add up; DDP syncs only on the last one
             sums = None
-            for micro in range(cfg.num_accumulation_steps):
-                batch = {k: v.to(env.device, non_blocking=True) for k, v in next(it).items()}
-                last = micro == cfg.num_accumulation_steps - 1
-                sync = contextlib.nullcontext() if last or env.world_size == 1 else model.no_sync()
+            for micro, batch in enumerate(batches):
+                sync = contextlib.nullcontext() if micro == accum - 1 or env.world_size == 1 else model.no_sync()
                 with sync:
                     with autocast(cfg.precision, env.device):
-                        loss, parts = loss_fn(model, batch)
-                    scaler.scale(loss / cfg.num_accumulation_steps).backward()
+                        loss, parts = loss_fn(model, batch) if norm is None else loss_fn(model, batch, norm)
+                    scaler.scale(loss / accum).backward()
                 names = list(parts)  # e.g. total_loss, mlm_loss, nsp_loss: the seed's order
                 stacked = torch.stack([p.detach().float() for p in parts.values()])
                 sums = stacked if sums is None else sums + stacked
@@ -230,30 +347,17 @@ def fit(
             scale_before = scaler.get_scale() if use_scaler else 1.0
             scaler.step(opt)
             scaler.update()
-            if use_scaler and scaler.get_scale() < scale_before:
+            if use_scaler and scaler.get_scale() < scale_before:  # a host sync, fp16 loss scaling only
                 skipped += 1
             opt.zero_grad(set_to_none=True)
             done = step + 1
             bar.update(1)
-            # -- log (rank 0); the losses are the global batch's mean
-            if done % cfg.loss_print_every_n_iter == 0 or done % cfg.log_every_n_iter == 0 or done == cfg.iter_num:
-                means = all_reduce_mean(sums / cfg.num_accumulation_steps, env).tolist()
-                values = dict(zip(names, means, strict=True))
-                now = time.perf_counter()
-                record = {"step": done, **values, "lr": lr, "grad_norm": float(grad_norm)}
-                if use_scaler:
-                    record |= {"loss_scale": scaler.get_scale(), "skipped_steps": skipped}
-                history.append(record)
-                if done % cfg.loss_print_every_n_iter == 0 and env.is_main:
-                    dt = (now - t_window) / cfg.loss_print_every_n_iter
-                    t_window = now
-                    record["sentences_per_sec"] = global_batch / dt
-                    losses = ", ".join(f"{k}: {v:.3f}" for k, v in values.items())
-                    print_fn(
-                        f"iter {step}, {losses}, speed: {dt:.3f}(sec/batch), {global_batch / dt:.3f}(sentences/sec)"
-                    )
-                if done % cfg.log_every_n_iter == 0:
-                    log.write(record)
+            window.append(torch.cat([sums / accum, grad_norm.detach().float().reshape(1).to(sums.device)]))
+            lrs.append(lr)
+            # -- log: losses stay on the device until the print cadence
+            at_print = done % cfg.loss_print_every_n_iter == 0
+            if at_print or done == cfg.iter_num:
+                flush(print_line=at_print)
             # -- evaluate and snapshot
             if eval_fn is not None and cfg.eval_every_n_iter and done % cfg.eval_every_n_iter == 0:
                 model.eval()
@@ -264,24 +368,32 @@ def fit(
                     print_fn(f"eval at iter {step}: " + ", ".join(f"{k}: {v:.4f}" for k, v in metrics.items()))
             if done % cfg.model_save_every_n_iter == 0:
                 snapshot(f"snapshot_{done}", done)
-            if stop["signal"] is not None:
-                snapshot(f"snapshot_{done}", done)
-                print_fn(f"stopped by signal {stop['signal']} after iter {step}; resume with --resume")
-                break
-        else:
-            done = cfg.iter_num
+            # -- stop together: every rank learns at the same step whether any rank was signalled
+            if env.world_size == 1 or done % cfg.stop_check_every_n_iter == 0:
+                signum = stop.agreed(env)
+                if signum:
+                    if window:
+                        flush(print_line=False)
+                    name = f"snapshot_{done}"
+                    if saved_at.get(name) != done:
+                        snapshot(name, done)
+                    path = Path(cfg.model_save_dir) / name
+                    if env.is_main:
+                        print_fn(f"stopped by signal {signum} ({signal.Signals(signum).name}) after iter {step}: "
+                                 f"snapshot {path}; resume with the same command and --resume {path} "
+                                 f"(or --resume latest)")  # fmt: skip
+                    raise dist.Stopped(signum, "")
         elapsed = time.perf_counter() - t_start
-        steps_run = max(1, done - start)
-        speed = global_batch * steps_run / elapsed
+        speed = global_batch * max(1, done - start) / elapsed
         if env.is_main:
             print_fn("-" * 66)
             print_fn(f"average speed: {speed:.3f}(sentences/sec)")
             print_fn("-" * 66)
-        if cfg.save_last_snapshot and stop["signal"] is None:
+        if cfg.save_last_snapshot:
             snapshot("last_snapshot", done)
     finally:
         bar.close()
         log.close()
-        for sig, h in handlers.items():
-            signal.signal(sig, h)
-    return {"history": history, "sentences_per_sec": speed, "step": done, "interrupted": stop["signal"] is not None}
+        if own_stop:
+            stop.uninstall()
+    return {"step": done, "sentences_per_sec": speed, **summary}

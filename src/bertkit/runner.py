@@ -1,0 +1,223 @@
+"""The one way every task runs: check, then one process or many, then one exit status.
+
+    bertkit <task> ...  ->  run(cfg, body, check)
+        check(cfg)                    once, in the launching process, before any worker starts: every user error
+                                      (a flag, a file, an existing output) is a ValueError here, printed once, exit 2
+        one process:  body(cfg, env)  in this process
+        many:         dist.launch -> each worker: dist.setup, body(cfg, env), dist.teardown
+                      (the workers receive the typed config object, never a re-parsed command line)
+
+Exit status, the same for one process and many: 0 done; 2 a user error (printed once); 128 + signal when a
+SIGTERM/SIGINT stopped training after a snapshot (143 / 130); 1 when a rank crashed or was killed, with one line
+naming the rank. Under `torchrun` the environment is already set and each process just runs its rank's part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from bertkit import dist, snapshot
+from bertkit.config import BertConfig
+from bertkit.train import TrainConfig, check_world_size
+
+Body = Callable[[object, dist.DistEnv], object]
+
+
+class Failed(Exception):
+    """Some rank failed; the message has been printed, the command exits with exit_code."""
+
+    def __init__(self, exit_code: int, message: str = ""):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class SeedConfig(TrainConfig, dist.DistConfig):
+    """The flags every one of the seed's scripts takes: training, processes, data and model size."""
+
+    data_dir: str | None = field(
+        default=None, metadata={"help": "OFRecord dir (part-N), TFRecord file(s)/glob, or shards"}
+    )
+    data_part_num: int = field(default=32, metadata={"help": "number of part-N files used from an OFRecord data_dir"})
+    eval_data_dir: str | None = field(default=None, metadata={"help": "held-out data for MLM/NSP accuracy"})
+    use_boxing_v2: bool | None = field(
+        default=None, metadata={"help": "accepted for the seed's command lines; no effect"}
+    )
+    bert_config_file: str | None = field(
+        default=None, metadata={"help": "Google bert_config.json (instead of size flags)"}
+    )
+    seq_length: int = field(default=512, metadata={"help": "tokens per sequence in the records"})
+    max_predictions_per_seq: int = field(default=80, metadata={"help": "masked slots per sequence in the records"})
+    num_hidden_layers: int = field(default=24, metadata={"help": "encoder layers"})
+    num_attention_heads: int = field(default=16, metadata={"help": "attention heads per layer"})
+    max_position_embeddings: int = field(default=512, metadata={"help": "longest sequence the model takes"})
+    type_vocab_size: int = field(default=2, metadata={"help": "token types (segments)"})
+    vocab_size: int = field(default=30522, metadata={"help": "WordPiece vocabulary size"})
+    attention_probs_dropout_prob: float = field(default=0.1, metadata={"help": "dropout on attention weights"})
+    hidden_dropout_prob: float = field(default=0.1, metadata={"help": "dropout on embeddings and layer outputs"})
+    hidden_size_per_head: int = field(default=64, metadata={"help": "hidden size = heads x this; FFN = 4 x hidden"})
+
+    def bert_config(self) -> BertConfig:
+        """--bert_config_file, else the seed's size flags."""
+        if self.bert_config_file:
+            return BertConfig.from_json_file(self.bert_config_file)
+        return BertConfig.from_head_size(
+            self.num_attention_heads,
+            self.hidden_size_per_head,
+            num_hidden_layers=self.num_hidden_layers,
+            max_position_embeddings=self.max_position_embeddings,
+            type_vocab_size=self.type_vocab_size,
+            vocab_size=self.vocab_size,
+            attention_probs_dropout_prob=self.attention_probs_dropout_prob,
+            hidden_dropout_prob=self.hidden_dropout_prob,
+        )
+
+
+# The seed prints its arguments in this order; bertkit's additions follow.
+SEED_ORDER = (
+    "gpu_num_per_node node_num node_list learning_rate weight_decay_rate batch_size_per_device iter_num "
+    "warmup_batches log_every_n_iter data_dir data_part_num use_fp16 use_boxing_v2 loss_print_every_n_iter "
+    "model_save_every_n_iter model_save_dir save_last_snapshot model_load_dir log_dir seq_length "
+    "max_predictions_per_seq num_hidden_layers num_attention_heads max_position_embeddings type_vocab_size "
+    "vocab_size attention_probs_dropout_prob hidden_dropout_prob hidden_size_per_head"
+).split()
+
+
+def banner(cfg) -> str:
+    """The seed's banner: every argument as `name = value`, the seed's first, then a time stamp."""
+    names = [f.name for f in dataclasses.fields(cfg)]
+    ordered = [n for n in SEED_ORDER if n in names] + [n for n in names if n not in SEED_ORDER]
+    lines = [
+        "=" * 66,
+        f"Running bert: num_gpu_per_node = {cfg.gpu_num_per_node}, num_nodes = {cfg.node_num}.",
+        "=" * 66,
+    ]
+    lines += [f"{n} = {getattr(cfg, n)}" for n in ordered]
+    lines += ["-" * 66, f"Time stamp: {datetime.now().strftime('%Y-%m-%d-%H:%M:%S')}"]
+    return "\n".join(lines)
+
+
+def check_resume(cfg: TrainConfig) -> None:
+    """Resolve `--resume latest` and refuse a snapshot written by another number of processes, before launch."""
+    if not cfg.resume:
+        return
+    if cfg.resume == "latest":
+        try:
+            cfg.resume = str(snapshot.latest_snapshot(cfg.model_save_dir))
+        except ValueError:
+            print(f"--resume latest: no snapshot in {cfg.model_save_dir} yet; starting from the beginning")
+            cfg.resume = None
+            return
+        print(f"--resume latest: {cfg.resume}")
+    state_file = Path(cfg.resume) / "train_state.pt"
+    if not state_file.is_file():
+        raise ValueError(f"--resume {cfg.resume}: not a bertkit snapshot (train_state.pt is missing)")
+    try:
+        state = torch.load(state_file, mmap=True, weights_only=True, map_location="cpu")
+    except Exception as e:
+        raise ValueError(f"--resume {cfg.resume}: train_state.pt cannot be read ({type(e).__name__}: {e})") from None
+    check_world_size(state, cfg.world_size, cfg.resume)
+
+
+def run(cfg: dist.DistConfig, body: Body, check: Callable[[object], None] | None = None):
+    """Check, then run body(cfg, env) here or in cfg.world_size workers; returns body's result (None when launched).
+
+    Raises ValueError (user error), dist.Stopped (signal; snapshot written) or Failed (a rank failed).
+    """
+    if check is not None:  # under torchrun every rank checks alike (reads only), so every rank fails alike
+        check(cfg)
+    if cfg.world_size > 1 and not dist.is_launched_worker():
+        _launch(cfg, body)
+        return None
+    return _in_process(cfg, body)
+
+
+def _in_process(cfg, body: Body):
+    stop = dist.StopRequest().install()
+    env = dist.setup(cfg.device)
+    try:
+        return body(cfg, env)
+    finally:
+        stop.uninstall()
+        dist.teardown()
+
+
+def _launch(cfg, body: Body) -> None:
+    node_list = cfg.node_list.split(",") if cfg.node_list else None
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    with tempfile.TemporaryDirectory(prefix="bertkit-ranks-") as err_dir:
+        try:
+            dist.launch(_worker, (cfg, body, err_dir), cfg.gpu_num_per_node, cfg.node_num, node_list,
+                        cfg.node_rank, cfg.master_port, cfg.shutdown_timeout)  # fmt: skip
+        except SignalException as e:  # the agent forwarded it and waited for the workers' snapshot
+            signum = int(e.sigval)
+            raise dist.Stopped(signum, "") from None
+        except ChildFailedError as e:
+            raise _failure(e, Path(err_dir)) from None
+
+
+def _failure(e, err_dir: Path) -> Exception:
+    """One exception for the launcher from the workers' exit codes and the lines they left in err_dir."""
+    codes = {f.rank: f.exitcode for f in e.failures.values()}
+    signums = {c - 128 for c in codes.values() if c > 128}
+    if signums and all(c > 128 for c in codes.values()):
+        return dist.Stopped(max(signums), "")  # every rank stopped on the signal; rank 0 printed where to resume
+    lines = {}
+    for path in sorted(err_dir.glob("rank-*.txt")):
+        lines[int(path.stem[5:])] = path.read_text(encoding="utf-8").strip()
+    if codes and all(c == 2 for c in codes.values()) and lines:
+        messages = sorted(set(lines.values()))
+        return Failed(2, "\n".join(messages))  # a user error found on every rank alike: said once
+    parts = []
+    for rank, code in sorted(codes.items()):
+        if rank in lines:
+            parts.append(f"rank {rank} failed: {lines[rank]}")
+        elif code < 0:
+            parts.append(f"rank {rank} was killed by {signal.Signals(-code).name}")
+        else:
+            parts.append(f"rank {rank} exited with status {code}")
+    first = min(codes, key=lambda r: (r not in lines and codes[r] >= 0, r))  # the root cause first
+    others = [p for p in parts if not p.startswith(f"rank {first} ")]
+    head = next(p for p in parts if p.startswith(f"rank {first} "))
+    return Failed(1, head + (f" ({len(others)} other rank(s) stopped with it)" if others else ""))
+
+
+def _worker(cfg, body: Body, err_dir: str):
+    """One launched process: join, run, and leave an exit status the launcher can read (never a traceback page)."""
+    stop = dist.StopRequest(hard_timeout=max(1, cfg.shutdown_timeout - 5)).install()
+    rank = int(os.environ.get("RANK", "0"))
+    code, line = 0, None
+    try:
+        env = dist.setup(cfg.device)
+        body(cfg, env)
+    except dist.Stopped as e:
+        code = e.exit_code
+    except ValueError as e:
+        code, line = 2, str(e)
+    except Exception as e:  # a bug or a lost peer: this rank's traceback for the record, one line for the launcher
+        traceback.print_exc()
+        code, line = 1, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    finally:
+        stop.uninstall()
+        if code == 0:
+            dist.teardown()
+    if line is not None:
+        Path(err_dir, f"rank-{rank}.txt").write_text(line, encoding="utf-8")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code:
+        os._exit(code)  # no destroy_process_group with peers gone: it could wait on them
+    return None
