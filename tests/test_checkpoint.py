@@ -60,7 +60,7 @@ def test_half_precision_state_keeps_its_dtype(model, tiny_cfg, tmp_path):
 
 def test_existing_output_needs_overwrite_and_failed_writes_leave_nothing(model, tiny_cfg, tmp_path):
     out = save_pretrained(model, tiny_cfg, tmp_path / "ckpt")
-    with pytest.raises(FileExistsError, match="--force"):
+    with pytest.raises(ValueError, match="--force"):
         save_pretrained(model, tiny_cfg, out)
     with pytest.raises(FileNotFoundError):
         save_pretrained(model, tiny_cfg, out, vocab_file=tmp_path / "missing.txt", overwrite=True)

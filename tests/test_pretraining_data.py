@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from bertkit import pretraining_data as P
+from bertkit.atomic import OutputError
 from bertkit.cli import main
 from bertkit.loader import PretrainingLoader
 from bertkit.pretraining_data import CreatePretrainingDataConfig, create_pretraining_data
@@ -224,7 +225,7 @@ def test_a_failed_write_leaves_no_file(corpus, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(P, "_rows", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="cannot write .*out.tfrecord: disk full; nothing is left"):
         run_format(corpus, str(tmp_path / "out.tfrecord"), "tfrecord")
     assert list(tmp_path.iterdir()) == []
 

@@ -23,7 +23,6 @@ Reference for the CLI: OneFlow-Benchmark's convert_tf_ckpt_to_of.py (`--tf_check
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
@@ -41,6 +40,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from bertkit import convert
+from bertkit.atomic import atomic_output
 from bertkit.config import BertConfig
 from bertkit.model import BertForPreTraining, BertForQuestionAnswering
 from bertkit.tf_checkpoint import TFCheckpoint, is_tf_checkpoint
@@ -362,31 +362,9 @@ def load_into(
 # --- writers ------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _writing(out_dir: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary directory beside `out_dir`; rename it into place only when the body succeeds."""
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --force (overwrite=True) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)  # two renames: at every moment one complete checkpoint is at `out` or `old`
-        os.replace(tmp, out)
-        if old.is_dir():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
-    else:
-        os.replace(tmp, out)
+def _writing(out_dir: str | os.PathLike, overwrite: bool):
+    """A temporary directory beside `out_dir`, renamed into place only when the body succeeds (atomic.py)."""
+    return atomic_output(out_dir, overwrite=overwrite)
 
 
 def _state_of(model_or_state: nn.Module | Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -410,6 +388,7 @@ def save_pretrained(
     """Write bertkit's format: model.safetensors, bert_config.json and, if given, vocab.txt."""
     state = _state_of(model_or_state)
     with _writing(out_dir, overwrite) as tmp:
+        tmp.mkdir()
         save_file({k: v.contiguous() for k, v in state.items()}, tmp / WEIGHTS, metadata={"format": "pt"})
         cfg.to_json_file(tmp / CONFIG)
         _copy_vocab(vocab_file, tmp)
@@ -435,6 +414,7 @@ def save_hf(
     if kind == "classifier":
         config["num_labels"] = state["classifier.weight"].shape[0]
     with _writing(out_dir, overwrite) as tmp:
+        tmp.mkdir()
         save_file(hf, tmp / WEIGHTS, metadata={"format": "pt"})
         (tmp / HF_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         _copy_vocab(vocab_file, tmp)
@@ -456,6 +436,7 @@ def save_oneflow(
     """
     state = _state_of(model_or_state)
     with _writing(out_dir, overwrite) as tmp:
+        tmp.mkdir()
         for name, t in convert.to_oneflow(state, cfg.num_hidden_layers).items():
             (tmp / name).mkdir()
             with open(tmp / name / OF_DATA, "wb") as fh:  # a kernel's transposed copy lives only this long

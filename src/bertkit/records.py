@@ -25,11 +25,8 @@ verified before it is read. A file read in the wrong format gets an error that s
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
-import os
-import shutil
 import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -37,6 +34,8 @@ from typing import NamedTuple
 
 import google_crc32c
 import numpy as np
+
+from bertkit.atomic import atomic_output  # the one atomic writer; loader and pretraining_data import it here
 
 BYTES = np.dtype(object)
 # Feature field number -> value dtype, per format (the oneof above).
@@ -321,21 +320,6 @@ def masked_crc32c(data: bytes) -> int:
     """TFRecord's checksum: CRC-32C rotated right by 15 bits plus a constant (record_writer.cc's MaskedCrc)."""
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`, renamed to `path` on success, removed on any failure."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp)
-        else:
-            tmp.unlink(missing_ok=True)
-        raise
 
 
 def checksum_path(path: str | Path) -> Path:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from bertkit.atomic import atomic_output
 from bertkit.tokenizer import WordPieceTokenizer
 
 JSON_TYPE_NAMES = {dict: "an object", list: "an array", str: "a string", int: "an integer", bool: "true or false"}
@@ -226,11 +227,8 @@ class SquadFeatures:
 
     def save(self, path: str | Path) -> None:
         """An .npz of the arrays (no pickles), written under a temporary name and renamed."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
+        with atomic_output(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **self.arrays())
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | Path) -> SquadFeatures:
