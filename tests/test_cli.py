@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -26,8 +27,10 @@ def test_help_lists_subcommands_and_every_flag_has_help(capsys):
     sub = next(a for a in parser._actions if a.dest == "command")
     for name, p in sub.choices.items():
         for action in p._actions:
-            if action.dest != "help":
+            if action.dest != "help" and action.help != argparse.SUPPRESS:
                 assert action.help and len(action.help) > 15, (name, action.dest)
+                shown = action.help.replace("%(default)s", str(action.default))
+                assert shown.count("(default") <= 1 and "(default: None)" not in shown, (name, action.dest, shown)
 
 
 def test_console_script_runs():
@@ -74,3 +77,44 @@ def test_positional_fields_are_required_arguments_by_place(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--out_file", "o"])
     assert "the following arguments are required: data_file" in capsys.readouterr().err
+
+
+def test_training_flags_are_accepted_but_hidden_in_squad_predict_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["squad-predict", "--help"])
+    out = capsys.readouterr().out
+    assert "--predict_file" in out and "--init_checkpoint" in out
+    assert "--learning_rate" not in out and "--warmup_batches" not in out and "--use_boxing_v2" not in out
+    ns = build_parser().parse_args(["squad-predict", "--learning_rate=3e-5", "--use_boxing_v2=True"])
+    assert ns.learning_rate == 3e-5  # the seed's command lines still parse
+
+
+def test_flag_errors_print_the_subcommands_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["squad-evaluate", "a.json", "b.json", "--squad_version", "1.1", "--na_prob_file", "n.json"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("usage: bertkit squad-evaluate")
+    assert "bertkit squad-evaluate: error: --na_prob_file needs the v2.0 metrics" in err
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["squad-evaluate", "{d}/missing.json", "{d}/pred.json"], "data_file {d}/missing.json: No such file"),
+        (["squad-evaluate", "{d}/dev.json", "{d}/all_results.npy"], "{d}/all_results.npy: the predictions file is "
+                                                                   "not UTF-8 JSON text (byte 0"),
+        (["npy2json", "--all_results_file={d}/all_results.npy", "--predict_file={d}/dev.json"],
+         "{d}/all_results.npy: cannot read all_results (its header says shape (1099511627776, 2400)"),
+    ],
+)  # fmt: skip
+def test_a_wrong_file_is_one_line_naming_the_flag_and_file(tmp_path, capsys, argv, line):
+    import json
+    import struct
+
+    (tmp_path / "dev.json").write_text(json.dumps({"version": "1.1", "data": []}))
+    (tmp_path / "pred.json").write_text("{}")
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 2400), }".ljust(117) + "\n"
+    (tmp_path / "all_results.npy").write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", 118) + header.encode())
+    assert main([a.format(d=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"bertkit {argv[0]}: error: " + line.format(d=tmp_path)) and "\n" not in err, err

@@ -45,7 +45,11 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
                 f.name, type=kind, nargs=nargs, default=default, choices=choices, help=f.metadata["help"]
             )
             continue
-        help_text = f.metadata["help"] + " (default: %(default)s)"
+        help_text = f.metadata["help"]
+        if default is not None and "default" not in help_text:  # a help that states its default says it once
+            help_text += " (default: %(default)s)"
+        if f.metadata.get("hidden") or f.name in getattr(cls, "cli_hidden", ()):  # accepted, not shown
+            help_text = argparse.SUPPRESS
         if kind is bool:
             parser.add_argument(
                 f"--{f.name}",
@@ -170,10 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     cls, run, _ = commands()[ns.command]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[ns.command]
     try:
         cfg = config_from_args(cls, ns)
     except ValueError as e:
-        parser.error(str(e))
+        sub.error(str(e))  # the subcommand's usage, not the top level's
     from bertkit import dist, runner
 
     try:
@@ -188,7 +193,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except runner.Failed as e:  # a rank failed: one line naming it
         print(f"bertkit {ns.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a file the user named is missing, unreadable, a directory: say which flag and file
+        print(f"bertkit {ns.command}: error: {describe_os_error(e, cfg)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def describe_os_error(e: OSError, cfg) -> str:
+    """`--predict_file dev.json: No such file or directory`: the flag whose value names the file, when one does."""
+    what = e.strerror or str(e)
+    if e.filename is None:
+        return what
+    name = str(e.filename)
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, str) and name in (value, *value.split(",")):
+            flag = f.name if f.metadata.get("positional") else f"--{f.name}"
+            return f"{flag} {name}: {what}"
+    return f"{name}: {what}"
 
 
 if __name__ == "__main__":

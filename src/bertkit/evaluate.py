@@ -175,6 +175,8 @@ def _load_json(path: str | Path, what: str):
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: the {what} file is not valid JSON ({e})") from e
+    except UnicodeDecodeError as e:  # all_results.npy given for predictions.json, say
+        raise ValueError(f"{path}: the {what} file is not UTF-8 JSON text (byte {e.start}: {e.reason})") from None
 
 
 def load_predictions(path: str | Path) -> dict[str, str]:

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -211,6 +212,13 @@ class SquadPredictConfig(SquadModelConfig):
     """
 
     eval_data_dir: str | None = field(default=None, metadata={"help": "same as --data_dir"})
+    # Flags that only training uses: accepted (the seed's predict command lines carry them), hidden from --help.
+    cli_hidden: ClassVar[frozenset[str]] = frozenset(
+        "learning_rate weight_decay_rate warmup_batches log_every_n_iter loss_print_every_n_iter "
+        "model_save_every_n_iter model_save_dir save_last_snapshot log_dir optimizer num_accumulation_steps "
+        "max_grad_norm resume eval_every_n_iter stop_check_every_n_iter keep_last_n use_boxing_v2 "
+        "max_predictions_per_seq hidden_dropout_prob attention_probs_dropout_prob".split()
+    )
 
     def __post_init__(self) -> None:
         self._check_model_flags(default_output_dir=".")

@@ -69,6 +69,8 @@ def load_squad(path: str | Path) -> dict:
             dataset = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a SQuAD json: not UTF-8 text (byte {e.start}: {e.reason})") from None
     check_squad(dataset, path)
     return dataset
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +62,14 @@ class RawResults:
                 header = (
                     np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 )
-                if header(f)[2].hasobject:
+                shape, _, dtype = header(f)
+                if dtype.hasobject:
                     return cls._from_seed(_NumpyOnlyUnpickler(f, encoding="latin1").load(), path)
+                # The header's shape decides what np.load allocates: check it against the file's size first.
+                want, have = math.prod(shape) * dtype.itemsize, os.fstat(f.fileno()).st_size - f.tell()
+                if want != have:
+                    raise ValueError(f"its header says shape {shape} of {dtype.str}, {want:,} bytes, but it holds "
+                                     f"{have:,} bytes: truncated or damaged")  # fmt: skip
             a = np.load(path, allow_pickle=False)
         except (OSError, ValueError, pickle.UnpicklingError, EOFError) as e:
             raise ValueError(f"{path}: cannot read all_results ({e})") from None
