@@ -12,7 +12,8 @@ Memory per rank: record files parsed in each process cost every rank ~1.8 KB per
 memory. `cached_shards` instead converts them once into shards in a cache directory (keyed by the files' paths,
 sizes and mtimes and the features wanted; one process builds, the others wait) that every process memory-maps:
 the pages are the kernel's page cache, shared by all processes of a machine, and a rank's private memory no longer
-grows with the data set (`benchmarks/bench_memory.py` measures it).
+grows with the data set but for the epoch's sample order, 4 bytes per sample (`benchmarks/bench_memory.py`
+measures it).
 
 The loader: one global stream of samples, epoch e being a permutation of all N samples seeded by (seed, e), the
 epochs laid end to end (so no sample is skipped at an epoch's end). The stream is cut into batches of

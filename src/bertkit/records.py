@@ -409,12 +409,12 @@ def _frames(path: Path, fmt: str, read_data: bool = True) -> Iterator[tuple[int,
             head = fh.read(header)
             if len(head) < header:
                 reason = f"truncated record: {len(head)} of {header} header bytes"
-                raise RecordError(path, index, offset, reason + _format_hint(path, fmt))
+                raise RecordError(path, index, offset, _hinted(path, fmt, reason))
             if fmt == "tfrecord":
                 length, crc = struct.unpack("<QI", head)
                 if masked_crc32c(head[:8]) != crc:
                     reason = "bad CRC of the length field (corrupt file?)"
-                    raise RecordError(path, index, offset, reason + (_format_hint(path, fmt) if index == 0 else ""))
+                    raise RecordError(path, index, offset, _hinted(path, fmt, reason) if index == 0 else reason)
             else:
                 (length,) = struct.unpack("<q", head)
             end = offset + header + length + trailer
@@ -422,7 +422,7 @@ def _frames(path: Path, fmt: str, read_data: bool = True) -> Iterator[tuple[int,
                 reason = (
                     f"truncated record: the length prefix says {length} bytes, past the end of the file ({size} bytes)"
                 )
-                raise RecordError(path, index, offset, reason + _format_hint(path, fmt))
+                raise RecordError(path, index, offset, _hinted(path, fmt, reason))
             data = None
             if read_data:
                 data = fh.read(length)
@@ -451,29 +451,28 @@ def _looks_like_ofrecord(path: Path) -> bool:
             return False
 
 
-def _format_hint(path: Path, fmt: str) -> str:
-    """For an error in reading `path` as `fmt`: what the file looks like instead, if it looks like the other
-    format (only worked out once something has gone wrong, so it costs nothing on good files)."""
+def _hinted(path: Path, fmt: str, reason: str) -> str:
+    """`reason` for an error in reading `path` as `fmt`, led by what the file is instead when it looks like the
+    other format (worked out only once something has gone wrong, so it costs nothing on good files)."""
     try:
         if fmt == "ofrecord" and sniff_format(path) == "tfrecord":
-            return (
-                "; this is a TFRecord file (its length CRCs check out), not an OFRecord: pass --input_format "
-                "tfrecord (or auto)"
+            hint = "this is a TFRecord file (its length CRCs check out): pass --input_format tfrecord (or auto)"
+        elif fmt == "tfrecord" and _looks_like_ofrecord(path):
+            hint = (
+                "this looks like an OFRecord file (a length prefix without a CRC, then a record that parses): "
+                "pass --input_format ofrecord (or auto)"
             )
-        if fmt == "tfrecord" and _looks_like_ofrecord(path):
-            return (
-                "; this looks like an OFRecord file (a length prefix without a CRC, then a record that parses), "
-                "not a TFRecord: pass --input_format ofrecord (or auto)"
-            )
+        else:
+            return reason
     except OSError:
-        pass
-    return ""
+        return reason
+    return f"{hint} (read as {'OFRecord' if fmt == 'ofrecord' else 'TFRecord'}: {reason})"
 
 
 def _parse_error(path: Path, fmt: str, index: int, offset: int, e: _ParseError) -> RecordError:
     at = offset + HEADER[fmt] + e.pos
-    hint = _format_hint(path, fmt) if index == 0 else ""
-    return RecordError(path, index, offset, f"protobuf does not parse: {e.reason} (byte {at}){hint}", e.feature)
+    reason = f"protobuf does not parse: {e.reason} (byte {at})"
+    return RecordError(path, index, offset, _hinted(path, fmt, reason) if index == 0 else reason, e.feature)
 
 
 def _records(path: Path, fmt: str) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
