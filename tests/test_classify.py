@@ -130,12 +130,20 @@ def test_oneflow_records_train_to_the_same_model(trained, tmp_path, one_thread, 
     assert (tmp_path / "out" / "eval_results.txt").read_text() == (d / "run" / "out" / "eval_results.txt").read_text()
 
 
-def test_eval_only_from_the_fine_tuned_snapshot(trained, tmp_path, one_thread):
+@pytest.mark.parametrize("fmt", ["bertkit", "hf", "oneflow"])
+def test_eval_only_from_the_fine_tuned_model_in_each_format(trained, tmp_path, one_thread, fmt):
+    """--do_eval --init_checkpoint: the fine-tuned classifier written as bertkit, Hugging Face or OneFlow, its
+    config and vocab.txt taken from beside it; the same dev results as at the end of training."""
+    from bertkit.checkpoint import WRITERS
+    from bertkit.snapshot import load_snapshot
+
     d = trained
-    argv = ["--task_name", "RTE", "--do_eval", "--init_checkpoint", str(d / "run" / "snaps" / "last_snapshot"),
-            *common(d, tmp_path)]  # fmt: skip
-    argv[argv.index("--bert_config_file") + 1] = str(d / "run" / "snaps" / "last_snapshot" / "bert_config.json")
-    assert main(["classify", *argv]) == 0
+    weights, bert_cfg, _ = load_snapshot(d / "run" / "snaps" / "last_snapshot")
+    ckpt = WRITERS[fmt](weights, bert_cfg, tmp_path / fmt, d / "vocab.txt")
+    argv = ["classify", "--task_name", "RTE", "--do_eval", "--init_checkpoint", str(ckpt), *common(d, tmp_path)]
+    for flag in ("--vocab_file", "--bert_config_file"):
+        del argv[argv.index(flag) : argv.index(flag) + 2]
+    assert main(argv) == 0
     mine, theirs = (read_results(p / "out" / "eval_results.txt") for p in (tmp_path, d / "run"))
     assert mine["eval_accuracy"] == theirs["eval_accuracy"]
     assert abs(float(mine["eval_loss"]) - float(theirs["eval_loss"])) < 1e-6
@@ -317,6 +325,8 @@ def test_fine_tuning_loop_equals_a_plain_hugging_face_loop(tiny_cfg, tmp_path, d
         (["--task_name", "rte", "--do_train", "--data_dir", "d", "--num_epochs", "2", "--num_train_epochs", "3"],
          "--num_train_epochs 3.0 and --num_epochs 2.0 name the same thing"),
         (["--task_name", "xnli", "--do_predict", "--data_dir", "d"], "XNLI has no test file"),
+        (["--task_name", "rte", "--do_eval", "--data_dir", "d", "--train_batch_size", "64", "--batch_size_per_device", "16"],
+         "--train_batch_size 64 is 64 per process for 1 processes, but --batch_size_per_device is 16; give one"),
     ],
 )  # fmt: skip
 def test_config_errors_name_the_flags(flags, message, capsys):
@@ -335,6 +345,10 @@ def test_config_reconciles_googles_and_oneflows_names():
         "ckpt",
     )
     assert cfg.eval_batch_size_per_device == 4 and cfg.task.name == "MRPC" and cfg.iter_num is None
+    # Google's default global batch of 32, split over the processes; OneFlow's per-process batch as given
+    assert ClassifyConfig(task_name="rte", do_eval=True, data_dir="d", gpu_num_per_node=4).batch_size_per_device == 8
+    cfg = ClassifyConfig(task_name="rte", do_eval=True, data_dir="d", gpu_num_per_node=2, batch_size_per_device=16)
+    assert (cfg.batch_size_per_device, cfg.train_batch_size) == (16, 32)
 
 
 def test_bad_files_are_named_before_any_work(tmp_path, capsys):

@@ -105,7 +105,7 @@ class ClassifyConfig(runner.SeedConfig):
     max_seq_length: int | None = field(default=None, metadata={"help": "tokens per example, cut or padded (128)"})
     seq_length: int | None = field(default=None, metadata={"help": "OneFlow's name for --max_seq_length"})
     train_batch_size: int | None = field(
-        default=None, metadata={"help": "Google's global batch: sets --batch_size_per_device to it / processes"}
+        default=None, metadata={"help": "Google's global batch: --batch_size_per_device = it / processes (32)"}
     )
     eval_batch_size: int = field(default=8, metadata={"help": "Google's global evaluation batch"})
     predict_batch_size: int = field(default=8, metadata={"help": "Google's global prediction batch"})
@@ -140,7 +140,9 @@ class ClassifyConfig(runner.SeedConfig):
     node_ips: str | None = field(default=None, metadata={"help": "OneFlow's later name for --node_list"})
     # Fine-tuning defaults that differ from pretraining's (Google's run_classifier.py and OneFlow's):
     learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate"})
-    batch_size_per_device: int = field(default=32, metadata={"help": "examples per process per micro-step"})
+    batch_size_per_device: int | None = field(
+        default=None, metadata={"help": "OneFlow's examples per process per micro-step (default: --train_batch_size)"}
+    )
     iter_num: int | None = field(
         default=None,
         metadata={"help": "optimizer steps (default: Google's int(examples / batch x epochs) for tsv, OneFlow's "
@@ -167,11 +169,20 @@ class ClassifyConfig(runner.SeedConfig):
         self.num_train_epochs = self.num_epochs = _one(("num_train_epochs", "num_epochs"), self.num_train_epochs,
                                                        self.num_epochs, 3.0)  # fmt: skip
         processes = self.world_size
-        if self.train_batch_size is not None:
-            if self.train_batch_size <= 0 or self.train_batch_size % processes:
-                raise ValueError(f"--train_batch_size {self.train_batch_size} must be a positive multiple of the "
-                                 f"{processes} processes")  # fmt: skip
-            self.batch_size_per_device = self.train_batch_size // processes
+        tbs, per = self.train_batch_size, self.batch_size_per_device
+        if tbs is not None:
+            if tbs <= 0 or tbs % processes:
+                raise ValueError(f"--train_batch_size {tbs} must be a positive multiple of the {processes} processes")
+            if per is not None and per != tbs // processes:
+                raise ValueError(f"--train_batch_size {tbs} is {tbs // processes} per process for {processes} "
+                                 f"processes, but --batch_size_per_device is {per}; give one")  # fmt: skip
+            self.batch_size_per_device = tbs // processes
+        elif per is None:  # Google's default global batch
+            if 32 % processes:
+                raise ValueError(f"the default --train_batch_size 32 does not split over {processes} processes; "
+                                 "give --train_batch_size or --batch_size_per_device")  # fmt: skip
+            self.batch_size_per_device = 32 // processes
+        self.train_batch_size = self.batch_size_per_device * processes
         for name in ("eval_batch_size", "predict_batch_size", "max_seq_length", "num_train_epochs"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
@@ -271,29 +282,36 @@ def check_ids(feats: glue.Features, bert_cfg: BertConfig, what: str) -> None:
 
 
 def build_model(cfg: ClassifyConfig, env: dist.DistEnv, say: Callable[[str], None]
-                ) -> tuple[BertForSequenceClassification, BertConfig, str | None, dict | None]:  # fmt: skip
-    """(model on the device, its config, the checkpoint's vocab.txt if any, the train state when resuming)."""
+                ) -> tuple[BertForSequenceClassification, BertConfig, dict | None]:  # fmt: skip
+    """(model on the device, its config, the train state when resuming)."""
     labels = cfg.task.num_labels
     if cfg.resume:
         weights, bert_cfg, resume_state = load_snapshot(cfg.resume)
         model = BertForSequenceClassification(bert_cfg, labels)
         model.load_state_dict(weights)
         say(f"Resuming from {cfg.resume} at iter {resume_state['step']}.")
-        return model.to(env.device), bert_cfg, None, resume_state
+        return model.to(env.device), bert_cfg, resume_state
     bert_cfg, source = cfg.model_config()
     torch.manual_seed(cfg.seed)  # the new head's draws (and a random model's) follow --seed
     model = BertForSequenceClassification(bert_cfg, labels)
     c = bert_cfg
     say(f"model from {source}: {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, "
         f"{labels} output(s), {num_parameters(model) / 1e6:.1f}M parameters")  # fmt: skip
-    vocab = None
     if cfg.model_load_dir:
-        report = checkpoint.load_into(model, cfg.model_load_dir)
-        say(f"Restoring model from {report}")
-        vocab = report.vocab_file
+        say(f"Restoring model from {checkpoint.load_into(model, cfg.model_load_dir)}")
     else:
         say("Init model on demand (random weights)")
-    return model.to(env.device), bert_cfg, vocab, None
+    return model.to(env.device), bert_cfg, None
+
+
+def vocab_file(cfg: ClassifyConfig) -> str | None:
+    """--vocab_file, else the vocab.txt beside --init_checkpoint (also when resuming: a snapshot holds none), else
+    None: bert-base-uncased's."""
+    if cfg.vocab_file or not cfg.model_load_dir:
+        return cfg.vocab_file
+    path = Path(cfg.model_load_dir)
+    vocab = (path if path.is_dir() else path.parent) / "vocab.txt"
+    return str(vocab) if vocab.is_file() else None
 
 
 @torch.no_grad()
@@ -384,8 +402,9 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
     say = print if env.is_main else (lambda *a, **k: None)
     say(runner.banner(cfg))
     task = cfg.task
-    model, bert_cfg, vocab, resume_state = build_model(cfg, env, say)
-    tokenizer = WordPieceTokenizer(cfg.vocab_file or vocab, cfg.do_lower_case)
+    model, bert_cfg, resume_state = build_model(cfg, env, say)
+    tokenizer = WordPieceTokenizer(vocab_file(cfg), cfg.do_lower_case)
+    say(f"vocabulary: {tokenizer.vocab_file} ({len(tokenizer.vocab)} pieces), do_lower_case {cfg.do_lower_case}")
     dev = None
     if cfg.do_eval:  # built first, so that a bad dev file fails before training, not after
         dev, _ = load_features(cfg, "eval", tokenizer, env, say)
