@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -385,6 +386,27 @@ def test_one_process_builds_the_others_wait(data, tmp_path, monkeypatch):
     assert not [p for p in cache.iterdir() if ".tmp-" in p.name]
 
 
+def _build_without_locks(args) -> str:
+    import bertkit.loader as L
+
+    real = L._write_shards
+    L.fcntl = None
+    L._write_shards = lambda *a, **k: (time.sleep(0.3), real(*a, **k))[1]
+    return str(cached_shards(*args))
+
+
+def test_cache_without_file_locks(data, tmp_path):
+    """Where flock is unsupported every process builds; the rename decides and the losers' copies are dropped."""
+    import multiprocessing
+
+    args = (data["ofrecord"], R.pretraining_features(T, P), tmp_path / "cache")
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        results = pool.map(_build_without_locks, [args, args])
+    assert results[0] == results[1]
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] == [Path(results[0]).name]
+    assert load_shards(results[0])["input_ids"].shape == (48, T)
+
+
 def test_cache_failures_are_clear(tmp_path):
     spec, cache = R.pretraining_features(T, P), tmp_path / "cache"
     (tmp_path / "in").mkdir()
@@ -397,7 +419,11 @@ def test_cache_failures_are_clear(tmp_path):
     raises(lambda: cached_shards(tmp_path / "in", spec, cache, build=False, timeout_s=0.1), "could not be built")
     # Nobody building: the wait ends with a message naming the directory.
     R.write_ofrecord(tmp_path / "in" / "part-0", make_records(3))
-    raises(lambda: cached_shards(tmp_path / "in", spec, cache, build=False, timeout_s=0.2), "waited 0 s", "shards-")
+    raises(
+        lambda: cached_shards(tmp_path / "in", spec, cache, build=False, timeout_s=0.2),
+        "waited 0 s",
+        "no process is building it",
+    )
     # A builder killed mid-way leaves a temporary directory; the next builder removes it.
     key, _ = cache_key(resolve_inputs(tmp_path / "in"), spec)
     (cache / f".{key}.tmp-otherhost-1").mkdir()

@@ -380,37 +380,41 @@ def _cached_shards(
         while True:
             if _is_built(final):
                 return final
-            if build and _try_lock(lock):
+            locked = _try_lock(lock) if build else False
+            if locked is not False:
                 try:
                     if not _is_built(final):
-                        _build_cache(sources, spec, final, desc, lock, failed, progress)
+                        _build_cache(sources, spec, final, desc, lock, failed, progress, exclusive=locked)
                     return final
                 finally:
                     _unlock(lock)
             if not build and failed.is_file() and failed.stat().st_mtime >= started - 1:
                 raise ValueError(failed.read_text(encoding="utf-8", errors="replace").strip())
             if time.monotonic() > deadline:
-                holder = lock_path.read_text(encoding="utf-8", errors="replace").strip() or "no process"
+                holder = lock_path.read_text(encoding="utf-8", errors="replace").strip()
+                state = (
+                    f"{holder} is still converting: allow it longer" if holder
+                    else "no process is building it (did the one meant to build it fail or not start?)"
+                )  # fmt: skip
                 raise ValueError(
-                    f"data cache {final}: waited {timeout_s:.0f} s for another process to build it ({holder} holds "
-                    f"{lock_path.name}); if it is still converting, allow it longer; if no process is, remove "
-                    f"{lock_path} and start again"
+                    f"data cache {final}: waited {timeout_s:.0f} s for another process to build it; {state}"
                 )
             time.sleep(_POLL_S)
 
 
-def _try_lock(lock) -> bool:
-    """Take the exclusive lock without blocking. Where flock is unsupported (some network file systems),
-    every builder proceeds and the atomic rename decides: correct, only wasteful."""
+def _try_lock(lock) -> bool | None:
+    """Take the exclusive lock without blocking: True if taken, False if another process holds it, None where
+    flock is unsupported (some network file systems): then every builder proceeds and the atomic rename decides,
+    correct, only wasteful."""
     if fcntl is None:
-        return True
+        return None
     try:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
     except BlockingIOError:
         return False
     except OSError:
-        return True
+        return None
 
 
 def _unlock(lock) -> None:
@@ -421,16 +425,16 @@ def _unlock(lock) -> None:
 
 def _build_cache(
     sources: list[tuple[Path, str]], spec: dict[str, Spec], final: Path, desc: dict, lock, failed: Path,
-    progress: bool,
+    progress: bool, exclusive: bool | None,
 ) -> None:  # fmt: skip
-    """Convert `sources` into `final` while holding the lock: leftovers of killed builders removed first (no other
-    builder of this key can be running), the holder recorded in the lock file for waiters' messages."""
+    """Convert `sources` into `final`, the holder recorded in the lock file for waiters' messages. `exclusive`
+    (the lock is held): no other builder of this key can be running, so leftovers of killed ones are removed."""
     failed.unlink(missing_ok=True)
     lock.seek(0)
     lock.truncate()
     lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     lock.flush()
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+    for stale in final.parent.glob(f".{final.name}.tmp-*") if exclusive else ():
         shutil.rmtree(stale, ignore_errors=True)
     tmp = final.with_name(f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     try:
