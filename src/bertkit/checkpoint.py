@@ -43,11 +43,12 @@ from bertkit import convert
 from bertkit.atomic import atomic_output
 from bertkit.config import BertConfig
 from bertkit.model import BertForPreTraining, BertForQuestionAnswering
+from bertkit.snapshot import verify_snapshot
 from bertkit.tf_checkpoint import TFCheckpoint, is_tf_checkpoint
 
 FORMATS = ("bertkit", "hf", "tf", "oneflow")
 WEIGHTS, CONFIG, VOCAB = "model.safetensors", "bert_config.json", "vocab.txt"
-HF_CONFIG, HF_BIN = "config.json", "pytorch_model.bin"
+HF_CONFIG, HF_BIN, TOKENIZER_CONFIG = "config.json", "pytorch_model.bin", "tokenizer_config.json"
 OF_DATA, OF_META, OF_DONE = "out", "meta", "snapshot_done"
 # OneFlow's DataType enum names (oneflow/core/common/data_type.proto), as its `meta` text files spell them.
 OF_DTYPES = {
@@ -72,6 +73,7 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)  # optimizer slots and step counters, recognised and dropped
     global_step: int | None = None
     vocab_file: str | None = None
+    do_lower_case: bool | None = None  # the casing it was trained with (tokenizer_config.json), when it says
 
     def __str__(self) -> str:
         parts = [f"{self.format} checkpoint {self.path}: {len(self.loaded)} tensors loaded"]
@@ -108,9 +110,14 @@ class SafetensorsFile(Mapping[str, Tensor]):
 
     def __init__(self, path: str | os.PathLike, rename=lambda k: k):
         self.path = str(path)
-        with safe_open(self.path, framework="pt") as f:
-            self._keys = {rename(k): k for k in f.keys()}
-            self.shapes = {k: tuple(f.get_slice(saved).get_shape()) for k, saved in self._keys.items()}
+        try:
+            with safe_open(self.path, framework="pt") as f:
+                self._keys = {rename(k): k for k in f.keys()}
+                self.shapes = {k: tuple(f.get_slice(saved).get_shape()) for k, saved in self._keys.items()}
+        except Exception as e:  # safetensors' own SafetensorError: a truncated or damaged header
+            if isinstance(e, OSError):
+                raise
+            raise ValueError(f"{self.path}: damaged safetensors file ({str(e).strip()[:200]})") from None
 
     def __getitem__(self, name: str) -> Tensor:
         # Opened per tensor: the file is memory-mapped, and the pages read would stay resident until it closes.
@@ -247,6 +254,7 @@ def _table(fmt: str) -> list[tuple]:
 
 def _open(path: Path, fmt: str, shapes: Mapping[str, tuple[int, ...]]) -> Mapping[str, Tensor]:
     if fmt == "bertkit":
+        verify_snapshot(path)  # a snapshot's manifest, when it has one: a flipped bit is refused, not loaded
         return SafetensorsFile(path / WEIGHTS)
     if fmt == "hf":
         return _open_hf(path)
@@ -297,7 +305,17 @@ def _load(
         report.global_step = int(source[steps[0]].reshape(-1)[0])
     vocab = _checkpoint_dir(path) / VOCAB
     report.vocab_file = str(vocab) if vocab.is_file() else None
+    report.do_lower_case = recorded_casing(_checkpoint_dir(path))
     return state, cfg, fmt, report
+
+
+def recorded_casing(d: Path) -> bool | None:
+    """do_lower_case from tokenizer_config.json (bertkit snapshots and Hugging Face directories write it)."""
+    try:
+        value = json.loads((d / TOKENIZER_CONFIG).read_text(encoding="utf-8")).get("do_lower_case")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, bool) else None
 
 
 def _check_shapes(source: Mapping, shapes: Mapping[str, tuple], fmt: str, cfg: BertConfig) -> None:

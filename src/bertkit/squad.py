@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit import checkpoint, dist, runner
+from bertkit.checkpoint import recorded_casing
 from bertkit.config import BertConfig
 from bertkit.evaluate import evaluate_v1, evaluate_v2
 from bertkit.loader import ArrayLoader, read_dataset
@@ -44,6 +45,7 @@ from bertkit.squad_data import (
 from bertkit.squad_predict import PREDICTION_FILES, RawResults, SquadPredictions, predict_answers, predict_logits
 from bertkit.tokenizer import WordPieceTokenizer
 from bertkit.train import fit
+from bertkit.vocab import casing_from_name, casing_of, check_casing, check_vocab, default_vocab_path, read_vocab
 
 # --- training: Google's loss and shuffled batches of windows -------------------------------------------------
 
@@ -98,7 +100,16 @@ class SquadFlags:
     vocab_file: str | None = field(
         default=None, metadata={"help": "vocab.txt of the model (default: the checkpoint's, else bert-base-uncased)"}
     )
-    do_lower_case: bool = field(default=True, metadata={"help": "lowercase and strip accents: True for uncased models"})
+    do_lower_case: bool | None = field(
+        default=None,
+        metadata={"help": "lowercase and strip accents: True for uncased models (default: the checkpoint's "
+                          "tokenizer_config.json, else what its vocabulary shows, else True)"},
+    )  # fmt: skip
+    check_casing: bool = field(
+        default=True,
+        metadata={"help": "stop when --do_lower_case contradicts the model (its tokenizer_config.json, its "
+                          "vocabulary's capitals, or cased/uncased in its name); False: use the flag as given"},
+    )  # fmt: skip
     max_seq_length: int = field(default=384, metadata={"help": "tokens per window: [CLS] question [SEP] context [SEP]"})
     doc_stride: int = field(default=128, metadata={"help": "tokens between the starts of a paragraph's windows"})
     max_query_length: int = field(default=64, metadata={"help": "questions are cut to this many tokens"})
@@ -136,8 +147,42 @@ class SquadFlags:
         if self.output_dir is None:
             self.output_dir = default_output_dir
 
-    def tokenizer(self, checkpoint_vocab: str | None = None) -> WordPieceTokenizer:
-        return squad_tokenizer(self.vocab_file or checkpoint_vocab, self.do_lower_case)
+    def tokenizer_setup(
+        self, checkpoint: str | None = None, vocab_size: int | None = None
+    ) -> tuple[str | None, bool, str]:
+        """(vocab.txt or None for bert-base-uncased's, do_lower_case, a warning or ""), checked before any work.
+
+        The vocabulary: --vocab_file, else the checkpoint's vocab.txt. The casing: --do_lower_case, else the
+        checkpoint's tokenizer_config.json, else its vocabulary's capitals, else cased/uncased in its name, else
+        True. ValueError when --vocab_file differs from the checkpoint's vocab.txt or outgrows vocab_size, and (unless
+        --check_casing False) when --do_lower_case contradicts the model (vocab.check_casing).
+        """
+        own_vocab = own_lower = None
+        if checkpoint:
+            d = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+            own_vocab = str(d / "vocab.txt") if (d / "vocab.txt").is_file() else None
+            own_lower = recorded_casing(d)
+        vocab = self.vocab_file or own_vocab
+        note = check_vocab(self.vocab_file, own_vocab, vocab_size) if self.vocab_file and vocab_size else ""
+        if self.do_lower_case is not None:
+            if self.check_casing:
+                check_casing(self.do_lower_case, vocab or default_vocab_path(), (checkpoint,), own_lower)
+            return vocab, self.do_lower_case, note
+        if own_lower is not None:
+            return vocab, own_lower, note
+        cased = casing_of(read_vocab(vocab))[0] if vocab else None
+        cased = casing_from_name(checkpoint) if cased is None and checkpoint else cased
+        return vocab, not cased, note
+
+    def tokenizer(
+        self, checkpoint_vocab: str | None = None, vocab_size: int | None = None, say: Callable[[str], None] = print
+    ) -> WordPieceTokenizer:
+        """The tokenizer `tokenizer_setup` chooses, for the checkpoint whose vocab.txt is `checkpoint_vocab`."""
+        checkpoint = str(Path(checkpoint_vocab).parent) if checkpoint_vocab else None
+        vocab, lower, note = self.tokenizer_setup(checkpoint, vocab_size)
+        if note:
+            say(note)
+        return squad_tokenizer(vocab, lower)
 
 
 def _one(names: tuple[str, str], a, b, default=None):
@@ -596,6 +641,11 @@ def check_inputs(cfg: SquadModelConfig) -> None:
         value = getattr(cfg, flag, None)
         if value and value != "latest" and not Path(value).exists():
             raise ValueError(f"--{flag} {value}: no such file or directory")
+    checkpoint = cfg.resume if cfg.resume and cfg.resume != "latest" else cfg.model_load_dir or cfg.init_checkpoint
+    if checkpoint or cfg.vocab_file:  # vocabulary and casing against the model's, before any work (vocab.py)
+        own = Path(cfg.resume or "") / "bert_config.json"
+        model_cfg = BertConfig.from_json_file(own) if cfg.resume and own.is_file() else cfg.model_config()[0]
+        cfg.tokenizer_setup(checkpoint, model_cfg.vocab_size)
 
 
 def check(cfg: SquadConfig) -> None:
