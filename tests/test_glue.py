@@ -100,6 +100,11 @@ def test_wrong_column_count_names_file_line_and_columns(tmp_path):
         f.write("3\tA premise with a\ttab inside\tand a hypothesis\tentailment\n")
     with pytest.raises(ValueError, match=r"train.tsv line 5: 5 tab-separated columns, expected 4 \(index, sentence1"):
         glue.read_examples(glue.TASKS["rte"], d, "train")
+    (d / "test.tsv").write_text("index\tsentence\n0\tan SST-2 test file\n")  # another task's file
+    with pytest.raises(
+        ValueError, match=r"test.tsv: 2 columns \(index, sentence\), but RTE's test file has at least 3"
+    ):
+        glue.read_examples(glue.TASKS["rte"], d, "test")
     (d / "dev.tsv").write_text("gj04\t1\t\tfine\ngj04\t0\n")  # CoLA's files have no header: 4 columns
     with pytest.raises(ValueError, match=r"dev.tsv line 2: 2 tab-separated columns, expected 4$"):
         glue.read_examples(glue.TASKS["cola"], d, "dev")

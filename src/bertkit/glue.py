@@ -167,6 +167,11 @@ def read_examples(task: GlueTask, data_dir: str | Path, split: str) -> list[Inpu
     header = None if cols.width else (rows[0] if rows else [])
     width = cols.width or len(header)
     first = 0 if cols.width else 1
+    needed = 1 + max(c for c in (cols.text_a, cols.text_b, cols.label, cols.keep and cols.keep[0]) if c is not None)
+    if width < needed:  # another task's file, say: its rows would not hold the columns read
+        named = f" ({', '.join(header)})" if header else ""
+        raise ValueError(f"{path}: {width} columns{named}, but {task.name}'s {split} file has at least {needed}: "
+                         f"is it {task.name}'s?")  # fmt: skip
     aliases = dict(task.label_aliases)
     examples = []
     for i, row in enumerate(rows[first:], start=first):
@@ -216,7 +221,7 @@ class Features:
     input_mask: np.ndarray
     segment_ids: np.ndarray
     label_ids: np.ndarray
-    is_real_example: np.ndarray = field(default=None)  # type: ignore[assignment]
+    is_real_example: np.ndarray | None = None  # None: all real
 
     def __post_init__(self) -> None:
         if self.is_real_example is None:
