@@ -369,3 +369,19 @@ def test_bad_files_are_named_before_any_work(tmp_path, capsys):
     write_task(d)
     assert main(["classify", "--task_name", "rte", "--do_eval", *common(d, tmp_path)]) == 2
     assert "eval_results.txt already exist; pass --overwrite_output_dir" in capsys.readouterr().err
+
+
+def test_tasks_do_not_import_each_other():
+    """classify and glue stand beside pretrain and squad: none imports another task (or the CLI)."""
+    import ast
+
+    import bertkit.classify
+    import bertkit.glue
+
+    for module in (bertkit.classify, bertkit.glue):
+        tree = ast.parse(Path(module.__file__).read_text())
+        names = {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "bertkit" for a in n.names
+        }
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not names & {"pretrain", "squad", "cli", "bertkit.pretrain", "bertkit.squad", "bertkit.cli"}, module
