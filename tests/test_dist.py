@@ -17,13 +17,13 @@ def test_single_process_needs_no_process_group(monkeypatch):
 
 
 def test_node_rank_is_found_from_local_addresses():
-    assert dist.find_node_rank(["192.0.2.1", "127.0.0.1"]) == 1  # 192.0.2.0/24 is reserved for documentation
-    assert dist.find_node_rank(["localhost", "192.0.2.7"]) == 0
+    assert dist.find_node_rank(["198.51.100.1", "127.0.0.1"]) == 1  # 198.51.100.0/24 is reserved for documentation
+    assert dist.find_node_rank(["localhost", "198.51.100.7"]) == 0
 
 
 def test_node_rank_not_found_is_a_clear_error():
     with pytest.raises(ValueError, match="--node_rank"):
-        dist.find_node_rank(["192.0.2.1", "192.0.2.2"])
+        dist.find_node_rank(["198.51.100.1", "198.51.100.2"])
 
 
 def test_launch_checks_node_list():

@@ -228,27 +228,27 @@ class StopRequest:
         return all_reduce_max(self.signum, env)
 
 
-def local_addresses() -> set[str]:
-    names = {"localhost", "127.0.0.1", socket.gethostname(), socket.getfqdn()}
-    addrs = set(names)
-    for name in names:
-        try:
-            addrs.update(info[4][0] for info in socket.getaddrinfo(name, None))
-        except OSError:
-            pass
-    return addrs
+def can_bind(address: str) -> bool:
+    """Whether this machine owns `address` (binding a socket to an address not ours fails: EADDRNOTAVAIL)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((address, 0))
+        return True
+    except OSError:
+        return False
 
 
 def find_node_rank(node_list: list[str]) -> int:
-    """This machine's index in --node_list, by name or address; an error when it is not there exactly once."""
-    mine = local_addresses()
+    """This machine's index in --node_list: the host whose address this machine can bind; an error unless exactly
+    one matches (e.g. the same machine listed twice, or names that resolve elsewhere)."""
     hits = []
     for i, host in enumerate(node_list):
         try:
             resolved = {info[4][0] for info in socket.getaddrinfo(host, None)}
         except OSError:
             resolved = set()
-        if host in mine or resolved & mine:
+        if any(can_bind(a) for a in resolved):
             hits.append(i)
     if len(hits) != 1:
         raise ValueError(
@@ -297,5 +297,9 @@ def launch(
         shutdown_timeout=shutdown_timeout,
     )
     # The agent's own warnings ("Sending process N closing signal ...") would bury the one line that matters.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    # Its errors repeat, as tracebacks, what the runner says in one line.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    # Workers that stop by os._exit leave the agent's queues to multiprocessing's resource tracker, which would
+    # warn about "leaked semaphore objects" at exit: nothing leaks (the processes are gone); keep the log clean.
+    os.environ.setdefault("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")
     return elastic_launch(config, entrypoint)(*args)

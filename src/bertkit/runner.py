@@ -170,29 +170,31 @@ def _launch(cfg, body: Body) -> None:
 
 
 def _failure(e, err_dir: Path) -> Exception:
-    """One exception for the launcher from the workers' exit codes and the lines they left in err_dir."""
-    codes = {f.rank: f.exitcode for f in e.failures.values()}
-    signums = {c - 128 for c in codes.values() if c > 128}
-    if signums and all(c > 128 for c in codes.values()):
-        return dist.Stopped(max(signums), "")  # every rank stopped on the signal; rank 0 printed where to resume
-    lines = {}
-    for path in sorted(err_dir.glob("rank-*.txt")):
-        lines[int(path.stem[5:])] = path.read_text(encoding="utf-8").strip()
-    if codes and all(c == 2 for c in codes.values()) and lines:
-        messages = sorted(set(lines.values()))
-        return Failed(2, "\n".join(messages))  # a user error found on every rank alike: said once
-    parts = []
-    for rank, code in sorted(codes.items()):
-        if rank in lines:
-            parts.append(f"rank {rank} failed: {lines[rank]}")
-        elif code < 0:
-            parts.append(f"rank {rank} was killed by {signal.Signals(-code).name}")
-        else:
-            parts.append(f"rank {rank} exited with status {code}")
-    first = min(codes, key=lambda r: (r not in lines and codes[r] >= 0, r))  # the root cause first
-    others = [p for p in parts if not p.startswith(f"rank {first} ")]
-    head = next(p for p in parts if p.startswith(f"rank {first} "))
-    return Failed(1, head + (f" ({len(others)} other rank(s) stopped with it)" if others else ""))
+    """One exception for the launcher from the workers' exit codes and the lines they left in err_dir.
+
+    The root cause comes first: a rank killed by a signal, else the earliest failure. A Python error's traceback
+    (saved by the worker) is printed for the root cause only; the ranks that merely lost their peer say nothing.
+    """
+    order = sorted(e.failures.items(), key=lambda kv: (kv[1].exitcode >= 0, kv[1].timestamp, kv[0]))
+    codes = {rank: f.exitcode for rank, f in order}
+    if all(c > 128 for c in codes.values()):  # every rank stopped on the signal; rank 0 printed where to resume
+        return dist.Stopped(max(codes.values()) - 128, "")
+    lines = {int(p.stem[5:]): p.read_text(encoding="utf-8").strip() for p in err_dir.glob("rank-*.txt")}
+    if all(c == 2 for c in codes.values()) and lines:
+        return Failed(2, "\n".join(sorted(set(lines.values()))))  # a user error on every rank alike: said once
+    root = order[0][0]
+    code = codes[root]
+    if code < 0:
+        head = f"rank {root} was killed by {signal.Signals(-code).name}"
+    elif root in lines:
+        head = f"rank {root} failed: {lines[root]}"
+    else:
+        head = f"rank {root} exited with status {code}"
+    trace = err_dir / f"rank-{root}.trace"
+    if code >= 0 and trace.is_file():
+        print(trace.read_text(encoding="utf-8"), file=sys.stderr, end="")
+    others = len(codes) - 1
+    return Failed(2 if code == 2 else 1, head + (f" ({others} other rank(s) stopped with it)" if others else ""))
 
 
 def _worker(cfg, body: Body, err_dir: str):
@@ -207,8 +209,8 @@ def _worker(cfg, body: Body, err_dir: str):
         code = e.exit_code
     except ValueError as e:
         code, line = 2, str(e)
-    except Exception as e:  # a bug or a lost peer: this rank's traceback for the record, one line for the launcher
-        traceback.print_exc()
+    except Exception as e:  # a bug or a lost peer: the launcher prints the root cause's traceback and one line
+        Path(err_dir, f"rank-{rank}.trace").write_text(traceback.format_exc(), encoding="utf-8")
         code, line = 1, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     finally:
         stop.uninstall()
