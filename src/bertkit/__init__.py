@@ -5,3 +5,12 @@ checkpoint name tables in convert, the CLI).
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`bertkit.QuestionAnswerer`, imported on first use: `import bertkit` stays fast (no torch)."""
+    if name == "QuestionAnswerer":
+        from bertkit.qa import QuestionAnswerer
+
+        return QuestionAnswerer
+    raise AttributeError(f"module 'bertkit' has no attribute {name!r}")

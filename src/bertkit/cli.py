@@ -70,7 +70,20 @@ def config_from_args(cls: type, ns: argparse.Namespace):
 
 def commands() -> dict[str, tuple[type, Callable, str]]:
     """name -> (config dataclass, run(config), one-line help). Imported lazily to keep `--help` fast."""
-    from bertkit import checkpoint, classify, demo, evaluate, glue, loader, plot, pretrain, pretraining_data, squad
+    from bertkit import (
+        checkpoint,
+        classify,
+        demo,
+        evaluate,
+        glue,
+        loader,
+        plot,
+        pretrain,
+        pretraining_data,
+        qa,
+        serve,
+        squad,
+    )
 
     return {
         "demo": (
@@ -119,6 +132,12 @@ def commands() -> dict[str, tuple[type, Callable, str]]:
             squad.run_npy2json,
             "turn all_results.npy into predictions.json and nbest_predictions.json: the seed's npy2json.py",
         ),
+        "ask": (
+            qa.AskConfig,
+            qa.run_ask,
+            "answer a question about a text (or a jsonl file of them) with a SQuAD model",
+        ),
+        "serve": (serve.ServeConfig, serve.run, "serve a SQuAD model over HTTP: POST /answer, GET /health, /docs"),
         "classify": (
             classify.ClassifyConfig,
             classify.run,

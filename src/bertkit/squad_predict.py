@@ -20,6 +20,7 @@ import json
 import math
 import os
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -265,10 +266,12 @@ def answer_example(
     version_2_with_negative: bool = False,
     null_score_diff_threshold: float = 0.0,
     verbose: bool = False,
+    keep: int | None = None,
 ) -> tuple[list[Candidate], str, float | None]:
     """Google's write_predictions for one question: (n-best candidates, best first; the predicted text; v2.0 null
     odds, else None). `window_ids` are the question's rows of `features`, `rows[w]` the row of `results` holding
-    window w's logits.
+    window w's logits. `keep`: list only the first `keep` candidates (the answer is the same for keep >= 2: the
+    null answer is one candidate at most; the QA API needs top_k + 1, not Google's 20 texts).
 
     Per window, the n_best_size best start and end positions are paired; a pair counts when both lie in the
     context, the start is in its max-context window, and 1 <= length <= max_answer_length. The pairs of all
@@ -281,7 +284,7 @@ def answer_example(
         prelim.append((null[1], 0, 0, null[2], null[3]))
     # Google sorts a Python list by start + end logit (stable, largest first): same order, same ties.
     prelim.sort(key=lambda p: p[3] + p[4], reverse=True)
-    nbest = _nbest(prelim, example, features, tokenizer, n_best_size, verbose)
+    nbest = _nbest(prelim, example, features, tokenizer, min(n_best_size, keep or n_best_size), verbose)
     if version_2_with_negative and not any(c.text == "" for c in nbest):
         nbest.append(Candidate("", null[2], null[3], null[1]))
     if not nbest:  # no valid span at all: Google's placeholder
@@ -386,7 +389,7 @@ def predict_logits(
     logits = np.zeros((2, n, T), np.float32)  # (start/end, N, T); zeros so that a sum over ranks gathers rows
     model.eval()
     batches = range(env.rank * batch_size, n, batch_size * env.world_size)
-    for i in tqdm(batches, desc="predict", unit="batch", disable=not progress):
+    for i in tqdm(batches, desc="predict", unit="batch", disable=not (progress and sys.stderr.isatty())):
         idx = order[i : i + batch_size]
         L = int(lengths[idx].max())
         ids, types, mask = (torch.from_numpy(a[idx, :L].astype(np.int64)).to(env.device)
