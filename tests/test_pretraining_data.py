@@ -21,6 +21,7 @@ from bertkit.loader import PretrainingLoader
 from bertkit.pretraining_data import CreatePretrainingDataConfig, create_pretraining_data
 from bertkit.records import read_tfrecord
 from bertkit.tokenizer import WordPieceTokenizer
+from bertkit.vocab import data_vocab, default_vocab_path
 
 UNCASED, CASED = "vocab/bert-base-uncased-vocab.txt", "vocab/bert-base-cased-vocab.txt"
 SAMPLE, WIKITEXT = "text/google-sample_text.txt", "text/wikitext2-bytes-1012069-1211521.txt"
@@ -206,7 +207,12 @@ def test_output_formats_load_with_the_loader(corpus, tmp_path):
         for name in FEATURES:
             want = np.stack([google[i][name] for i in order])
             np.testing.assert_array_equal(loaded[src][name], want, err_msg=f"{src} {name}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.tfrecord", "of", "shards"]  # no temporary files
+    # No temporary files; the vocabulary and casing recorded beside the records (vocab.data_vocab finds them).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bertkit_data.json", "data.tfrecord", "of", "shards",
+                                                          "vocab.txt"]  # fmt: skip
+    for src in ("of", "shards", "data.tfrecord"):
+        vocab, lower = data_vocab(tmp_path / src)
+        assert Path(vocab).read_text() == Path(default_vocab_path()).read_text() and lower is True
 
 
 def test_round_robin_output_files(corpus, tmp_path):
@@ -284,3 +290,11 @@ def test_cli_takes_googles_flags(corpus, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*argv, "--masked_lm_prob", "2"])
     assert "--masked_lm_prob" in capsys.readouterr().err
+
+
+def test_a_lowercased_cased_vocabulary_is_refused(corpus, tmp_path, shared_data):
+    cfg = CreatePretrainingDataConfig(input_file=str(corpus), output_file=str(tmp_path / "x"), output_format="shards",
+                                      vocab_file=str(shared_data / "vocab" / "bert-base-cased-vocab.txt"))  # fmt: skip
+    with pytest.raises(ValueError, match="--do_lower_case True with a cased model"):
+        create_pretraining_data(cfg)
+    assert list(tmp_path.iterdir()) == []

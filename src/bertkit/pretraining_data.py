@@ -32,6 +32,7 @@ import itertools
 import json
 import multiprocessing
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from tqdm import tqdm
 from bertkit.loader import check_shards_output, shards_meta
 from bertkit.records import atomic_output, write_ofrecord, write_tfrecord
 from bertkit.tokenizer import WordPieceTokenizer
+from bertkit.vocab import check_casing, check_data_vocab_target, default_vocab_path, record_data_vocab
 
 DOCS_PER_TASK = 8  # documents per worker task; part of what a seed means when num_workers > 1
 LINES_PER_BATCH = 4096  # lines tokenized per Rust call
@@ -65,6 +67,11 @@ class CreatePretrainingDataConfig:
         default=None, metadata={"help": "Google vocab.txt; None: the bert-base-uncased vocabulary bertkit ships"}
     )
     do_lower_case: bool = field(default=True, metadata={"help": "lowercase and strip accents: True for uncased"})
+    check_casing: bool = field(
+        default=True,
+        metadata={"help": "stop when --do_lower_case contradicts the vocabulary (capitals in a cased one, none in an "
+                          "uncased one); False: use the flag as given"},
+    )  # fmt: skip
     do_whole_word_mask: bool = field(
         default=False, metadata={"help": "mask all WordPieces of a word together, never some of them"}
     )
@@ -387,7 +394,9 @@ def make_features(
     documents = list(documents)
     rng.shuffle(documents)
     n = len(documents)
-    with tqdm(total=n * cfg.dupe_factor, desc="documents", unit="doc", disable=not progress) as bar:
+    with tqdm(
+        total=n * cfg.dupe_factor, desc="documents", unit="doc", disable=not (progress and sys.stderr.isatty())
+    ) as bar:
         if cfg.num_workers == 1:
             parts = [_span_features(documents, 0, n, p, rng, bar.update)]
         else:
@@ -432,7 +441,7 @@ def write_features(
         return
     write = write_tfrecord if cfg.output_format == "tfrecord" else write_ofrecord
     n = len(features["input_ids"])
-    with tqdm(total=n, desc="records", unit="rec", disable=not progress) as bar:
+    with tqdm(total=n, desc="records", unit="rec", disable=not (progress and sys.stderr.isatty())) as bar:
         for k, out in enumerate(outputs):
             write(out, _rows(features, range(k, n, len(outputs)), bar))
 
@@ -448,18 +457,34 @@ def _write_shards(features: dict[str, np.ndarray], out: Path, sources: list[Path
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def _data_dir(cfg: CreatePretrainingDataConfig) -> Path | None:
+    """Where the vocabulary is recorded: the shard directory, or the one folder all record files go to."""
+    outputs = [Path(s) for s in cfg.output_files()]
+    if cfg.output_format == "shards":
+        return outputs[0]
+    parents = {p.parent for p in outputs}
+    return parents.pop() if len(parents) == 1 else None
+
+
 def create_pretraining_data(cfg: CreatePretrainingDataConfig, progress: bool = False) -> dict:
     """Read, make instances, write; returns a summary (counts and seconds per phase)."""
     start = time.perf_counter()
     files = input_files(cfg.input_file)
     if cfg.output_format == "shards":  # refuse before the work, not after it
         check_shards_output(Path(cfg.output_files()[0]), "--output_file")
+    vocab, data_dir = cfg.vocab_file or default_vocab_path(), _data_dir(cfg)
+    if cfg.check_casing:
+        check_casing(cfg.do_lower_case, vocab)
+    if data_dir is not None:
+        check_data_vocab_target(data_dir, Path(vocab))
     tokenizer = make_tokenizer(cfg)
     documents = read_documents(files, tokenizer)
     read_s = time.perf_counter() - start
     features = make_features(documents, cfg, tokenizer, progress)
     make_s = time.perf_counter() - start - read_s
     write_features(features, cfg, files, progress)
+    if data_dir is not None:  # what pretraining copies into its snapshots (vocab.data_vocab)
+        record_data_vocab(data_dir, vocab, cfg.do_lower_case)
     seconds = time.perf_counter() - start
     real, weights = features["input_mask"].sum(), features["masked_lm_weights"].sum()
     return {
