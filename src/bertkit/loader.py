@@ -34,6 +34,7 @@ import os
 import queue
 import shutil
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -173,7 +174,7 @@ def _fill(
     if n == 0:
         raise ValueError(f"--input: no records in {', '.join(str(p) for p, _ in sources)}")
     arrays, i = allocate(n), 0
-    with tqdm(total=n, desc="records", unit="rec", disable=not progress) as bar:
+    with tqdm(total=n, desc="records", unit="rec", disable=not (progress and sys.stderr.isatty())) as bar:
         for path, fmt in sources:
             for chunk in read_arrays(path, spec, fmt):
                 k = len(next(iter(chunk.values())))

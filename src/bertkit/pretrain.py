@@ -9,13 +9,14 @@ OneFlow-Benchmark's BERT `pretrain.py`, which compute the same quantities:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit import dist, runner
-from bertkit.loader import PretrainingLoader, resolve_inputs
+from bertkit.loader import PretrainingLoader, prefetch, resolve_inputs
 from bertkit.model import BertForPreTraining
 from bertkit.snapshot import check_writable, load_snapshot
 from bertkit.train import fit
@@ -196,10 +197,13 @@ def _run(cfg: PretrainConfig, env: dist.DistEnv) -> dict:
         return PretrainingLoader(
             path, cfg.batch_size_per_device, cfg.seq_length, cfg.max_predictions_per_seq,
             data_part_num=cfg.data_part_num, rank=env.rank, world_size=env.world_size, seed=cfg.seed,
-            shuffle=shuffle, progress=env.is_main,
+            shuffle=shuffle, progress=env.is_main, vocab_size=bert_cfg.vocab_size,
+            type_vocab_size=bert_cfg.type_vocab_size, cache_dir=Path(cfg.log_dir) / "data_cache",
         )  # fmt: skip
 
-    loader = open_data(cfg.data_dir, shuffle=True)
+    # Record files become memory-mapped shards once (one process per machine builds them, under --log_dir), so
+    # each rank's private memory does not grow with the data set.
+    loader = prefetch(open_data(cfg.data_dir, shuffle=True), env.device)
     eval_fn = None
     if cfg.eval_data_dir:
         eval_data = open_data(cfg.eval_data_dir, shuffle=False)
@@ -212,6 +216,9 @@ def _run(cfg: PretrainConfig, env: dist.DistEnv) -> dict:
             return {"mlm_accuracy": hits_mlm / max(n_mlm, 1.0), "nsp_accuracy": hits_nsp / max(n_nsp, 1.0)}
 
     global_norm = cfg.mlm_loss_normalization == "global_batch"
-    summary = fit(model, bert_cfg, pretrain_step_loss, loader, cfg, env, eval_fn, resume_state, print_fn=say,
-                  count_fn=masked_count if global_norm else None)  # fmt: skip
+    try:
+        summary = fit(model, bert_cfg, pretrain_step_loss, loader, cfg, env, eval_fn, resume_state, print_fn=say,
+                      count_fn=masked_count if global_norm else None)  # fmt: skip
+    finally:
+        getattr(loader, "close", lambda: None)()  # the prefetch thread, on a GPU
     return summary

@@ -147,10 +147,13 @@ def _in_process(cfg, body: Body):
     stop = dist.StopRequest().install()
     env = dist.setup(cfg.device)
     try:
-        return body(cfg, env)
+        result = body(cfg, env)
     finally:
         stop.uninstall()
         dist.teardown()
+    if stop.signum:  # a signal after training (while predicting, say): the work is done, but say it was stopped
+        raise dist.Stopped(stop.signum, f"stopped by signal {stop.signum} after the work was done")
+    return result
 
 
 def _launch(cfg, body: Body) -> None:
@@ -205,6 +208,7 @@ def _worker(cfg, body: Body, err_dir: str):
     try:
         env = dist.setup(cfg.device)
         body(cfg, env)
+        code = 128 + stop.signum if stop.signum else 0  # signalled after training: done, but stopped
     except dist.Stopped as e:
         code = e.exit_code
     except ValueError as e:

@@ -29,7 +29,7 @@ from bertkit import checkpoint, dist, runner
 from bertkit.checkpoint import recorded_casing
 from bertkit.config import BertConfig
 from bertkit.evaluate import evaluate_v1, evaluate_v2
-from bertkit.loader import ArrayLoader, read_dataset
+from bertkit.loader import ArrayLoader, id_limits, read_dataset
 from bertkit.model import BertForQuestionAnswering, num_parameters
 from bertkit.records import squad_features
 from bertkit.snapshot import check_writable, load_snapshot
@@ -698,7 +698,7 @@ def _run(cfg: SquadConfig, env: dist.DistEnv) -> dict:
         say(f"training: {n} windows, global batch {global_batch}, iter_num {cfg.iter_num}, "
             f"warmup_batches {cfg.warmup_batches}")  # fmt: skip
         loader = SquadLoader(arrays, cfg.batch_size_per_device, rank=env.rank, world_size=env.world_size,
-                             seed=cfg.seed)  # fmt: skip
+                             seed=cfg.seed, limits=id_limits(bert_cfg.vocab_size, bert_cfg.type_vocab_size))  # fmt: skip
 
         def eval_fn(m: nn.Module) -> dict[str, float]:
             return answer(m, es, cfg, tokenizer, env, cfg.eval_batch_size_per_device, write=False, say=say) or {}
