@@ -56,6 +56,25 @@ def test_predictions_equal_googles(shared_data, tmp_path, dataset, version_2):
     )
 
 
+@pytest.mark.parametrize("dataset, version_2", [("dev-v1.1-Super_Bowl_50", False), ("dev-v2.0-first5", True)])
+def test_npy2json_equals_googles_write_predictions(shared_data, tmp_path, dataset, version_2):
+    """End to end through the command: Google's logits as all_results.npy, `bertkit npy2json` builds the windows
+    from the json itself and writes predictions.json / nbest_predictions.json (/ null_odds.json) equal to the
+    bytes of Google's write_predictions. Training masks padding out of the span loss; answering is Google's."""
+    golden = shared_data / "golden"
+    z = np.load(golden / f"google-predictions-{dataset}-logits.npz")
+    RawResults(z["unique_id"], z["start_logits"], z["end_logits"]).save(tmp_path / "all_results.npy")
+    argv = ["npy2json", "--all_results_file", str(tmp_path / "all_results.npy"),
+            "--predict_file", str(shared_data / "squad" / f"{dataset}.json"), "--output_dir", str(tmp_path / "out"),
+            "--vocab_file", str(shared_data / "vocab" / "bert-base-uncased-vocab.txt"), "--do_lower_case", "True",
+            "--version_2_with_negative", str(version_2)]  # fmt: skip
+    assert main(argv) == 0
+    names = ["predictions", "nbest_predictions", "null_odds"][: 3 if version_2 else 2]
+    for name, suffix in zip(names, ["", "-nbest", "-null_odds"], strict=False):
+        ours = (tmp_path / "out" / f"{name}.json").read_bytes()
+        assert ours == (golden / f"google-predictions-{dataset}{suffix}.json").read_bytes(), name
+
+
 def test_get_final_text():
     tok = squad_tokenizer()
     assert get_final_text("steve smith", "Steve Smith's", tok) == "Steve Smith"
