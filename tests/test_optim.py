@@ -51,12 +51,59 @@ def test_decay_excludes_layernorm_and_bias(tiny_cfg):
     assert len(decay["params"]) + len(skip["params"]) == len(list(model.parameters()))
 
 
-def test_lamb_trust_ratio_by_hand():
+@pytest.mark.parametrize("use_nvlamb, trust", [(True, 5.0), (False, 1.0)])
+def test_lamb_trust_ratio_by_hand(use_nvlamb, trust):
     w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))  # ||w|| = 5
     w.grad = torch.tensor([1.0, 0.0])
-    Lamb([w], lr=0.1, weight_decay=0.0).step()
-    # step 1, bias-corrected: m_hat = g, v_hat = g^2 -> update ~ [1, 0] (||u|| ~ 1), trust = 5
-    assert torch.allclose(w.detach(), torch.tensor([3.0 - 0.1 * 5 * (1 / (1 + 1e-6)), 4.0]), atol=1e-5)
+    Lamb([w], lr=0.1, weight_decay=0.0, use_nvlamb=use_nvlamb).step()
+    # step 1, bias-corrected: m_hat = g, v_hat = g^2 -> update ~ [1, 0] (||u|| ~ 1), trust 5; but NVIDIA's LAMB
+    # (use_nvlamb=False) leaves a tensor without weight decay unadapted: trust 1
+    assert torch.allclose(w.detach(), torch.tensor([3.0 - 0.1 * trust * (1 / (1 + 1e-6)), 4.0]), atol=1e-5)
+
+
+def lamb_algorithm_2(params, grads, decays, lr, wd, b1=0.9, b2=0.999, eps=1e-6):
+    """One step (t = 1) of You et al. 2019, Algorithm 2, from zero moments, written out per tensor; a tensor
+    excluded from decay gets no weight decay and no layer adaptation (NVIDIA's and TF's exclusion)."""
+    out = []
+    for x, g, decays_x in zip(params, grads, decays, strict=True):
+        m = (1 - b1) * g
+        v = (1 - b2) * g * g
+        r = (m / (1 - b1)) / ((v / (1 - b2)).sqrt() + eps)
+        if decays_x:
+            u = r + wd * x
+            phi = x.norm()  # phi(z) = z
+            out.append(x - lr * phi / u.norm() * u)
+        else:
+            out.append(x - lr * r)
+    return out
+
+
+def test_lamb_equals_algorithm_2_with_nvidias_exclusion(tiny_cfg):
+    """One step of build_optimizer("lamb") on a tiny BERT against the algorithm as published, parameter by
+    parameter: LayerNorm and bias take the plain Adam step, everything else the trust-scaled one. The weights are
+    drawn afresh (LayerNorm not all ones, biases not 0), else the trust ratio of those tensors would be 1 anyway."""
+    torch.manual_seed(0)
+    model = BertForPreTraining(tiny_cfg)
+    g = torch.Generator().manual_seed(1)
+    named = list(model.named_parameters())
+    with torch.no_grad():
+        for _, p in named:
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            p.grad = torch.randn(p.shape, generator=g)
+    before = [p.detach().clone() for _, p in named]
+    want = lamb_algorithm_2(before, [p.grad for _, p in named], [not no_decay(n) for n, _ in named], 0.1, 0.01)
+    build_optimizer("lamb", model, 0.1, 0.01).step()
+    for (name, p), w in zip(named, want, strict=True):
+        assert torch.allclose(p.detach(), w, rtol=1e-5, atol=1e-7), name
+    # the exclusion is what the test sees: with the ratio on every tensor, LayerNorm and bias end elsewhere
+    with torch.no_grad():
+        for (_, p), b in zip(named, before, strict=True):
+            p.copy_(b)
+    Lamb(param_groups(model, 0.01), lr=0.1, use_nvlamb=True).step()
+    moved = {
+        n for (n, p), w in zip(named, want, strict=True) if not torch.allclose(p.detach(), w, rtol=1e-5, atol=1e-7)
+    }
+    assert moved == {n for n, _ in named if no_decay(n)}
 
 
 @pytest.mark.parametrize("name, lr", [("adamw", 1e-2), ("adam_weight_decay", 1e-2), ("lamb", 0.1)])

@@ -3,8 +3,9 @@
 References: google-research/bert `optimization.py` (AdamWeightDecayOptimizer: Adam *without* bias correction,
 decoupled weight decay, no decay on LayerNorm and bias; linear warmup, then linear decay to 0 at the last
 step) and OneFlow-Benchmark's run_pretraining.py, which configures the same (epsilon 1e-6, global-norm clip
-1.0, decay excluding "bias" and "LayerNorm"). LAMB follows You et al. 2019 (layer-wise trust ratio
-||w|| / ||update||, with Adam's bias correction, as NVIDIA's and OneFlow's LAMB do).
+1.0, decay excluding "bias" and "LayerNorm"). LAMB is NVIDIA's (apex `FusedLAMB`, `use_nvlamb=False`): You et al.
+2019 Algorithm 2 (layer-wise trust ratio ||w|| / ||update||, Adam's bias correction) with no trust ratio on the
+parameters excluded from weight decay, as TF LAMB's `exclude_from_layer_adaptation` does.
 """
 
 from __future__ import annotations
@@ -79,15 +80,32 @@ class AdamWeightDecay(torch.optim.Optimizer):
 
 
 class Lamb(torch.optim.Optimizer):
-    """LAMB: the Adam direction (bias-corrected) plus decoupled decay, scaled per tensor by ||w|| / ||update||."""
+    """LAMB as NVIDIA's (apex FusedLAMB, bias_correction=True, adam_w_mode=True, use_nvlamb=False): per tensor,
+    update = m_hat / (sqrt(v_hat) + eps) + wd * w, then w -= lr * trust * update with trust = ||w|| / ||update||
+    (1 where either norm is 0). Groups with weight_decay 0 (LayerNorm and bias, `param_groups`) take the plain
+    bias-corrected Adam step, trust 1; `use_nvlamb=True` applies the ratio to them too (You et al. as written).
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.01):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+    Gradient clipping: apex FusedLAMB clips by the global norm over all parameters (max_grad_norm 1.0) before
+    the moments are updated. Here `train.fit` does the same outside the optimizer (clip_grad_norm_ over every
+    parameter, --max_grad_norm 1.0, before opt.step), so Lamb itself does not clip.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+        use_nvlamb: bool = False,
+    ):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, use_nvlamb=use_nvlamb))
 
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
             b1, b2 = group["betas"]
+            adapt = group.get("use_nvlamb", False) or group["weight_decay"] != 0  # apex: none without decay
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -102,10 +120,12 @@ class Lamb(torch.optim.Optimizer):
                 update = m_hat / (v_hat.sqrt() + group["eps"])
                 if group["weight_decay"]:
                     update.add_(p, alpha=group["weight_decay"])
-                w_norm, u_norm = p.norm(), update.norm()
-                # trust ratio 1 where either norm is 0 (fresh zero-initialised biases, zero gradients)
-                trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-                p.add_(update * trust, alpha=-group["lr"])
+                if adapt:
+                    w_norm, u_norm = p.norm(), update.norm()
+                    # trust ratio 1 where either norm is 0 (fresh zero-initialised tensors, zero gradients)
+                    trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+                    update.mul_(trust)
+                p.add_(update, alpha=-group["lr"])
 
 
 def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
