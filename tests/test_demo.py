@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from bertkit.cli import main
-
-pytest.importorskip("matplotlib", reason="the demo draws its curves with matplotlib (the [plot] extra)")
 
 
 def test_quick_demo_writes_everything_and_learns(tmp_path, capsys):
@@ -31,6 +27,22 @@ def test_quick_demo_writes_everything_and_learns(tmp_path, capsys):
     assert "$ bertkit create-pretraining-data " in printed and "$ bertkit pretrain " in printed
     assert "held-out EM / F1, untrained model" in printed and "Next, on real data" in printed
     assert printed.count("of 810 answered exactly") == 2
+    assert "--quick is a smoke test of the pipeline" in printed and summary["smoke_test"] is True
+
+
+def test_matplotlib_is_a_dependency_and_the_demo_folder_is_ignored():
+    """The main job runs from a plain install (no extras), and leaves no untracked folder in a clone."""
+    import subprocess
+    from pathlib import Path
+
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.split(">")[0].split("=")[0].strip() == "matplotlib" for d in deps)
+    if (root / ".git").exists():
+        ignored = subprocess.run(["git", "check-ignore", "-q", "bertkit_demo/summary.json"], cwd=root)
+        assert ignored.returncode == 0
 
 
 def test_demo_vocabulary_splits_its_text_as_google_does(tmp_path):

@@ -1,6 +1,6 @@
 """`bertkit plot LOG_DIR`: loss and throughput curves from a run's metrics.jsonl, as one PNG.
 
-matplotlib is an optional dependency (`pip install bertkit[plot]`); without it the command says so.
+matplotlib is a dependency of bertkit (the demo draws its curves with it); an install without it is told how to add it.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def run(cfg: PlotConfig) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit(
-            "bertkit plot needs matplotlib: pip install 'bertkit[plot]' (or pip install matplotlib)"
+            "bertkit plot needs matplotlib, a dependency of bertkit that is missing here: pip install matplotlib"
         ) from None
     log_dir = Path(cfg.log_dir)
     records = read_metrics(log_dir / "metrics.jsonl")
