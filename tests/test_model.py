@@ -258,3 +258,13 @@ def test_sparse_pretraining_path_gradients_equal_dense(tiny_cfg, padded_batch):
     for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         assert max_diff(pa.grad, pb.grad) < TOL, name
     assert max(p.grad.abs().max().item() for p in a.parameters()) > 1e-3
+
+
+def test_compiled_encoder_has_no_graph_break(tiny_cfg, padded_batch):
+    """torch.compile(fullgraph=True) takes the whole pretraining forward in one graph (eager backend: no codegen)."""
+    m = BertForPreTraining(tiny_cfg).eval()
+    b = padded_batch
+    compiled = torch.compile(m, fullgraph=True, backend="eager")
+    want = m(b["input_ids"], b["segment_ids"], b["input_mask"], b["masked_lm_positions"])
+    got = compiled(b["input_ids"], b["segment_ids"], b["input_mask"], b["masked_lm_positions"])
+    assert all(max_diff(w, g) < 1e-6 for w, g in zip(want, got, strict=True))

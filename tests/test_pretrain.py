@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -180,3 +181,102 @@ def test_eval_data_gives_mlm_and_nsp_accuracy(ofrecord_dir, tmp_path, capsys):
     evals = [r for r in lines if "eval_mlm_accuracy" in r]
     assert [r["step"] for r in evals] == [3, 6]
     assert all(0 <= r["eval_mlm_accuracy"] <= 1 and 0 <= r["eval_nsp_accuracy"] <= 1 for r in evals)
+
+
+# --- the MLM loss does not depend on how the global batch is cut ------------------------------------------------
+
+NORM_CFG = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
+
+
+def _uneven_samples() -> dict[str, torch.Tensor]:
+    """Four samples with 5, 1, 3 and 0 masked tokens: per-micro-batch means would weigh them differently."""
+    b = random_batch(4, 16, 5, 99, generator=torch.Generator().manual_seed(1))
+    b["masked_lm_weights"] = torch.tensor([[1.0] * 5, [1, 0, 0, 0, 0], [1, 1, 1, 0, 0], [0.0] * 5])
+    return b
+
+
+class _Slices:
+    """The loader protocol over the four samples: rank r's micro-step m of a step takes global micro-batch
+    m * world + r, as the real loader deals them (W ranks x M micro-steps = one process with W*M micro-steps)."""
+
+    def __init__(self, batch_size: int, rank: int = 0, world: int = 1):
+        self.samples, self.bs, self.rank, self.world = _uneven_samples(), batch_size, rank, world
+
+    def __iter__(self):
+        k = 0
+        while True:
+            lo = ((k * self.world + self.rank) * self.bs) % 4
+            yield {n: v[lo : lo + self.bs] for n, v in self.samples.items()}
+            k += 1
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def _one_step(tmp, batch_size: int, accum: int, rank: int = 0, world: int = 1, norm: bool = True):
+    from bertkit.config import BertConfig
+    from bertkit.dist import DistEnv
+    from bertkit.model import BertForPreTraining
+    from bertkit.pretrain import masked_count, pretrain_step_loss
+    from bertkit.train import TrainConfig, fit
+
+    cfg = BertConfig(**NORM_CFG)
+    torch.manual_seed(0)
+    model = BertForPreTraining(cfg)
+    tc = TrainConfig(learning_rate=1e-2, batch_size_per_device=batch_size, num_accumulation_steps=accum, iter_num=1,
+                     warmup_batches=0, loss_print_every_n_iter=1, log_dir=str(tmp / "log"), max_grad_norm=0,
+                     model_save_dir=str(tmp / "save"), optimizer="adamw")  # fmt: skip
+    records, grads = [], {}
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, *a, **k):  # the step's gradients, after the micro-steps and the all-reduce, before the update
+        params = list(params)
+        grads.update({i: p.grad.clone() for i, p in enumerate(params)})
+        return real_clip(params, *a, **k)
+
+    torch.nn.utils.clip_grad_norm_ = spy
+    try:
+        fit(model, cfg, pretrain_step_loss, _Slices(batch_size, rank, world), tc,
+            DistEnv(rank=rank, world_size=world), print_fn=lambda s: None, count_fn=masked_count if norm else None,
+            on_log=records.append)  # fmt: skip
+    finally:
+        torch.nn.utils.clip_grad_norm_ = real_clip
+    return records[0], grads
+
+
+def _two_ranks(rank: int, port: int, tmp: str, out: str) -> None:
+    import torch.distributed as tdist
+
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    results = [_one_step(Path(tmp) / f"{rank}-{bs}", bs, accum, rank, 2) for bs, accum in ((2, 1), (1, 2))]
+    if rank == 0:
+        torch.save(results, out)
+    tdist.destroy_process_group()
+
+
+def test_mlm_loss_is_normalised_over_the_global_batch(tmp_path):
+    """One batch of 4 == 2 micro-steps of 2 == 2 ranks x 1 micro-step of 2 == 2 ranks x 2 micro-steps of 1:
+    losses and every gradient (relative 1e-6). Google's per-micro-batch form differs."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    whole, g_whole = _one_step(tmp_path / "a", 4, 1)
+    variants = [_one_step(tmp_path / "b", 2, 2)]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_two_ranks, args=(port, str(tmp_path), str(tmp_path / "ranks.pt")), nprocs=2)
+    variants += torch.load(tmp_path / "ranks.pt", weights_only=True)
+    assert len(variants) == 3
+    for record, grads in variants:
+        for k in ("total_loss", "mlm_loss", "nsp_loss", "grad_norm"):
+            assert record[k] == pytest.approx(whole[k], rel=1e-6), k
+        for i, g in grads.items():
+            assert (g - g_whole[i]).norm() <= 1e-6 * g_whole[i].norm() + 1e-12, i
+    per_micro, _ = _one_step(tmp_path / "c", 2, 2, norm=False)
+    assert abs(per_micro["mlm_loss"] - whole["mlm_loss"]) > 1e-3  # the test can tell the two forms apart

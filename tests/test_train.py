@@ -175,3 +175,43 @@ def test_bad_flags(tmp_path, flag, value):
 def test_warmup_longer_than_run_warns(tmp_path):
     _, _, out = run(tmp_path, quiet=False, iter_num=2, warmup_batches=10, loss_print_every_n_iter=1)
     assert any("warmup_batches (10) > iter_num (2)" in s for s in out)
+
+
+def test_a_step_makes_no_host_sync(tmp_path):
+    """No aten._local_scalar_dense (a device -> host copy that stalls a GPU) inside a training step: three steps
+    make exactly as many as one (those of the end-of-run log flush)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountSyncs(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += func is torch.ops.aten._local_scalar_dense.default
+            return func(*args, **(kwargs or {}))
+
+    def syncs(iters: int) -> int:
+        with CountSyncs() as counter:
+            run(tmp_path / str(iters), iter_num=iters, loss_print_every_n_iter=1000, log_every_n_iter=1000)
+        return counter.n
+
+    assert syncs(3) == syncs(1)
+
+
+def test_resume_latest_and_keep_last_n(tmp_path):
+    from bertkit.snapshot import latest_snapshot
+
+    run(tmp_path, iter_num=20, model_save_every_n_iter=4, keep_last_n=2)
+    kept = sorted(p.name for p in (tmp_path / "save").iterdir() if p.name.startswith("snapshot_"))
+    assert kept == ["snapshot_16", "snapshot_20"]
+    assert latest_snapshot(tmp_path / "save").name == "snapshot_20"
+    with pytest.raises(ValueError, match="no complete snapshot"):
+        latest_snapshot(tmp_path / "nothing")
+
+
+def test_metrics_hold_each_step_once_after_resume(tmp_path):
+    run(tmp_path, iter_num=20, model_save_every_n_iter=10, log_every_n_iter=1)
+    run(tmp_path, resume=tmp_path / "save" / "snapshot_10", iter_num=20, log_every_n_iter=1)
+    records = [json.loads(x) for x in (tmp_path / "log" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 21))
