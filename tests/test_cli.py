@@ -103,6 +103,7 @@ def test_flag_errors_print_the_subcommands_usage(capsys):
         (["squad-evaluate", "{d}/missing.json", "{d}/pred.json"], "data_file {d}/missing.json: No such file"),
         (["squad-evaluate", "{d}/dev.json", "{d}/all_results.npy"], "{d}/all_results.npy: the predictions file is "
                                                                    "not UTF-8 JSON text (byte 0"),
+        (["pretrain", "--data_dir={d}/nodata"], "--data_dir {d}/nodata: no such file or directory"),
         (["npy2json", "--all_results_file={d}/all_results.npy", "--predict_file={d}/dev.json"],
          "{d}/all_results.npy: cannot read all_results (its header says shape (1099511627776, 2400)"),
     ],

@@ -87,3 +87,19 @@ def test_data_records_its_vocabulary(tmp_path):
     other = vocab(tmp_path / "w.txt", ["Lyon"])
     with pytest.raises(ValueError, match="exists and differs from the vocabulary used"):
         record_data_vocab(out, other, do_lower_case=False)
+
+
+def test_pretrain_takes_the_datas_vocabulary_or_warns(tmp_path):
+    from bertkit.vocab import pretrain_vocab
+
+    data = tmp_path / "data"
+    data.mkdir()
+    assert "no vocabulary is known for --data_dir" in pretrain_vocab(None, str(data), 100)[2]
+    src = vocab(tmp_path / "v.txt", ["Paris"])
+    record_data_vocab(data, src, do_lower_case=False)
+    assert pretrain_vocab(None, str(data), 100) == (str(data / "vocab.txt"), False, "")
+    assert pretrain_vocab(str(src), str(data), 100)[:2] == (str(src), False)
+    with pytest.raises(ValueError, match="is not the vocabulary --data_dir .* was made with"):
+        pretrain_vocab(str(vocab(tmp_path / "w.txt", ["Lyon"])), str(data), 100)
+    with pytest.raises(ValueError, match="6 tokens, more than --vocab_size 5: pass --vocab_size 6"):
+        pretrain_vocab(None, str(data), 5)

@@ -82,20 +82,21 @@ def ofrecord_parts(data_dir: str | Path, data_part_num: int = 0) -> list[Path]:
 
 
 def resolve_inputs(
-    inputs: str | Path | Sequence[str | Path], input_format: str = "auto", data_part_num: int = 0
+    inputs: str | Path | Sequence[str | Path], input_format: str = "auto", data_part_num: int = 0, flag: str = "--input"
 ) -> list[tuple[Path, str]]:
     """(path, format) for each file or shard directory named by `inputs`.
 
     `inputs` is a comma-separated string or a list of: data directories (part-<i> files, OFRecord as the seed
     writes them or TFRecord), shard directories (holding meta.json), record files, or globs. `input_format` 'auto'
-    tells the kinds apart by looking at each file, in a directory as well as named.
+    tells the kinds apart by looking at each file, in a directory as well as named. Errors name `flag`, the
+    user's flag for `inputs` (--data_dir for pretrain).
     """
     if input_format not in ("auto", "ofrecord", "tfrecord"):
         raise ValueError(f"--input_format must be auto, ofrecord or tfrecord, got {input_format!r}")
     items = str(inputs).split(",") if isinstance(inputs, str | Path) else [str(p) for p in inputs]
     items = [s.strip() for s in items if s.strip()]
     if not items:
-        raise ValueError("--input is empty: name an OFRecord directory, TFRecord file(s) or a shard directory")
+        raise ValueError(f"{flag} is empty: name an OFRecord directory, TFRecord file(s) or a shard directory")
     out = []
     for item in items:
         p = Path(item)
@@ -108,13 +109,13 @@ def resolve_inputs(
             continue
         files = sorted(Path(f) for f in glob.glob(item)) if glob.has_magic(item) else [p]
         if not files:
-            raise ValueError(f"--input {item}: no file matches")
+            raise ValueError(f"{flag} {item}: no file matches")
         for f in files:
             if not f.is_file():
-                raise ValueError(f"--input {f}: no such file or directory")
+                raise ValueError(f"{flag} {f}: no such file or directory")
             out.append((f, sniff_format(f) if input_format == "auto" else input_format))
     if any(fmt == "shards" for _, fmt in out) and len(out) > 1:
-        raise ValueError(f"--input: a shard directory must be the only input, got {len(out)} inputs")
+        raise ValueError(f"{flag}: a shard directory must be the only input, got {len(out)} inputs")
     return out
 
 

@@ -159,9 +159,9 @@ def pretrain_accuracy_counts(model: nn.Module, batches, device: torch.device) ->
 
 def check(cfg: PretrainConfig) -> None:
     """Every user error before any worker starts (runs once, in the launching process)."""
-    resolve_inputs(cfg.data_dir, data_part_num=cfg.data_part_num)
+    resolve_inputs(cfg.data_dir, data_part_num=cfg.data_part_num, flag="--data_dir")
     if cfg.eval_data_dir:
-        resolve_inputs(cfg.eval_data_dir, data_part_num=cfg.data_part_num)
+        resolve_inputs(cfg.eval_data_dir, data_part_num=cfg.data_part_num, flag="--eval_data_dir")
     if cfg.bert_config_file:
         cfg.bert_config()
     check_writable(cfg.model_save_dir)

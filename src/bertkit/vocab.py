@@ -183,3 +183,32 @@ def data_vocab(data_dir: str | os.PathLike | None) -> tuple[str | None, bool | N
     vocab = d / str(info.get("vocab_file", VOCAB))
     lower = info.get("do_lower_case")
     return (str(vocab) if vocab.is_file() else None), (lower if isinstance(lower, bool) else None)
+
+
+def pretrain_vocab(
+    vocab_file: str | None, data_dir: str | None, vocab_size: int
+) -> tuple[str | None, bool | None, str]:
+    """(vocab.txt, do_lower_case, a warning or "") for `bertkit pretrain` to carry into its snapshots.
+
+    --vocab_file wins, but must be the vocabulary the data was made with when the data recorded one (ValueError:
+    token ids would not match); without it, the data's recorded vocabulary. More tokens than --vocab_size is a
+    ValueError; no vocabulary known at all is a warning (the snapshots then carry none, and fine-tuning needs
+    --vocab_file).
+    """
+    recorded, lower = data_vocab(data_dir)
+    if vocab_file and recorded and _sha256(Path(vocab_file)) != _sha256(Path(recorded)):
+        raise ValueError(
+            f"--vocab_file {vocab_file} is not the vocabulary --data_dir {data_dir} was made with ({recorded}): the "
+            f"records' token ids would be read with other tokens. Leave out --vocab_file, or make the data again"
+        )
+    vocab = vocab_file or recorded
+    if vocab is None:
+        return None, None, (f"warning: no vocabulary is known for --data_dir {data_dir} (made by another tool, or "
+                            f"before bertkit recorded it): the snapshots will carry none; pass --vocab_file")  # fmt: skip
+    n = len(read_vocab(vocab))
+    if n > vocab_size:
+        raise ValueError(f"{vocab} has {n:,} tokens, more than --vocab_size {vocab_size:,}: pass --vocab_size {n}")
+    if lower is None:
+        cased = casing_of(read_vocab(vocab))[0]
+        lower = None if cased is None else not cased
+    return str(vocab), lower, ""
