@@ -18,7 +18,7 @@ from bertkit.cli import build_parser, config_from_args, main
 from bertkit.config import BertConfig
 from bertkit.model import BertForPreTraining, BertForQuestionAnswering
 from bertkit.records import write_ofrecord
-from bertkit.squad import Npy2JsonConfig, SquadConfig, SquadLoader, run, squad_loss
+from bertkit.squad import Npy2JsonConfig, SquadConfig, SquadLoader, run, squad_loss, train_steps
 from bertkit.squad_data import convert_examples_to_features, read_squad_examples, squad_tokenizer
 from bertkit.squad_predict import RawResults, get_final_text, predict_answers, predict_logits
 
@@ -331,7 +331,7 @@ def trained(tmp_path_factory):
         argv = ["squad", "--do_train", "--do_predict", "--train_file", str(write_questions(d / "q8.json")),
                 "--predict_file", str(d / "q8.json"), "--bert_config_file", str(tiny_config_file(d)),
                 "--max_seq_length", "128", "--doc_stride", "64", "--batch_size_per_device", "8",
-                "--learning_rate", "1e-3", "--num_train_epochs", "120", "--loss_print_every_n_iter", "1000",
+                "--learning_rate", "1e-3", "--num_epochs", "120", "--loss_print_every_n_iter", "1000",
                 "--output_dir", str(d / "out"), "--model_save_dir", str(d / "snapshots"), "--log_dir", str(d / "log"),
                 "--save_last_snapshot", "--device", "cpu", "--seed", "1"]  # fmt: skip
         # Memorising these 8 questions in 330 steps is seed-sensitive with padding out of the span loss: from
@@ -346,7 +346,7 @@ def trained(tmp_path_factory):
 def test_tiny_model_learns_a_handful_of_questions(trained):
     d, result = trained
     assert result["eval"]["f1"] > 90, result["eval"]
-    assert result["train"]["step"] == 330  # ceil(120 epochs x 22 windows / batch 8)
+    assert result["train"]["step"] == 330  # the seed's count for --num_epochs: ceil(120 epochs x 22 windows / batch 8)
     preds = json.loads((d / "out" / "predictions.json").read_text())
     assert preds["5733bf84d058e614000b61bf"] == "twice"
     assert (d / "out" / "all_results.npy").is_file() and list((d / "out" / "cache").glob("squad-windows-*.npz"))
@@ -428,7 +428,25 @@ def test_train_from_records_and_a_pretraining_checkpoint(tmp_path, capsys, one_t
     # the model that runs is the checkpoint's, whatever the (seed's BERT-large) size flags in the banner say
     assert "num_hidden_layers = 24" in out
     assert "model from the checkpoint's config; the size flags above are not used: 2 layers, hidden 32," in out
-    assert "iter 0, total_loss" in out and "iter_num 6," in out  # ceil(22 windows / 4), from step 0
+    assert "iter 0, total_loss" in out  # from step 0; record windows: the seed's count
+    assert "iter_num 6 (ceil(1 epochs x 22 windows / batch 4): the seed's count)" in out
+
+
+@pytest.mark.parametrize(
+    "flags, steps, rule",
+    [
+        (["--num_train_epochs", "2"], 4, "int(8 questions / batch 4 x 2 epochs): Google's count"),
+        (["--num_train_epochs", "2.9"], 5, "int(8 questions / batch 4 x 2.9 epochs): Google's count"),
+        (["--num_epochs", "2"], 11, "ceil(2 epochs x 22 windows / batch 4): the seed's count"),
+        ([], 17, "ceil(3 epochs x 22 windows / batch 4): the seed's count"),
+    ],
+)
+def test_step_count_is_googles_for_num_train_epochs(flags, steps, rule):
+    """--num_train_epochs with --train_file counts questions as Google's run_squad.py does (truncated); --num_epochs
+    and the default count windows as the seed does, and so does record input, whose questions are not known."""
+    cfg = config_from_args(SquadConfig, build_parser().parse_args(["squad", "--train_file", "q.json", *flags]))
+    assert train_steps(cfg, windows=22, questions=8, global_batch=4) == (steps, rule)
+    assert train_steps(cfg, windows=22, questions=None, global_batch=4)[1].endswith("the seed's count")
 
 
 def test_skipped_training_questions_are_reported_at_the_end(tmp_path, capsys, one_thread):
@@ -437,10 +455,12 @@ def test_skipped_training_questions_are_reported_at_the_end(tmp_path, capsys, on
     data["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["text"] = "Lourdes France"  # not at answer_start
     path.write_text(json.dumps(data))
     argv = ["squad", "--train_file", str(path), "--bert_config_file", str(tiny_config_file(tmp_path)),
-            "--max_seq_length", "128", "--iter_num", "1", "--output_dir", str(tmp_path / "o"),
-            "--model_save_dir", str(tmp_path / "s"), "--log_dir", str(tmp_path)]  # fmt: skip
+            "--max_seq_length", "128", "--num_train_epochs", "1", "--train_batch_size", "4", "--output_dir",
+            str(tmp_path / "o"), "--model_save_dir", str(tmp_path / "s"), "--log_dir", str(tmp_path)]  # fmt: skip
     assert main(argv) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    out = capsys.readouterr().out
+    assert "iter_num 1 (int(7 questions / batch 4 x 1 epochs): Google's count)" in out  # the skipped one not counted
+    last = out.strip().splitlines()[-1]
     assert "skipped 1 training question" in last and "5733be284776f41900661182" in last
 
 

@@ -280,8 +280,9 @@ class SquadConfig(SquadModelConfig):
     Training windows come from --train_file (a SQuAD json; windows built and cached) or --train_data_dir /
     --data_dir (the seed's OFRecord windows, or Google's train.tf_record). --do_predict (or the seed's --do_eval)
     answers --predict_file / --eval_data_dir after training, writes predictions.json etc. to --output_dir, and
-    prints exact match and F1 when the json holds answers. --iter_num defaults to --num_epochs passes over the
-    windows, --warmup_batches to --warmup_proportion of it.
+    prints exact match and F1 when the json holds answers. --iter_num defaults to `train_steps` (Google's count of
+    questions for --num_train_epochs with --train_file, else the seed's count of windows), --warmup_batches to
+    --warmup_proportion of it.
     """
 
     do_train: bool | None = field(default=None, metadata={"help": "fine-tune (default: when training data is given)"})
@@ -297,8 +298,13 @@ class SquadConfig(SquadModelConfig):
     train_example_num: int | None = field(
         default=None, metadata={"help": "the seed's count of training windows; checked against the data"}
     )
-    num_epochs: float | None = field(default=None, metadata={"help": "passes over the training windows (default 3)"})
-    num_train_epochs: float | None = field(default=None, metadata={"help": "Google's name for --num_epochs"})
+    num_epochs: float | None = field(
+        default=None, metadata={"help": "passes over the training windows: the seed's step count (default 3)"}
+    )
+    num_train_epochs: float | None = field(
+        default=None,
+        metadata={"help": "Google's --num_epochs; with --train_file, steps = int(questions / train_batch_size x it)"},
+    )
     warmup_proportion: float = field(default=0.1, metadata={"help": "warmup steps as a fraction of --iter_num"})
     train_batch_size: int | None = field(
         default=None, metadata={"help": "Google's global batch: sets --batch_size_per_device to it / processes"}
@@ -338,9 +344,8 @@ class SquadConfig(SquadModelConfig):
         self.num_nodes = self.node_num
         self.node_list = self.node_ips = _one(("node_list", "node_ips"), self.node_list, self.node_ips)
         self._check_model_flags(default_output_dir="squad_output")
-        self.num_epochs = self.num_train_epochs = _one(
-            ("num_epochs", "num_train_epochs"), self.num_epochs, self.num_train_epochs, 3.0
-        )
+        # num_train_epochs stays as given: it selects Google's step count (train_steps)
+        self.num_epochs = _one(("num_epochs", "num_train_epochs"), self.num_epochs, self.num_train_epochs, 3.0)
         if self.data_dir:  # the tutorial's run_squad.py: --data_dir holds the training windows
             self.train_data_dir = _one(("data_dir", "train_data_dir"), self.data_dir, self.train_data_dir)
             self.train_data_part_num = self.train_data_part_num or self.data_part_num
@@ -372,6 +377,23 @@ class SquadConfig(SquadModelConfig):
         self.iter_num, self.warmup_batches = iter_num or 1, warmup or 0
         self.validate()
         self.iter_num, self.warmup_batches = iter_num, warmup
+
+
+def train_steps(cfg: SquadConfig, windows: int, questions: int | None, global_batch: int) -> tuple[int, str]:
+    """(optimizer steps, the rule that gave them) when --iter_num is not given.
+
+    Google's run_squad.py counts questions: int(questions / train_batch_size * num_train_epochs), used for
+    --num_train_epochs with --train_file. The seed's run_squad.py counts windows (a question has one or more):
+    ceil(num_epochs * windows / global batch), used for --num_epochs, neither flag, or record windows (whose
+    questions are not known). At least 1 step either way.
+    """
+    if cfg.num_train_epochs is not None and questions is not None:
+        steps = int(questions / global_batch * cfg.num_train_epochs)  # Google's expression, in Google's order
+        rule = f"int({questions} questions / batch {global_batch} x {cfg.num_train_epochs:g} epochs): Google's count"
+    else:
+        steps = math.ceil(cfg.num_epochs * windows / global_batch)
+        rule = f"ceil({cfg.num_epochs:g} epochs x {windows} windows / batch {global_batch}): the seed's count"
+    return max(1, steps), rule
 
 
 # --- running: model, windows, answers ------------------------------------------------------------------------
@@ -683,19 +705,22 @@ def _run(cfg: SquadConfig, env: dist.DistEnv) -> dict:
             arrays = {"input_ids": feats.input_ids, "input_mask": feats.input_mask, "segment_ids": feats.segment_ids,
                       "start_positions": feats.start_position, "end_positions": feats.end_position}  # fmt: skip
             say(f"{len(feats)} training windows from {len(examples)} questions of {cfg.train_file}")
+            questions = len(examples)
             del examples, feats
         else:
             arrays = record_windows(cfg.train_data_dir, cfg.train_data_part_num, cfg.seq_length, True, env.is_main)
+            questions = None
         n = len(arrays["input_ids"])
         if cfg.train_example_num is not None and cfg.train_example_num != n:
             say(f"note: --train_example_num is {cfg.train_example_num}; the data holds {n} windows, all used")
         global_batch = cfg.batch_size_per_device * env.world_size * cfg.num_accumulation_steps
+        rule = "--iter_num"
         if cfg.iter_num is None:
-            cfg.iter_num = max(1, math.ceil(cfg.num_epochs * n / global_batch))
+            cfg.iter_num, rule = train_steps(cfg, n, questions, global_batch)
         if cfg.warmup_batches is None:
             cfg.warmup_batches = int(cfg.iter_num * cfg.warmup_proportion)
         cfg.validate()
-        say(f"training: {n} windows, global batch {global_batch}, iter_num {cfg.iter_num}, "
+        say(f"training: {n} windows, global batch {global_batch}, iter_num {cfg.iter_num} ({rule}), "
             f"warmup_batches {cfg.warmup_batches}")  # fmt: skip
         loader = SquadLoader(arrays, cfg.batch_size_per_device, rank=env.rank, world_size=env.world_size,
                              seed=cfg.seed, limits=id_limits(bert_cfg.vocab_size, bert_cfg.type_vocab_size))  # fmt: skip
