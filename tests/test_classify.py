@@ -349,6 +349,8 @@ def test_config_reconciles_googles_and_oneflows_names():
     assert ClassifyConfig(task_name="rte", do_eval=True, data_dir="d", gpu_num_per_node=4).batch_size_per_device == 8
     cfg = ClassifyConfig(task_name="rte", do_eval=True, data_dir="d", gpu_num_per_node=2, batch_size_per_device=16)
     assert (cfg.batch_size_per_device, cfg.train_batch_size) == (16, 32)
+    cfg = ClassifyConfig(task_name="cola", train_data_dir="r", eval_data_dir="e")  # OneFlow's form: both implied
+    assert (cfg.do_train, cfg.do_eval, cfg.do_predict) == (True, True, False)
 
 
 def test_bad_files_are_named_before_any_work(tmp_path, capsys):

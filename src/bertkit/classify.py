@@ -99,8 +99,12 @@ class ClassifyConfig(runner.SeedConfig):
     init_checkpoint: str | None = field(
         default=None, metadata={"help": "Google's name for --model_load_dir: bertkit, HF, Google TF or OneFlow"}
     )
-    do_train: bool = field(default=False, metadata={"help": "fine-tune on the train set"})
-    do_eval: bool = field(default=False, metadata={"help": "score the dev set; write eval_results.txt"})
+    do_train: bool | None = field(
+        default=None, metadata={"help": "fine-tune on the train set (default: when --train_data_dir is given)"}
+    )
+    do_eval: bool | None = field(
+        default=None, metadata={"help": "score the dev set, write eval_results.txt (default: with --eval_data_dir)"}
+    )
     do_predict: bool = field(default=False, metadata={"help": "predict the test set; write GLUE's submission file"})
     max_seq_length: int | None = field(default=None, metadata={"help": "tokens per example, cut or padded (128)"})
     seq_length: int | None = field(default=None, metadata={"help": "OneFlow's name for --max_seq_length"})
@@ -193,6 +197,10 @@ class ClassifyConfig(runner.SeedConfig):
             raise ValueError(f"--max_seq_length must be at least 3 ([CLS] text [SEP]), got {self.max_seq_length}")
         if not 0 <= self.warmup_proportion <= 1:
             raise ValueError(f"--warmup_proportion must be in [0, 1], got {self.warmup_proportion}")
+        if self.do_train is None:  # OneFlow's form: record files given are used
+            self.do_train = bool(self.train_data_dir)
+        if self.do_eval is None:
+            self.do_eval = bool(self.eval_data_dir)
         if not (self.do_train or self.do_eval or self.do_predict):
             raise ValueError("nothing to do: pass at least one of --do_train, --do_eval, --do_predict")
         if self.do_train and not (self.train_data_dir or self.data_dir):
