@@ -76,9 +76,11 @@ class QuestionAnswerer:
 
     `batch_size` windows run through the model at once (sorted by length, each batch cut to its longest window).
     `max_query_length`: questions are cut to this many WordPieces (64, as run_squad.py). `n_best_size`: Google's
-    candidate count (20), which also bounds top_k. `version_2_with_negative`: SQuAD 2.0 models may answer "no
-    answer" ("") when the null score beats the best span by more than `null_score_diff_threshold` (Google's rule).
-    `precision`: fp32, bf16 or fp16 autocast.
+    candidates, the n best starts x the n best ends of each window (20, as squad-predict), also the bound of top_k;
+    with n_best_size >= max_seq_length every span is tried, as Hugging Face's pipeline does (with 20, a span whose
+    start or end is not among the 20 best of its window is never chosen; a trained model's rarely is).
+    `version_2_with_negative`: SQuAD 2.0 models may answer "no answer" ("") when the null score beats the best span
+    by more than `null_score_diff_threshold` (Google's rule). `precision`: fp32, bf16 or fp16 autocast.
     """
 
     def __init__(
@@ -324,6 +326,11 @@ class QAModelFlags:
     null_score_diff_threshold: float = field(
         default=0.0, metadata={"help": 'v2.0: answer "" when null score - best non-null score exceeds this'}
     )
+    n_best_size: int = field(
+        default=20,
+        metadata={"help": "Google's candidates: the n best starts x n best ends per window, as squad-predict; "
+                          "n_best_size >= max_seq_length tries every span, as Hugging Face's pipeline"},
+    )  # fmt: skip
     batch_size: int = field(default=32, metadata={"help": "windows run through the model at once"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     precision: str = field(
@@ -333,14 +340,14 @@ class QAModelFlags:
     def check_model_flags(self) -> None:
         if not self.model:
             raise ValueError("--model is required: the fine-tuned checkpoint directory")
-        for name in ("max_seq_length", "doc_stride", "max_query_length", "batch_size"):
+        for name in ("max_seq_length", "doc_stride", "max_query_length", "batch_size", "n_best_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
 
     def load(self) -> QuestionAnswerer:
         qa = QuestionAnswerer.from_pretrained(
             self.model, vocab_file=self.vocab_file, do_lower_case=self.do_lower_case, device=self.device,
-            batch_size=self.batch_size, max_query_length=self.max_query_length,
+            batch_size=self.batch_size, max_query_length=self.max_query_length, n_best_size=self.n_best_size,
             version_2_with_negative=self.version_2_with_negative,
             null_score_diff_threshold=self.null_score_diff_threshold, precision=self.precision,
         )  # fmt: skip
@@ -367,7 +374,7 @@ class AskConfig(QAModelFlags):
         default=None, metadata={"help": 'answer a file of {"id", "question", "context"} lines instead'}
     )
     output: str | None = field(default=None, metadata={"help": "--jsonl answers go here (default: standard output)"})
-    top_k: int = field(default=1, metadata={"help": "answers per question, best first (at most 20)"})
+    top_k: int = field(default=1, metadata={"help": "answers per question, best first (at most --n_best_size)"})
     max_answer_length: int = field(default=30, metadata={"help": "longest answer considered, in tokens"})
 
     def __post_init__(self) -> None:
@@ -376,8 +383,8 @@ class AskConfig(QAModelFlags):
             raise ValueError("give --question and --context FILE (or - for stdin), or --jsonl FILE")
         if self.jsonl is not None and (self.question is not None or self.context is not None):
             raise ValueError("--jsonl answers a file of questions; do not give --question or --context with it")
-        if not 1 <= self.top_k <= 20:
-            raise ValueError(f"--top_k must be in [1, 20], got {self.top_k}")
+        if not 1 <= self.top_k <= self.n_best_size:
+            raise ValueError(f"--top_k must be in [1, --n_best_size {self.n_best_size}], got {self.top_k}")
         if self.max_answer_length <= 0:
             raise ValueError(f"--max_answer_length must be positive, got {self.max_answer_length}")
 

@@ -21,6 +21,7 @@ import math
 import os
 import pickle
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -279,11 +280,14 @@ def answer_example(
     the n-best list, repeats dropped. For v2.0 the null answer (the smallest [CLS] score over the windows) competes,
     and "" is predicted when it beats the best non-null answer by more than null_score_diff_threshold.
     """
-    prelim, null = _candidates(features, results, rows, window_ids, n_best_size, max_answer_length)
+    pairs, null = _candidates(features, results, rows, window_ids, n_best_size, max_answer_length)
     if version_2_with_negative:
-        prelim.append((null[1], 0, 0, null[2], null[3]))
-    # Google sorts a Python list by start + end logit (stable, largest first): same order, same ties.
-    prelim.sort(key=lambda p: p[3] + p[4], reverse=True)
+        pairs = tuple(np.append(column, x) for column, x in zip(pairs, (null[1], 0, 0, null[2], null[3]), strict=True))
+    w, s, e, start_logit, end_logit = pairs
+    # Google sorts a Python list by start + end logit (stable, largest first); a stable argsort of the negated
+    # float64 sums gives the same order, ties included. Tuples are made only for the candidates _nbest reads.
+    order = np.argsort(-(start_logit + end_logit), kind="stable")
+    prelim = ((int(w[i]), int(s[i]), int(e[i]), float(start_logit[i]), float(end_logit[i])) for i in order)
     nbest = _nbest(prelim, example, features, tokenizer, min(n_best_size, keep or n_best_size), verbose)
     if version_2_with_negative and not any(c.text == "" for c in nbest):
         nbest.append(Candidate("", null[2], null[3], null[1]))
@@ -300,14 +304,14 @@ def answer_example(
 
 def _candidates(
     features: SquadFeatures, results: RawResults, rows: np.ndarray, window_ids: range, n_best: int, max_len: int
-) -> tuple[list[tuple], tuple]:
-    """Valid (window, start, end, start logit, end logit) pairs of an example's windows, in Google's order (window,
-    then start rank, then end rank), and the null answer: (score, window, start logit, end logit) of the window
-    with the smallest [CLS] score (the first on ties)."""
-    prelim = []
+) -> tuple[tuple[np.ndarray, ...], tuple]:
+    """Valid pairs of an example's windows as arrays (window, start, end (P,) int; start logit, end logit (P,)
+    float64), in Google's order (window, then start rank, then end rank), and the null answer: (score, window, start
+    logit, end logit) of the window with the smallest [CLS] score (the first on ties)."""
+    parts = []
     null = (1000000.0, 0, 0.0, 0.0)  # Google's "large and positive" start
     for w in window_ids:
-        # Python floats of the float32 logits, as Google's RawResult holds them: sums are float64 either way.
+        # Float64 of the float32 logits, as Google's RawResult holds them (Python floats): sums agree exactly.
         start_logits, end_logits = results.start_logits[rows[w]], results.end_logits[rows[w]]
         null_score = float(start_logits[0]) + float(end_logits[0])
         if null_score < null[0]:
@@ -318,13 +322,15 @@ def _candidates(
         ok = (to_word[starts] >= 0) & (to_word[ends] >= 0) & (max_context[starts] == 1)
         ok &= (ends >= starts) & (ends - starts < max_len)
         si, ei = np.nonzero(ok)  # row-major: start rank, then end rank
-        for s, e in zip(starts[si, 0].tolist(), ends[0, ei].tolist(), strict=True):
-            prelim.append((w, s, e, float(start_logits[s]), float(end_logits[e])))
-    return prelim, null
+        s, e = starts[si, 0], ends[0, ei]
+        parts.append((np.full(len(s), w), s, e, start_logits[s].astype(np.float64), end_logits[e].astype(np.float64)))
+    if not parts:
+        return (np.zeros(0, np.int64),) * 3 + (np.zeros(0),) * 2, null
+    return tuple(np.concatenate(column) for column in zip(*parts, strict=True)), null
 
 
 def _nbest(
-    prelim: list[tuple],
+    prelim: Iterable[tuple],
     example: SquadExample,
     features: SquadFeatures,
     tokenizer: WordPieceTokenizer,
