@@ -50,6 +50,7 @@ class ServeConfig(QAModelFlags):
         default=5.0, metadata={"help": "how long a model batch waits to collect concurrent requests"}
     )
     log_level: str = field(default="info", metadata={"help": "uvicorn's log level: debug, info, warning, error"})
+    access_log: bool = field(default=True, metadata={"help": "log every request (uvicorn's access log)"})
 
     def __post_init__(self) -> None:
         self.check_model_flags()
@@ -270,4 +271,5 @@ def run(cfg: ServeConfig) -> None:
     started = time.perf_counter()
     qa = cfg.load()
     print(f"loaded {cfg.model} on {qa.env.device} in {time.perf_counter() - started:.1f} s", flush=True)
-    uvicorn.run(create_app(qa, cfg, cfg.model), host=cfg.host, port=cfg.port, log_level=cfg.log_level)
+    uvicorn.run(create_app(qa, cfg, cfg.model), host=cfg.host, port=cfg.port, log_level=cfg.log_level,
+                access_log=cfg.access_log)  # fmt: skip
