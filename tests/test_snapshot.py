@@ -267,3 +267,7 @@ def test_compare_flags_refuses_sizes_and_warns_on_rates():
     with pytest.raises(ValueError, match=r"--num_hidden_layers 4 \(the snapshot's run: 2\).*2 processes"):
         compare_flags(saved, {**saved, "num_hidden_layers": 4, "gpu_num_per_node": 2})
     assert compare_flags({**saved, "bert_config_file": "c.json"}, {**saved, "num_hidden_layers": 4}) == []
+    assert compare_flags({**saved, "hidden_dropout_prob": 0.1}, {**saved, "hidden_dropout_prob": 0.0}) == [
+        "warning: --resume with --hidden_dropout_prob 0.0 (the snapshot's run: 0.1): the snapshot's value is used "
+        "(its bert_config.json)"
+    ]

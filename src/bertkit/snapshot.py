@@ -287,12 +287,14 @@ def _read_json(path: Path) -> dict:
 # What a resumed run cannot change: the model's shape and the data stream it was reading.
 REFUSED = ("num_hidden_layers", "num_attention_heads", "hidden_size_per_head", "vocab_size", "type_vocab_size",
            "max_position_embeddings", "seq_length", "max_predictions_per_seq", "max_seq_length", "doc_stride",
-           "max_query_length", "batch_size_per_device", "seed", "optimizer", "data_dir", "train_file",
-           "train_data_dir", "do_lower_case")  # fmt: skip
-# What it may change: the run goes on with the command line's value.
+           "max_query_length", "batch_size_per_device", "seed", "optimizer", "do_lower_case")  # fmt: skip
+# What it may change: the run goes on with the command line's value (a moved data directory is common; the
+# loader still refuses data of another size).
 WARNED = ("learning_rate", "warmup_batches", "iter_num", "weight_decay_rate", "max_grad_norm",
-          "num_accumulation_steps", "precision", "hidden_dropout_prob", "attention_probs_dropout_prob",
-          "data_part_num", "train_data_part_num", "num_epochs", "num_train_epochs", "warmup_proportion")  # fmt: skip
+          "num_accumulation_steps", "precision", "data_dir", "train_file", "train_data_dir", "data_part_num", "train_data_part_num", "num_epochs",
+          "num_train_epochs", "warmup_proportion", "vocab_file")  # fmt: skip
+# What the snapshot's bert_config.json decides on resume, whatever the command line says.
+SNAPSHOT_WINS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 SIZE_FLAGS = ("num_hidden_layers", "num_attention_heads", "hidden_size_per_head", "vocab_size", "type_vocab_size",
               "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob")  # fmt: skip
 
@@ -300,21 +302,22 @@ SIZE_FLAGS = ("num_hidden_layers", "num_attention_heads", "hidden_size_per_head"
 def compare_flags(saved: Mapping, now: Mapping) -> list[str]:
     """Compare the flags a snapshot was written with (its run_config.json) with this run's, for `--resume`.
 
-    Raises ValueError listing every flag the run cannot change (the model's sizes, the data, batch size, seed,
-    optimizer: resuming with them changed would not continue that run). Returns one warning line per flag that
-    may change (learning rate, warmup, iter_num, ...), each saying that this command line's value wins.
+    Raises ValueError listing every flag the run cannot change (the model's sizes, sequence lengths, batch size,
+    seed, optimizer, casing, number of processes: resuming with them changed would not continue that run). Returns
+    one warning line per other changed flag, saying which value wins: this command line's (learning rate, warmup,
+    iter_num, data paths, ...) or the snapshot's (dropout, from its bert_config.json).
     The size flags are compared only when neither run took its sizes from --bert_config_file.
     """
     world = ("gpu_num_per_node", "node_num")
     skip = set(SIZE_FLAGS) if saved.get("bert_config_file") or now.get("bert_config_file") else set()
-    refused, warned = [], []
-    for name in (*REFUSED, *WARNED):
+    refused, warned, kept = [], [], []
+    for name in (*REFUSED, *WARNED, *SNAPSHOT_WINS):
         if name in skip or name not in saved or name not in now or saved[name] == now[name]:
             continue
         if _same_number(saved[name], now[name]):
             continue
         line = f"--{name} {now[name]} (the snapshot's run: {saved[name]})"
-        (refused if name in REFUSED else warned).append(line)
+        (refused if name in REFUSED else warned if name in WARNED else kept).append(line)
     if all(k in saved and k in now for k in world):
         was, is_ = saved[world[0]] * saved[world[1]], now[world[0]] * now[world[1]]
         if was != is_:
@@ -325,7 +328,9 @@ def compare_flags(saved: Mapping, now: Mapping) -> list[str]:
             + "; ".join(refused)
             + ". Give the snapshot's values, or start a new run (--model_load_dir takes the weights only)"
         )
-    return [f"warning: --resume with {line}: this command line's value is used from here on" for line in warned]
+    return [f"warning: --resume with {line}: this command line's value is used from here on" for line in warned] + [
+        f"warning: --resume with {line}: the snapshot's value is used (its bert_config.json)" for line in kept
+    ]
 
 
 def _same_number(a, b) -> bool:
