@@ -92,6 +92,17 @@ def test_a_flipped_bit_in_any_file_is_refused(saved, name):
     assert str(saved / name) in one_line(e) and "sha256 differs" in str(e.value)
 
 
+def test_a_flipped_bit_in_the_manifest_is_refused(saved):
+    data = bytearray((saved / MANIFEST).read_bytes())
+    for i in range(0, len(data), 97):  # wherever it lands: JSON damaged, a digest or a size changed
+        data[i] ^= 2
+        (saved / MANIFEST).write_bytes(bytes(data))
+        with pytest.raises(SnapshotError) as e:
+            load_snapshot(saved)
+        one_line(e)
+        data[i] ^= 2
+
+
 def test_truncated_files_name_the_file(saved):
     (saved / "train_state.pt").write_bytes((saved / "train_state.pt").read_bytes()[:100])
     with pytest.raises(SnapshotError, match="train_state.pt: 100 bytes, the manifest says") as e:
