@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from tqdm import tqdm
 
 from bertkit import checkpoint, dist
 from bertkit.model import BertForQuestionAnswering
+from bertkit.squad import SquadFlags
 from bertkit.squad_data import SquadExample, convert_examples_to_features, split_paragraph, squad_tokenizer
 from bertkit.squad_predict import RawResults, answer_example, predict_logits, span_text
 from bertkit.tokenizer import WordPieceTokenizer
@@ -124,9 +124,9 @@ class QuestionAnswerer:
         """Load a fine-tuned model from any checkpoint bertkit reads (bertkit, Hugging Face, Google TF, OneFlow
         with its bert_config.json) with the checkpoint's vocab.txt and casing.
 
-        `vocab_file` (default: the checkpoint's vocab.txt, else bert-base-uncased's). `do_lower_case` (default:
-        `do_lower_case` of the checkpoint's tokenizer_config.json, else cased exactly when the vocabulary holds
-        upper-case words). `device`: auto, cpu or cuda. Other keyword arguments go to the constructor. Warns when the
+        `vocab_file` (default: the checkpoint's vocab.txt, else bert-base-uncased's) and `do_lower_case` (default:
+        the checkpoint's tokenizer_config.json, else its vocabulary's capitals, else its name) are chosen and
+        checked as squad-predict does (`squad.SquadFlags.tokenizer_setup`). `device`: auto, cpu or cuda. Other keyword arguments go to the constructor. Warns when the
         checkpoint has no QA head (a pretraining checkpoint: its answers would be random).
         """
         path = Path(path)
@@ -142,10 +142,12 @@ class QuestionAnswerer:
                 "first (bertkit squad --do_train ...)",
                 stacklevel=2,
             )
-        vocab = vocab_file or report.vocab_file
-        if do_lower_case is None:
-            do_lower_case = checkpoint_casing(path, vocab)
-        tokenizer = squad_tokenizer(vocab, do_lower_case)
+        # squad-predict's choice of vocabulary and casing, and its checks (squad.SquadFlags.tokenizer_setup)
+        flags = SquadFlags(vocab_file=None if vocab_file is None else str(vocab_file), do_lower_case=do_lower_case)
+        vocab, lower, note = flags.tokenizer_setup(str(path), cfg.vocab_size)
+        if note:
+            warnings.warn(note, stacklevel=2)
+        tokenizer = squad_tokenizer(vocab, lower)
         if len(tokenizer.vocab) > cfg.vocab_size:
             raise ValueError(
                 f"{tokenizer.vocab_file} has {len(tokenizer.vocab)} entries, the model {cfg.vocab_size}: give the "
@@ -277,27 +279,6 @@ def _context_offset(words: list[str], word_starts: np.ndarray, word: int, positi
         position -= len(words[word]) + 1
         word += 1
     return int(word_starts[word]) + position
-
-
-_CASED_WORD = re.compile(r"[A-Z]")
-
-
-def checkpoint_casing(path: str | os.PathLike, vocab_file: str | os.PathLike | None) -> bool:
-    """do_lower_case for a checkpoint: its tokenizer_config.json says (Hugging Face), else the vocabulary does: a
-    cased vocabulary holds thousands of upper-case words (bert-base-cased: 8,368 with A-Z), an uncased one none."""
-    path = Path(path)
-    tok_config = (path if path.is_dir() else path.parent) / "tokenizer_config.json"
-    if tok_config.is_file():
-        try:
-            value = json.loads(tok_config.read_text(encoding="utf-8")).get("do_lower_case")
-        except (ValueError, AttributeError):
-            value = None
-        if isinstance(value, bool):
-            return value
-    if vocab_file is None:
-        return True  # bertkit's bert-base-uncased vocabulary
-    with open(vocab_file, encoding="utf-8") as f:
-        return not any(_CASED_WORD.search(line) for line in f if not line.startswith("["))
 
 
 # --- the command: bertkit ask -----------------------------------------------------------------------------------
