@@ -262,6 +262,13 @@ def test_atomic_output_file_and_overwrite(tmp_path):
         tmp.write_bytes(b"two")
         raise RuntimeError
     assert out.read_bytes() == b"one" and sorted(tmp_path.iterdir()) == [out]
+    with atomic_output(out) as tmp:  # a directory where a file was, and back
+        tmp.mkdir()
+        (tmp / "a").write_bytes(b"a")
+    assert (out / "a").read_bytes() == b"a"
+    with atomic_output(out) as tmp:
+        tmp.write_bytes(b"three")
+    assert out.read_bytes() == b"three" and sorted(tmp_path.iterdir()) == [out]
 
 
 def test_compare_flags_refuses_sizes_and_warns_on_rates():

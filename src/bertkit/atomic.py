@@ -152,8 +152,9 @@ def atomic_output(final: str | os.PathLike, *, overwrite: bool = True, need_byte
 
 
 def _replace(tmp: Path, final: Path) -> None:
-    """Move the whole `tmp` to `final`; a directory in the way goes aside first and is removed after."""
-    if final.is_dir() and not final.is_symlink():
+    """Move the whole `tmp` to `final`; a directory in the way (or a file where a directory goes) is moved aside
+    first and removed after; a file replaces a file in one rename."""
+    if final.exists() and not final.is_symlink() and (final.is_dir() or tmp.is_dir()):
         old = temp_name(final, "old")
         _remove(old)
         os.replace(final, old)  # from here until the next rename the previous copy lives at `old`
