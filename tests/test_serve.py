@@ -131,28 +131,53 @@ def test_without_the_extra_one_line_and_exit_2(tiny_dir, monkeypatch, capsys):
     assert len(err) == 1 and "pip install bertkit[serve]" in err[0]
 
 
-def test_a_real_server_process_on_a_free_loopback_port(tiny_dir, qa):
-    httpx = pytest.importorskip("httpx")
+@pytest.fixture(scope="module")
+def server_url(tiny_dir):
+    """`python -m bertkit serve` as a real process on a free loopback port (--port 0: it prints the port)."""
     pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install bertkit[serve]")
-    cmd = [sys.executable, "-m", "bertkit", "serve", "--model", str(tiny_dir), "--port", "0", "--device", "cpu"]
+    cmd = [sys.executable, "-m", "bertkit", "serve", "--model", str(tiny_dir), "--port", "0", "--device", "cpu",
+           "--access_log", "False"]  # fmt: skip
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline, url, log = time.monotonic() + 120, None, []
-        while url is None and time.monotonic() < deadline:
-            line = server.stdout.readline()
-            if not line:
-                break
+        while url is None and time.monotonic() < deadline and (line := server.stdout.readline()):
             log.append(line)
             if m := re.search(r"running on (http://127\.0\.0\.1:\d+)", line):
                 url = m[1]
         assert url, "".join(log)
-        with httpx.Client(base_url=url, timeout=30) as http:
-            assert http.get("/health").json()["status"] == "ok"
-            with ThreadPoolExecutor(3) as pool:
-                replies = list(pool.map(lambda q: http.post("/answer", json={"question": q, "context": CONTEXT}),
-                                        QUESTIONS[:3]))  # fmt: skip
-            assert [r.json()["answers"] for r in replies] == [expected(qa, q) for q in QUESTIONS[:3]]
-            assert http.post("/answer", content=b"{oops").status_code == 400
+        yield url
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_real_server_process_on_a_free_loopback_port(server_url, qa):
+    httpx = pytest.importorskip("httpx")
+    with httpx.Client(base_url=server_url, timeout=30) as http:
+        assert http.get("/health").json()["status"] == "ok"
+        with ThreadPoolExecutor(3) as pool:
+            replies = list(pool.map(lambda q: http.post("/answer", json={"question": q, "context": CONTEXT}),
+                                    QUESTIONS[:3]))  # fmt: skip
+        assert [r.json()["answers"] for r in replies] == [expected(qa, q) for q in QUESTIONS[:3]]
+        assert http.post("/answer", content=b"{oops").status_code == 400
+
+
+def test_the_page_highlights_the_answer(client, qa):
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="context"' in page.text and 'fetch("answer"' in page.text
+
+
+def test_the_page_in_headless_chromium(server_url, qa, tmp_path):
+    """The page asks on load when given ?question=&context=, and Chromium's DOM then holds the answer in <mark>."""
+    import shutil
+    import urllib.parse
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("headless Chromium not installed (Debian: apt-get install chromium)")
+    query = urllib.parse.urlencode({"question": "Who won?", "context": CONTEXT})
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
+                          "--virtual-time-budget=10000", "--dump-dom", f"{server_url}/?{query}"],
+                         capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+    a = qa("Who won?", CONTEXT)[0]
+    assert f"<mark>{CONTEXT[a.start : a.end]}</mark>" in dom, dom[-2000:]

@@ -6,7 +6,8 @@
 Endpoints: `POST /answer` takes one {"question", "context", "top_k"?, "max_answer_length"?, "id"?} object and returns
 {"id", "answers": [{"text", "score", "start", "end"}]}, or takes a JSON array of such objects (at most
 --max_batch_questions) and returns an array of results in order; `GET /health` says the server is up and how many
-questions and model batches it has answered; `/docs` is the OpenAPI page (`/openapi.json` its schema).
+questions and model batches it has answered; `/docs` is the OpenAPI page (`/openapi.json` its schema); `/` is a
+small page to paste a context, ask, and see the answer highlighted in it.
 
 One process holds the model, loaded once. Requests that arrive within --batch_wait_ms of each other are answered
 in one model call: their windows are batched together (`QuestionAnswerer.answer`), on one worker thread, while the
@@ -34,6 +35,36 @@ from dataclasses import dataclass, field
 from bertkit.qa import Answer, QAModelFlags, Query, QuestionAnswerer
 
 INSTALL_HINT = "bertkit serve needs FastAPI and uvicorn: pip install bertkit[serve]"
+
+# The page at `/`: paste a context, ask, see the answer highlighted. `/?question=...&context=...` asks at once
+# (what the headless-Chromium test loads).
+PAGE = """<!doctype html><meta charset="utf-8"><title>bertkit question answering</title>
+<style>body{font:16px sans-serif;max-width:50em;margin:2em auto}textarea,input{width:100%;box-sizing:border-box}
+mark{background:#fd5}#shown{white-space:pre-wrap;margin-top:1em}</style>
+<h1>Ask a question about a text</h1>
+<textarea id="context" rows="10" placeholder="Paste the context here"></textarea>
+<p><input id="question" placeholder="Your question"><p><button id="ask">Answer</button> <span id="answer"></span>
+<div id="shown"></div>
+<script>
+const $ = (id) => document.getElementById(id);
+async function ask() {
+  const context = $("context").value, question = $("question").value;
+  const r = await fetch("answer", {method: "POST", headers: {"Content-Type": "application/json"},
+                                   body: JSON.stringify({question, context})});
+  const body = await r.json(), a = r.ok ? body.answers[0] : null;
+  $("answer").textContent = r.ok ? (a && a.text ? `${a.text} (score ${a.score.toFixed(3)})` : "(no answer)")
+                                 : JSON.stringify(body.detail);
+  const mark = document.createElement("mark");
+  mark.textContent = a && a.text ? context.slice(a.start, a.end) : "";
+  $("shown").replaceChildren(a && a.text ? context.slice(0, a.start) : context, mark, a && a.text ? context.slice(a.end) : "");
+}
+$("ask").onclick = ask;
+const given = new URLSearchParams(location.search);
+if (given.has("question") && given.has("context")) {
+  $("question").value = given.get("question"); $("context").value = given.get("context"); ask();
+}
+</script>
+"""
 
 
 @dataclass
@@ -165,7 +196,7 @@ def create_app(qa: QuestionAnswerer, cfg: ServeConfig, model_name: str = ""):
 
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse
     from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
     class AnswerRequest(BaseModel):
@@ -219,6 +250,10 @@ def create_app(qa: QuestionAnswerer, cfg: ServeConfig, model_name: str = ""):
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):  # logged by uvicorn; the client gets no traceback
         return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return HTMLResponse(PAGE)
 
     @app.get("/health")
     async def health() -> dict:
