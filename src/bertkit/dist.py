@@ -298,7 +298,8 @@ def launch(
     )
     # The agent's own warnings ("Sending process N closing signal ...") would bury the one line that matters.
     # Its errors repeat, as tracebacks, what the runner says in one line.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    for name in ("torch.distributed.elastic", "torch.multiprocessing"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     # Workers that stop by os._exit leave the agent's queues to multiprocessing's resource tracker, which would
     # warn about "leaked semaphore objects" at exit: nothing leaks (the processes are gone); keep the log clean.
     os.environ.setdefault("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")

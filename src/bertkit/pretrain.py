@@ -8,6 +8,7 @@ OneFlow-Benchmark's BERT `pretrain.py`, which compute the same quantities:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from bertkit.loader import PretrainingLoader, prefetch, resolve_inputs
 from bertkit.model import BertForPreTraining
 from bertkit.snapshot import check_writable, load_snapshot
 from bertkit.train import fit
+from bertkit.vocab import pretrain_vocab
 
 
 def pretraining_loss(
@@ -110,6 +112,14 @@ class SyntheticData:
 class PretrainConfig(runner.SeedConfig):
     """Pretrain BERT (masked LM + next sentence) on OFRecord / TFRecord / shard data: the seed's run_pretraining.py."""
 
+    vocab_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "vocab.txt the data was made with, carried into snapshots (default: the one "
+            "create-pretraining-data recorded beside --data_dir)"
+        },
+    )
+
     mlm_loss_normalization: str = field(
         default="global_batch",
         metadata={
@@ -165,6 +175,9 @@ def check(cfg: PretrainConfig) -> None:
     if cfg.bert_config_file:
         cfg.bert_config()
     check_writable(cfg.model_save_dir)
+    note = pretrain_vocab(cfg.vocab_file, cfg.data_dir, cfg.bert_config().vocab_size)[2]
+    if note:
+        print(note)
     runner.check_resume(cfg)
 
 
@@ -177,7 +190,7 @@ def _run(cfg: PretrainConfig, env: dist.DistEnv) -> dict:
     bert_cfg = cfg.bert_config()
     resume_state = None
     if cfg.resume:
-        weights, bert_cfg, resume_state = load_snapshot(cfg.resume)
+        weights, bert_cfg, resume_state = load_snapshot(cfg.resume, verify=False)  # verified by check()
     say(runner.banner(cfg))
     torch.manual_seed(cfg.seed)
     model = BertForPreTraining(bert_cfg)
@@ -216,9 +229,11 @@ def _run(cfg: PretrainConfig, env: dist.DistEnv) -> dict:
             return {"mlm_accuracy": hits_mlm / max(n_mlm, 1.0), "nsp_accuracy": hits_nsp / max(n_nsp, 1.0)}
 
     global_norm = cfg.mlm_loss_normalization == "global_batch"
+    vocab, lower, _ = pretrain_vocab(cfg.vocab_file, cfg.data_dir, bert_cfg.vocab_size)
+    extras = {"vocab_file": vocab, "do_lower_case": lower, "run_config": dataclasses.asdict(cfg)}
     try:
         summary = fit(model, bert_cfg, pretrain_step_loss, loader, cfg, env, eval_fn, resume_state, print_fn=say,
-                      count_fn=masked_count if global_norm else None)  # fmt: skip
+                      count_fn=masked_count if global_norm else None, snapshot_extras=extras)  # fmt: skip
     finally:
         getattr(loader, "close", lambda: None)()  # the prefetch thread, on a GPU
     return summary

@@ -123,6 +123,11 @@ def check_resume(cfg: TrainConfig) -> None:
     state_file = Path(cfg.resume) / "train_state.pt"
     if not state_file.is_file():
         raise ValueError(f"--resume {cfg.resume}: not a bertkit snapshot (train_state.pt is missing)")
+    snapshot.verify_snapshot(cfg.resume)  # every file against the manifest, once, before any worker loads it
+    saved = snapshot.snapshot_extras(cfg.resume)[2]
+    if saved:  # flags that differ from the run that wrote it: refused (sizes, ...) or said which value wins
+        for line in snapshot.compare_flags(saved, dataclasses.asdict(cfg)):
+            print(line)
     try:
         state = torch.load(state_file, mmap=True, weights_only=True, map_location="cpu")
     except Exception as e:
@@ -185,9 +190,16 @@ def _failure(e, err_dir: Path) -> Exception:
     lines = {int(p.stem[5:]): p.read_text(encoding="utf-8").strip() for p in err_dir.glob("rank-*.txt")}
     if all(c == 2 for c in codes.values()) and lines:
         return Failed(2, "\n".join(sorted(set(lines.values()))))  # a user error on every rank alike: said once
-    root = order[0][0]
-    code = codes[root]
-    if code < 0:
+    # torch reports the first failure it sees, which may be a rank that only lost its peer; a rank that started
+    # and left neither an error nor a finish mark was killed from outside (SIGKILL, the out-of-memory killer).
+    started = {int(p.name[5:].split(".")[0]) for p in err_dir.glob("rank-*.started")}
+    ended = set(lines) | {int(p.name[5:].split(".")[0]) for p in err_dir.glob("rank-*.done")}
+    killed = sorted(r for r in started - ended if codes.get(r, -1) < 0)
+    root = killed[0] if killed else order[0][0]
+    code = codes.get(root, -int(signal.SIGKILL))
+    if root in killed and root not in codes:
+        head = f"rank {root} was killed (it ended without an error of its own: SIGKILL or the out-of-memory killer)"
+    elif code < 0:
         head = f"rank {root} was killed by {signal.Signals(-code).name}"
     elif root in lines:
         head = f"rank {root} failed: {lines[root]}"
@@ -196,7 +208,7 @@ def _failure(e, err_dir: Path) -> Exception:
     trace = err_dir / f"rank-{root}.trace"
     if code >= 0 and trace.is_file():
         print(trace.read_text(encoding="utf-8"), file=sys.stderr, end="")
-    others = len(codes) - 1
+    others = len(started | set(codes)) - 1
     return Failed(2 if code == 2 else 1, head + (f" ({others} other rank(s) stopped with it)" if others else ""))
 
 
@@ -204,6 +216,7 @@ def _worker(cfg, body: Body, err_dir: str):
     """One launched process: join, run, and leave an exit status the launcher can read (never a traceback page)."""
     stop = dist.StopRequest(hard_timeout=max(1, cfg.shutdown_timeout - 5)).install()
     rank = int(os.environ.get("RANK", "0"))
+    Path(err_dir, f"rank-{rank}.started").touch()
     code, line = 0, None
     try:
         env = dist.setup(cfg.device)
@@ -222,6 +235,8 @@ def _worker(cfg, body: Body, err_dir: str):
             dist.teardown()
     if line is not None:
         Path(err_dir, f"rank-{rank}.txt").write_text(line, encoding="utf-8")
+    else:
+        Path(err_dir, f"rank-{rank}.done").touch()
     sys.stdout.flush()
     sys.stderr.flush()
     if code:

@@ -10,6 +10,7 @@ write_predictions, the all_results.npy format) in `squad_predict`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -32,7 +33,7 @@ from bertkit.evaluate import evaluate_v1, evaluate_v2
 from bertkit.loader import ArrayLoader, id_limits, read_dataset
 from bertkit.model import BertForQuestionAnswering, num_parameters
 from bertkit.records import squad_features
-from bertkit.snapshot import check_writable, load_snapshot
+from bertkit.snapshot import check_writable, load_snapshot, snapshot_extras
 from bertkit.squad_data import (
     SquadExample,
     SquadFeatures,
@@ -441,7 +442,7 @@ def build_model(
 ) -> tuple[BertForQuestionAnswering, BertConfig, str | None, dict | None]:
     """(model on the device, its config, the checkpoint's vocab.txt if any, the train state when resuming)."""
     if cfg.resume:
-        weights, bert_cfg, resume_state = load_snapshot(cfg.resume)
+        weights, bert_cfg, resume_state = load_snapshot(cfg.resume, verify=False)  # verified by check()
         model = BertForQuestionAnswering(bert_cfg)
         model.load_state_dict(weights)
         say(f"Resuming from {cfg.resume} at iter {resume_state['step']}.")
@@ -728,7 +729,11 @@ def _run(cfg: SquadConfig, env: dist.DistEnv) -> dict:
         def eval_fn(m: nn.Module) -> dict[str, float]:
             return answer(m, es, cfg, tokenizer, env, cfg.eval_batch_size_per_device, write=False, say=say) or {}
 
-        summary = fit(model, bert_cfg, squad_loss, loader, cfg, env, eval_fn if es else None, resume_state, say)
+        used_vocab = cfg.vocab_file or vocab or (snapshot_extras(cfg.resume)[0] if cfg.resume else None)
+        extras = {"vocab_file": used_vocab or default_vocab_path(), "do_lower_case": tokenizer.do_lower_case,
+                  "run_config": dataclasses.asdict(cfg)}  # fmt: skip
+        summary = fit(model, bert_cfg, squad_loss, loader, cfg, env, eval_fn if es else None, resume_state, say,
+                      snapshot_extras=extras)  # fmt: skip
         if not cfg.save_last_snapshot:
             say("note: the fine-tuned model is not kept; pass --save_last_snapshot to keep it")
     if es is not None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import sys
 import time
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from bertkit import dist
+from bertkit.atomic import atomic_output
 from bertkit.config import BertConfig
 from bertkit.dist import DistEnv
 from bertkit.optim import build_optimizer, learning_rate, set_lr
@@ -114,9 +114,8 @@ class MetricsLog:
         path = Path(log_dir) / "metrics.jsonl"
         if resume_step is not None and path.is_file():
             kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _step_of(line) <= resume_step]
-            tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-            os.replace(tmp, path)
+            with atomic_output(path) as tmp:
+                tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         self.file = open(path, "a", encoding="utf-8")
         with contextlib.suppress(ImportError):
             from torch.utils.tensorboard import SummaryWriter
@@ -202,6 +201,7 @@ def fit(
     print_fn: Callable[[str], None] = print,
     count_fn: Callable[[dict[str, Tensor]], Tensor] | None = None,
     on_log: Callable[[dict], None] | None = None,
+    snapshot_extras: dict | None = None,
 ) -> dict:
     """Train for cfg.iter_num steps. `loader` yields dict batches and has state_dict()/load_state_dict().
 
@@ -211,6 +211,8 @@ def fit(
     calls loss_fn(model, batch, norm) with norm = that count / (micro-steps x ranks): a loss of
     sum(weight * CE) / norm then averages to sum over the global batch / global count, however the batch is cut.
     on_log(record) receives every step's record (losses are reduced once per print window, not per step).
+    snapshot_extras: what snapshots carry besides the weights (snapshot.save_snapshot's vocab_file, do_lower_case,
+    run_config), so that a fine-tuned snapshot tokenizes as its training did.
 
     Returns {"step", "sentences_per_sec", "first", "last"} (first and last logged records). Raises dist.Stopped
     after writing a snapshot when a SIGTERM/SIGINT asked every rank to stop (see dist.StopRequest), and
@@ -259,7 +261,7 @@ def fit(
             state = {"step": step, "world_size": env.world_size, "optimizer": opt.state_dict(),
                      "scaler": scaler.state_dict() if use_scaler else None, "ranks": per_rank}  # fmt: skip
             try:
-                save_snapshot(path, raw, bert_cfg, state)
+                save_snapshot(path, raw, bert_cfg, state, **(snapshot_extras or {}))
                 prune_snapshots(cfg.model_save_dir, cfg.keep_last_n)
             except (OSError, ValueError) as e:
                 error = str(e) if isinstance(e, ValueError) else f"cannot write the snapshot {path}: {e}"
