@@ -310,3 +310,18 @@ def test_node_rank_is_found_by_binding_each_nodes_own_address():
     finally:
         _drop_netns(names)
     assert found == ["0", "1"]
+
+
+def test_tasks_import_no_other_task_nor_the_cli():
+    """Tasks are flat modules (pretrain, squad, classify) that share runner.py and train.py, never each other."""
+    import ast
+
+    tasks = {"pretrain", "squad", "classify", "cli"}
+    src = Path(__file__).resolve().parents[1] / "src" / "bertkit"
+    for task in tasks - {"cli"}:
+        tree = ast.parse((src / f"{task}.py").read_text(encoding="utf-8"))
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bertkit"):
+                imported |= {node.module.split(".")[-1]} | {a.name for a in node.names}
+        assert not imported & (tasks - {task}), (task, imported & tasks)
