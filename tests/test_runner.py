@@ -183,6 +183,35 @@ def test_user_error_with_two_processes_is_said_once_before_any_worker_starts(tmp
     assert err.count("missing.json") == 1 and time.monotonic() - t0 < 10, err
 
 
+def test_sigterm_to_the_launcher_alone_reaches_every_rank(tmp_path):
+    """A scheduler signals the launcher only: the elastic agent forwards it, the ranks snapshot and exit 143."""
+    write_inputs(tmp_path)
+    proc = start(squad_argv(tmp_path, tmp_path / "o", iter_num=10**6), tmp_path / "o.log")
+    wait_for_step(proc, tmp_path / "o", 3)
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=120)
+    log = (tmp_path / "o.log").read_text()
+    assert rc == 128 + signal.SIGTERM, log[-3000:]
+    assert log.count("stopped by signal 15 (SIGTERM)") == 1 and "Traceback" not in log, log[-3000:]
+    assert list((tmp_path / "o" / "save").glob("snapshot_*/manifest.json"))
+
+
+def test_an_interrupted_stage_stops_the_demo(tmp_path, monkeypatch, capsys):
+    """The demo chains commands in one process: a stage stopped by a signal ends the demo with 128 + signal."""
+    import bertkit.cli
+    from bertkit.dist import Stopped
+
+    calls = []
+
+    def stopped(argv):
+        calls.append(argv[0])
+        raise Stopped(signal.SIGINT, "")
+
+    monkeypatch.setattr(bertkit.cli, "invoke", stopped)
+    assert main(["demo", "--quick", f"--output_dir={tmp_path / 'demo'}"]) == 128 + signal.SIGINT
+    assert calls == ["create-pretraining-data"]
+
+
 def test_ctrl_c_to_the_process_group_ends_in_a_snapshot_and_130(tmp_path):
     write_inputs(tmp_path)
     proc = start(squad_argv(tmp_path, tmp_path / "o"), tmp_path / "o.log", start_new_session=True)

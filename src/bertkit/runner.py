@@ -124,15 +124,15 @@ def check_resume(cfg: TrainConfig) -> None:
     if not state_file.is_file():
         raise ValueError(f"--resume {cfg.resume}: not a bertkit snapshot (train_state.pt is missing)")
     snapshot.verify_snapshot(cfg.resume)  # every file against the manifest, once, before any worker loads it
-    saved = snapshot.snapshot_extras(cfg.resume)[2]
-    if saved:  # flags that differ from the run that wrote it: refused (sizes, ...) or said which value wins
-        for line in snapshot.compare_flags(saved, dataclasses.asdict(cfg)):
-            print(line)
     try:
         state = torch.load(state_file, mmap=True, weights_only=True, map_location="cpu")
     except Exception as e:
         raise ValueError(f"--resume {cfg.resume}: train_state.pt cannot be read ({type(e).__name__}: {e})") from None
     check_world_size(state, cfg.world_size, cfg.resume)
+    saved = snapshot.snapshot_extras(cfg.resume)[2]
+    if saved:  # flags that differ from the run that wrote it: refused (sizes, ...) or said which value wins
+        for line in snapshot.compare_flags(saved, dataclasses.asdict(cfg)):
+            print(line)
 
 
 def run(cfg: dist.DistConfig, body: Body, check: Callable[[object], None] | None = None):
