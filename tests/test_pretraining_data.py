@@ -225,12 +225,48 @@ def test_round_robin_output_files(corpus, tmp_path):
         assert all(np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(part, everything[k::3], strict=True))
 
 
+def test_inlined_draws_equal_randoms_own():
+    """The fast paths draw exactly what random.Random.shuffle / randint draw: same results, same state after."""
+    for seed, n in itertools.product(range(3), (0, 1, 2, 5, 127, 4096, 4097, 10_000)):
+        ours, theirs = random.Random(seed), random.Random(seed)
+        x, y = list(range(n)), list(range(n))
+        P._shuffle(x, ours.getrandbits)
+        theirs.shuffle(y)
+        assert x == y
+        draws = [P._randint(a, b, ours.getrandbits) for a, b in ((0, 0), (1, 1), (2, 125), (0, 30_521), (0, n))]
+        assert draws == [theirs.randint(a, b) for a, b in ((0, 0), (1, 1), (2, 125), (0, 30_521), (0, n))]
+        assert ours.getstate() == theirs.getstate()
+
+
+@pytest.mark.parametrize("fmt", ["tfrecord", "ofrecord"])
+def test_bulk_serialization_equals_the_per_record_encoder(fmt):
+    """records.serialize_rows: byte for byte serialize_example / serialize_ofrecord of each row (multi-byte
+    varints, negatives, empty rows, floats, (N,) columns)."""
+    from bertkit.records import serialize_example, serialize_ofrecord, serialize_rows
+
+    rng = np.random.default_rng(0)
+    features = {
+        "input_ids": rng.integers(0, 40_000, (9, 16)).astype(np.int32),
+        "big": rng.integers(-(2**40), 2**40, (9, 3)),
+        "negative": rng.integers(-300, 5, (9, 4)).astype(np.int32),
+        "empty": np.zeros((9, 0), np.int32),
+        "masked_lm_weights": rng.random((9, 5)).astype(np.float32),
+        "doubles": rng.random((9, 2)),
+        "next_sentence_labels": rng.integers(0, 2, 9).astype(np.int32),
+    }
+    serialize = serialize_example if fmt == "tfrecord" else serialize_ofrecord
+    rows = [serialize({name: a[i] for name, a in features.items()}) for i in range(9)]
+    assert serialize_rows(features, fmt) == rows
+
+
 def test_a_failed_write_leaves_no_file(corpus, tmp_path, monkeypatch):
-    def broken(features, rows, bar):
-        yield {name: a[0] for name, a in features.items()}
+    payloads = P._payloads
+
+    def broken(features, fmt, bar):
+        yield next(payloads(features, fmt, bar))
         raise OSError("disk full")
 
-    monkeypatch.setattr(P, "_rows", broken)
+    monkeypatch.setattr(P, "_payloads", broken)
     with pytest.raises(OutputError, match="cannot write .*out.tfrecord: disk full; nothing is left"):
         run_format(corpus, str(tmp_path / "out.tfrecord"), "tfrecord")
     assert list(tmp_path.iterdir()) == []
