@@ -10,6 +10,7 @@ Hugging Face's run_glue does it: one output, mean squared error. The data, featu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -30,6 +31,7 @@ from bertkit.model import BertForSequenceClassification, num_parameters
 from bertkit.snapshot import check_writable, load_snapshot
 from bertkit.tokenizer import WordPieceTokenizer
 from bertkit.train import autocast, fit
+from bertkit.vocab import default_vocab_path
 
 # --- losses ----------------------------------------------------------------------------------------------------
 # Every batch is full (the loader wraps around epochs) and every example weighs the same, so each rank's batch
@@ -312,12 +314,20 @@ def build_model(cfg: ClassifyConfig, env: dist.DistEnv, say: Callable[[str], Non
     return model.to(env.device), bert_cfg, None
 
 
+def tokenizer_vocab_path(tokenizer: WordPieceTokenizer) -> str:
+    """The vocab.txt the tokenizer read (the bundled bert-base-uncased one when it was given none): what snapshots
+    carry, so that a fine-tuned snapshot tokenizes as its training did."""
+    path = Path(str(tokenizer.vocab_file))
+    return str(path) if path.is_file() else default_vocab_path()
+
+
 def vocab_file(cfg: ClassifyConfig) -> str | None:
-    """--vocab_file, else the vocab.txt beside --init_checkpoint (also when resuming: a snapshot holds none), else
+    """--vocab_file, else the vocab.txt beside --init_checkpoint (also when resuming: the snapshot's), else
     None: bert-base-uncased's."""
-    if cfg.vocab_file or not cfg.model_load_dir:
+    source = cfg.resume or cfg.model_load_dir
+    if cfg.vocab_file or not source:
         return cfg.vocab_file
-    path = Path(cfg.model_load_dir)
+    path = Path(source)
     vocab = (path if path.is_dir() else path.parent) / "vocab.txt"
     return str(vocab) if vocab.is_file() else None
 
@@ -441,8 +451,10 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
             return evaluate(m, cfg, dev, env)
 
         loss_fn = regression_loss if task.is_regression else classification_loss
+        extras = {"vocab_file": tokenizer_vocab_path(tokenizer), "do_lower_case": cfg.do_lower_case,
+                  "run_config": dataclasses.asdict(cfg)}  # fmt: skip
         summary = fit(model, bert_cfg, loss_fn, loader, cfg, env, eval_fn if dev is not None else None,
-                      resume_state, say)  # fmt: skip
+                      resume_state, say, snapshot_extras=extras)  # fmt: skip
         step = summary["step"]
         if not cfg.save_last_snapshot:
             say("note: the fine-tuned model is not kept; pass --save_last_snapshot to keep it")
