@@ -25,7 +25,6 @@ verified before it is read. A file read in the wrong format gets an error that s
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import struct
@@ -324,39 +323,36 @@ def serialize_rows(features: dict[str, np.ndarray], fmt: str) -> list[bytes]:
     if any(a.dtype.kind in "OS" for a in features.values()):
         serialize = serialize_ofrecord if fmt == "ofrecord" else serialize_example
         return [serialize({name: a[i] for name, a in features.items()}) for i in range(n)]
-    columns = []  # per feature: (header by packed length, flat packed bytes, row byte offsets)
+    columns = []  # per feature: the N row headers and the N packed rows, interleaved below
     for name, a in features.items():
         a = a.reshape(n, -1)
         number, dtype = kind_of(name, a[:0].reshape(-1))
         if dtype.kind == "f":
             flat = np.ascontiguousarray(a, dtype.newbyteorder("<")).tobytes()
-            ends = np.arange(1, n + 1) * (a.shape[1] * dtype.itemsize)
+            sizes = np.full(n, a.shape[1] * dtype.itemsize, np.int64)
         else:
             v = a.astype(np.int64).view(np.uint64)
             nbytes = np.ones(v.shape, np.int64)
             for k in range(1, 10):
                 nbytes += v >> np.uint64(7 * k) > 0
             flat = _pack_varints(v.reshape(-1))
-            ends = np.cumsum(nbytes.sum(axis=1))
+            sizes = nbytes.sum(axis=1)
         key = _message_field(1, name.encode("utf-8"))
-
-        def header(size: int, key: bytes = key, number: int = number) -> bytes:
+        headers = {}
+        for size in np.unique(sizes).tolist():  # a feature map entry up to its packed values, by their size
             packed = _varint_bytes(1 << 3 | 2) + _varint_bytes(size)  # the *List's field 1, packed
             inner = _varint_bytes(number << 3 | 2) + _varint_bytes(len(packed) + size)
             value = _varint_bytes(2 << 3 | 2) + _varint_bytes(len(inner) + len(packed) + size)
             entry = len(key) + len(value) + len(inner) + len(packed) + size
-            return _varint_bytes(1 << 3 | 2) + _varint_bytes(entry) + key + value + inner + packed
-
-        columns.append((functools.lru_cache(maxsize=None)(header), flat, [0, *ends.tolist()]))
-    out = []
-    for i in range(n):
-        parts = []
-        for header, flat, bounds in columns:
-            lo, hi = bounds[i], bounds[i + 1]
-            parts += (header(hi - lo), flat[lo:hi])
-        body = b"".join(parts)
-        out.append(_message_field(1, body) if fmt == "tfrecord" else body)
-    return out
+            headers[size] = _varint_bytes(1 << 3 | 2) + _varint_bytes(entry) + key + value + inner + packed
+        ends = np.cumsum(sizes).tolist()
+        columns.append([headers[size] for size in sizes.tolist()])
+        columns.append([flat[lo:hi] for lo, hi in zip([0, *ends[:-1]], ends, strict=True)])
+    bodies = [b"".join(parts) for parts in zip(*columns, strict=True)] if columns else [b""] * n
+    if fmt == "ofrecord":
+        return bodies
+    outer = {size: _varint_bytes(1 << 3 | 2) + _varint_bytes(size) for size in set(map(len, bodies))}
+    return [outer[len(b)] + b for b in bodies]  # the Example's field 1 around the feature map
 
 
 # --- file framing ---------------------------------------------------------------------------------------------
