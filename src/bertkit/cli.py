@@ -212,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except runner.Failed as e:  # a rank failed: one line naming it
         print(f"bertkit {ns.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside training (data creation, prediction, the demo between stages)
+        print(f"bertkit {ns.command}: interrupted", file=sys.stderr)
+        return 130
     except OSError as e:  # a file the user named is missing, unreadable, a directory: say which flag and file
         print(f"bertkit {ns.command}: error: {describe_os_error(e, cfg)}", file=sys.stderr)
         return 2
