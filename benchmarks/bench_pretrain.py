@@ -5,6 +5,9 @@ One JSON line per result:
   step on a fixed batch, same model and precision, in one run: the loop should lose < 3%.
 - "mfu": BERT-base model FLOPs utilisation against this machine's measured fp32 and bf16 GEMM peaks (measured in
   the same run, a square matmul).
+- "compile": `--compile` (torch.compile of the whole model, inductor) against eager on the same fixed batch, fp32
+  and bf16: the compile time (the first compiled step less an eager step) apart from the steady step time, the
+  speed-up, and the steps after which compiling has paid for itself; the loss of the first step compared.
 - "bf16_curve": a tiny BERT trained 300 iterations in fp32 and in bf16 autocast on the same data: the mean loss
   of the last 20 iterations, and their relative difference (target < 1%).
 
@@ -140,6 +143,49 @@ def mfu(steps: int) -> list[dict]:
     return out
 
 
+def compile_gain(name: str, precision: str, steps: int) -> dict:
+    """Eager vs torch.compile(model) pretraining steps (forward + backward + fused AdamW) on one fixed batch.
+
+    Steps alternate eager and compiled after both are warm, so a busy machine slows each alike; medians count."""
+    import statistics
+
+    cfg, batch = bert_cfg(name)
+    b = random_batch(batch, SEQ, MAX_PRED, cfg.vocab_size, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    eager = BertForPreTraining(cfg)
+    compiled_raw = BertForPreTraining(cfg)
+    compiled_raw.load_state_dict(eager.state_dict())
+    compiled = torch.compile(compiled_raw)
+    opts = {id(m): torch.optim.AdamW(r.parameters(), lr=1e-5, fused=True)
+            for m, r in ((eager, eager), (compiled, compiled_raw))}  # fmt: skip
+
+    def step(model) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        with autocast(precision, torch.device("cpu")):
+            loss, _ = pretrain_step_loss(model, b)
+        opts[id(model)].zero_grad(set_to_none=True)
+        loss.backward()
+        opts[id(model)].step()
+        return time.perf_counter() - t0, float(loss)
+
+    torch.manual_seed(2)
+    first_eager, loss_eager = step(eager)
+    torch.manual_seed(2)
+    first_compiled, loss_compiled = step(compiled)  # traces, compiles forward and backward, runs
+    step(eager), step(compiled)  # warm both
+    times: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for _ in range(steps):
+        times["eager"].append(step(eager)[0])
+        times["compiled"].append(step(compiled)[0])
+    e, c = statistics.median(times["eager"]), statistics.median(times["compiled"])
+    compile_s = first_compiled - e
+    return {"bench": "compile", "config": name, "precision": precision, "batch": batch, "seq": SEQ,
+            "threads": torch.get_num_threads(), "compile_s": round(compile_s, 1), "eager_step_s": round(e, 4),
+            "compiled_step_s": round(c, 4), "speedup": round(e / c, 3),
+            "break_even_steps": round(compile_s / (e - c)) if e > c else None,
+            "first_step_loss_eager": round(loss_eager, 5), "first_step_loss_compiled": round(loss_compiled, 5)}  # fmt: skip
+
+
 def bf16_curve(iters: int) -> dict:
     cfg, _ = bert_cfg("tiny")
     cfg = BertConfig(**dict(cfg.to_dict(), vocab_size=2000))
@@ -167,8 +213,8 @@ def bf16_curve(iters: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["overhead", "mfu", "bf16_curve"], help="run one part")
-    p.add_argument("--config", default="small", choices=list(CONFIGS), help="config for the overhead part")
+    p.add_argument("--only", choices=["overhead", "mfu", "compile", "bf16_curve"], help="run one part")
+    p.add_argument("--config", default="small", choices=list(CONFIGS), help="config for the overhead and compile parts")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--iters", type=int, default=300, help="iterations of the bf16-vs-fp32 curve")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
@@ -180,6 +226,9 @@ def main() -> None:
     if args.only in (None, "mfu"):
         for r in mfu(max(3, args.steps // 4)):
             print(json.dumps(r), flush=True)
+    if args.only in (None, "compile"):
+        for precision in ("fp32", "bf16"):
+            print(json.dumps(compile_gain(args.config, precision, max(3, args.steps // 2))), flush=True)
     if args.only in (None, "bf16_curve"):
         print(json.dumps(bf16_curve(args.iters)), flush=True)
 
