@@ -15,7 +15,9 @@ machine slows each alike; the median step counts. For SST-2, "eval" rows time th
 bertkit's `classify.predict_logits` (sorted by length, batches cut) against HF on batches cut to their longest
 example in file order, and padded.
 
-One JSON line per result, with the CPU model (/proc/cpuinfo) and the ratio to HF measured in the same run:
+One JSON line per result, with the CPU model (/proc/cpuinfo) and the ratio to HF measured in the same run. On a
+machine other processes keep busy, give `--threads 1`: OpenMP threads that wait for a descheduled sibling made a
+MiniLM SST-2 step 12x slower with 2 threads than with 1 at load 7 on 2 cores (every implementation alike).
 
     python benchmarks/bench_finetune.py                        # MiniLM-sized (L6 H384), both tasks, fp32 + bf16
     python benchmarks/bench_finetune.py --model base --steps 6 --tasks squad --precisions bf16
