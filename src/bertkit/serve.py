@@ -27,6 +27,7 @@ FastAPI and uvicorn are imported only when serving: `import bertkit` and `bertki
 # No `from __future__ import annotations`: FastAPI and pydantic read the annotations of the classes and
 # functions defined inside create_app at run time, where their names are local.
 import asyncio
+import ctypes
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -94,6 +95,17 @@ class ServeConfig(QAModelFlags):
             raise ValueError(f"--port must be in [0, 65535], got {self.port}")
 
 
+def _heap_trimmer():
+    """glibc's malloc_trim, or a no-op where there is none. Batches of ever-different shapes leave freed heap memory
+    that glibc keeps: without trimming, the server's RSS grew by 122 MiB in 30 s of bench_serve.py load (tiny
+    model), with it by a few MiB (the memory is free, not leaked)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return lambda: libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return lambda: None
+
+
 class Batcher:
     """Collects the queries of concurrent requests for up to `wait_s` (or until `max_questions`) and answers them in
     one `QuestionAnswerer.answer` call on a single worker thread (the model runs one batch at a time)."""
@@ -104,6 +116,14 @@ class Batcher:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertkit-model")
         self.questions = self.batches = self.requests = 0
+        self.trim = _heap_trimmer()
+
+    def _answer(self, queries: list[Query]) -> list[list[Answer]]:
+        """On the worker thread: the model on one batch, then freed memory handed back to the system."""
+        try:
+            return self.qa.answer(queries, self.cfg.doc_stride, self.cfg.max_seq_length)
+        finally:
+            self.trim()
 
     async def submit(self, queries: list[Query]) -> list[list[Answer]]:
         future = asyncio.get_running_loop().create_future()
@@ -125,9 +145,7 @@ class Batcher:
             if not queries:
                 continue
             try:
-                answers = await loop.run_in_executor(
-                    self.worker, self.qa.answer, queries, self.cfg.doc_stride, self.cfg.max_seq_length
-                )
+                answers = await loop.run_in_executor(self.worker, self._answer, queries)
             except Exception as e:  # reported to each waiting request; the server goes on
                 for _, future in items:
                     if not future.done():
