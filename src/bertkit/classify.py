@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -87,6 +88,9 @@ class ClassifyConfig(runner.SeedConfig):
     --do_predict Google's test_results.tsv and GLUE's submission file (RTE.tsv, ...). --iter_num defaults to the
     epochs' steps, --warmup_batches to --warmup_proportion of them.
     """
+
+    # the seed's pretraining flags that classification takes (its command lines carry them) but never uses
+    cli_hidden: ClassVar[frozenset[str]] = frozenset({"max_predictions_per_seq", "data_part_num", "use_boxing_v2"})
 
     task_name: str | None = field(
         default=None, metadata={"help": "cola, sst-2, mrpc, sts-b, qqp, mnli, mnli-mm, qnli, rte, wnli or xnli"}

@@ -298,8 +298,10 @@ def launch(
     )
     # The agent's own warnings ("Sending process N closing signal ...") would bury the one line that matters.
     # Its errors repeat, as tracebacks, what the runner says in one line.
-    for name in ("torch.distributed.elastic", "torch.multiprocessing"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    # torch gives its modules' loggers their own levels, so each one is set, not just the parent.
+    for name in [*logging.root.manager.loggerDict, "torch.distributed.elastic", "torch.multiprocessing"]:
+        if name.startswith(("torch.distributed.elastic", "torch.multiprocessing")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     # Workers that stop by os._exit leave the agent's queues to multiprocessing's resource tracker, which would
     # warn about "leaked semaphore objects" at exit: nothing leaks (the processes are gone); keep the log clean.
     os.environ.setdefault("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")

@@ -74,7 +74,8 @@ def ofrecord_parts(data_dir: str | Path, data_part_num: int = 0) -> list[Path]:
     if missing:
         have = sorted(found, key=lambda name: int(name[5:]))
         raise ValueError(
-            f"--data_part_num {n} needs part-0 ... part-{n - 1} in {d}, but {', '.join(missing[:5])} "
+            f"--data_part_num {n} needs part-0 ... part-{n - 1} in {d}, but {', '.join(missing[:5])}"
+            f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''} "
             f"{'is' if len(missing) == 1 else 'are'} missing; found {len(have)}: {', '.join(have[:10])}"
             + (" ..." if len(have) > 10 else "")
         )

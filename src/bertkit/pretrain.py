@@ -179,6 +179,8 @@ def check(cfg: PretrainConfig) -> None:
     if note:
         print(note)
     runner.check_resume(cfg)
+    if not cfg.resume:
+        runner.check_fresh_save_dir(cfg)
 
 
 def run(cfg: PretrainConfig) -> dict | None:

@@ -135,6 +135,18 @@ def check_resume(cfg: TrainConfig) -> None:
             print(line)
 
 
+def check_fresh_save_dir(cfg: TrainConfig) -> None:
+    """A run without --resume must not silently train over snapshots of another run (a scheduler's re-launch
+    passes --resume latest)."""
+    d = Path(cfg.model_save_dir)
+    found = sorted(p.name for p in d.iterdir() if snapshot.SNAPSHOT_NAME.match(p.name) or p.name == "last_snapshot")
+    if found:
+        raise ValueError(
+            f"--model_save_dir {d} already holds {', '.join(found[:3])}{' ...' if len(found) > 3 else ''} of an "
+            f"earlier run: continue it with --resume latest, or give another --model_save_dir"
+        )
+
+
 def run(cfg: dist.DistConfig, body: Body, check: Callable[[object], None] | None = None):
     """Check, then run body(cfg, env) here or in cfg.world_size workers; returns body's result (None when launched).
 

@@ -103,16 +103,16 @@ class MetricsLog:
     """metrics.jsonl in log_dir, plus TensorBoard events when tensorboard is installed. Rank 0 only.
 
     On resume from step S the records after S (written by the interrupted run, and about to be written again) are
-    dropped first, so that the file holds each step once.
+    dropped first, so that the file holds each step once; a fresh run (S = 0) starts the file anew.
     """
 
-    def __init__(self, log_dir: str, enabled: bool, resume_step: int | None = None):
+    def __init__(self, log_dir: str, enabled: bool, resume_step: int = 0):
         self.file = self.tb = None
         if not enabled:
             return
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         path = Path(log_dir) / "metrics.jsonl"
-        if resume_step is not None and path.is_file():
+        if path.is_file():
             kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _step_of(line) <= resume_step]
             with atomic_output(path) as tmp:
                 tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
@@ -242,7 +242,7 @@ def fit(
     params = [p for p in raw.parameters() if p.requires_grad]
     accum = cfg.num_accumulation_steps
     global_batch = cfg.batch_size_per_device * env.world_size * accum
-    log = MetricsLog(cfg.log_dir, env.is_main, start if resume_state is not None else None)
+    log = MetricsLog(cfg.log_dir, env.is_main, start)  # a fresh run replaces an old log: each step once
     if cfg.precision == "fp16" and not use_scaler and env.is_main:
         print_fn("warning: fp16 without a GPU runs without loss scaling; --precision bf16 is the CPU's mixed precision")
     if cfg.warmup_batches > cfg.iter_num and env.is_main:
@@ -381,7 +381,8 @@ def fit(
                         snapshot(name, done)
                     path = Path(cfg.model_save_dir) / name
                     if env.is_main:
-                        print_fn(f"stopped by signal {signum} ({signal.Signals(signum).name}) after iter {step}: "
+                        print_fn(f"stopped by signal {signum} ({signal.Signals(signum).name}) after iter {step} "
+                                 f"({done} steps done): "
                                  f"snapshot {path}; resume with the same command and --resume {path} "
                                  f"(or --resume latest)")  # fmt: skip
                     raise dist.Stopped(signum, "")
