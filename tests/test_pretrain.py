@@ -120,6 +120,9 @@ def test_seed_command_line_runs_and_prints_what_the_seed_prints(ofrecord_dir, tm
     # The snapshot loads back (--model_load_dir) into the next run.
     assert main(seed_flags(ofrecord_dir, tmp_path / "2", model_load_dir=tmp_path / "save" / "last_snapshot")) == 0
     assert "Restoring model from" in capsys.readouterr().out
+    # The same command again into the same folders would train over the first run: refused, with the way on.
+    assert main(seed_flags(ofrecord_dir, tmp_path)) == 2
+    assert "--resume latest" in capsys.readouterr().err
 
 
 def test_sigkill_then_resume_equals_straight_run(ofrecord_dir, tmp_path):
