@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import os
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 
 from bertkit import __version__
@@ -182,7 +184,25 @@ def invoke(argv: Sequence[str]):
     return run(config_from_args(cls, ns))
 
 
+def _plain_warnings() -> None:
+    """bertkit's own warnings printed as one plain line ("warning: ..."), not Python's file:line: Category + source
+    line, so that a log file holds readable lines; other libraries' warnings keep Python's form. Only the text is
+    changed (formatwarning), so warnings are still filtered and recorded as usual."""
+    default = warnings.formatwarning
+    if getattr(default, "bertkit", False):
+        return
+
+    def fmt(message, category, filename, lineno, line=None) -> str:
+        if f"{os.sep}bertkit{os.sep}" in str(filename):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    fmt.bertkit = True
+    warnings.formatwarning = fmt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _plain_warnings()
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     ns, unknown = parser.parse_known_args(argv)
