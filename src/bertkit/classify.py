@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from bertkit import checkpoint, dist, glue, runner
 from bertkit.config import BertConfig
 from bertkit.loader import ArrayLoader
 from bertkit.model import BertForSequenceClassification, num_parameters
-from bertkit.snapshot import check_writable, load_snapshot
+from bertkit.snapshot import check_writable, existing_snapshots, load_snapshot
 from bertkit.tokenizer import WordPieceTokenizer
 from bertkit.train import autocast, fit
 from bertkit.vocab import default_vocab_path
@@ -406,8 +405,8 @@ def _check(cfg: ClassifyConfig) -> None:
             tsv_examples(cfg, split)
     outputs = cfg.outputs()
     save_dir = Path(cfg.model_save_dir)
-    if cfg.do_train and not cfg.resume and save_dir.is_dir():
-        outputs += sorted(p for p in save_dir.iterdir() if re.fullmatch(r"snapshot_\d+|last_snapshot", p.name))
+    if cfg.do_train and not cfg.resume:
+        outputs += existing_snapshots(save_dir)
     existing = [str(p) for p in outputs if p.exists()]
     if existing and not cfg.overwrite_output_dir:
         raise ValueError(f"{', '.join(existing)} already exist; pass --overwrite_output_dir to replace them")

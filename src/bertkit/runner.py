@@ -139,7 +139,7 @@ def check_fresh_save_dir(cfg: TrainConfig) -> None:
     """A run without --resume must not silently train over snapshots of another run (a scheduler's re-launch
     passes --resume latest)."""
     d = Path(cfg.model_save_dir)
-    found = sorted(p.name for p in d.iterdir() if snapshot.SNAPSHOT_NAME.match(p.name) or p.name == "last_snapshot")
+    found = [p.name for p in snapshot.existing_snapshots(d)]
     if found:
         raise ValueError(
             f"--model_save_dir {d} already holds {', '.join(found[:3])}{' ...' if len(found) > 3 else ''} of an "

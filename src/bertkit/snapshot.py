@@ -164,6 +164,15 @@ def latest_snapshot(model_save_dir: str | os.PathLike) -> Path:
     return complete[-1]
 
 
+def existing_snapshots(model_save_dir: str | os.PathLike) -> list[Path]:
+    """The snapshot_N and last_snapshot directories of an earlier run in model_save_dir (none if it is absent):
+    what a fresh run must not silently train over."""
+    d = Path(model_save_dir)
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if SNAPSHOT_NAME.match(p.name) or p.name == "last_snapshot")
+
+
 def prune_snapshots(model_save_dir: str | os.PathLike, keep_last_n: int) -> None:
     """Remove all but the newest keep_last_n snapshot_N directories (0 keeps all); last_snapshot is never removed."""
     if keep_last_n <= 0:

@@ -33,7 +33,7 @@ from bertkit.evaluate import evaluate_v1, evaluate_v2
 from bertkit.loader import ArrayLoader, id_limits, read_dataset
 from bertkit.model import BertForQuestionAnswering, num_parameters
 from bertkit.records import squad_features
-from bertkit.snapshot import check_writable, load_snapshot, snapshot_extras
+from bertkit.snapshot import check_writable, existing_snapshots, load_snapshot, snapshot_extras
 from bertkit.squad_data import (
     SquadExample,
     SquadFeatures,
@@ -676,8 +676,8 @@ def check(cfg: SquadConfig) -> None:
     check_inputs(cfg)
     outputs = prediction_outputs(cfg, with_json=bool(cfg.predict_file)) if cfg.do_predict else []
     save_dir = Path(cfg.model_save_dir)
-    if cfg.do_train and not cfg.resume and save_dir.is_dir():
-        outputs += sorted(p for p in save_dir.iterdir() if re.fullmatch(r"snapshot_\d+|last_snapshot", p.name))
+    if cfg.do_train and not cfg.resume:
+        outputs += existing_snapshots(save_dir)
     check_outputs(outputs, cfg.overwrite_output_dir)
     if cfg.do_train:
         check_writable(cfg.model_save_dir)
