@@ -5,6 +5,8 @@ takes training steps on the same batches of real data, one batch per step drawn 
 - bertkit:    bertkit's model and loss (`squad.squad_loss` / `classify.classification_loss`) on the batch cut to
               its longest sequence, as bertkit's loaders give it; bertkit's optimizer (`optim.build_optimizer
               ("adamw")`: torch AdamW, fused on CPU);
+- bertkit_unpad: the same with `--unpad True` (`bertkit.padding`: real tokens only, attention per sequence; in
+              prediction and evaluation this is bertkit's default, `bertkit` there is the padded path);
 - hf_dynamic: transformers' BertForQuestionAnswering / BertForSequenceClassification (sdpa) with its own loss on
               the same cut batch (DataCollatorWithPadding's dynamic padding); torch.optim.AdamW (HF Trainer's
               default "adamw_torch", foreach);
@@ -54,7 +56,7 @@ MODELS = {
     "minilm": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536),
     "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
 }
-IMPLS = ("bertkit", "hf_dynamic", "hf_padded")
+IMPLS = ("bertkit", "bertkit_unpad", "hf_dynamic", "hf_padded")  # bertkit: the padded reference path
 
 
 def cpu_model() -> str:
@@ -119,12 +121,13 @@ def bench_steps(task: str, arrays, args, precision: str) -> list[dict]:
     cpu = torch.device("cpu")
 
     def step(impl: str, b: dict[str, np.ndarray]) -> float:
-        model, opt = (ours, opts["bertkit"]) if impl == "bertkit" else (hf, opts["hf"])
+        model, opt = (ours, opts["bertkit"]) if impl.startswith("bertkit") else (hf, opts["hf"])
+        ours.bert.unpad = impl == "bertkit_unpad"  # --unpad True: real tokens only (bertkit.padding)
         t = tensors(b, cut=impl != "hf_padded")
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with autocast(precision, cpu):
-            if impl == "bertkit":
+            if impl.startswith("bertkit"):
                 loss, _ = loss_fn(model, t)
             elif task == "squad":
                 loss = model(input_ids=t["input_ids"], attention_mask=t["input_mask"], token_type_ids=t["segment_ids"],
@@ -180,7 +183,8 @@ def bench_eval(feats: Features, args, precision: str) -> list[dict]:
     n = len(feats)
 
     def run(impl: str) -> np.ndarray:
-        if impl == "bertkit":
+        if impl.startswith("bertkit"):  # bertkit: the padded path; bertkit_unpad: prediction's default
+            ours.bert.unpad = impl == "bertkit_unpad"
             return predict_logits(ours, feats, B, env, precision)
         out = []
         for i in range(0, n, B):

@@ -134,3 +134,42 @@ def test_bertkits_warnings_are_one_plain_line(monkeypatch):
     assert ours == "warning: no QA head\n"
     theirs = warnings.formatwarning("deprecated", FutureWarning, f"{os.sep}x{os.sep}torch{os.sep}a.py", 1)
     assert "FutureWarning" in theirs
+
+
+def test_commands_that_do_not_train_start_without_torch(tmp_path):
+    """Only the chosen command's module is imported: data creation and scoring never load torch (start-up time,
+    issue 17), while training commands do."""
+    text = tmp_path / "a.txt"
+    text.write_text("The first sentence here.\nAnd a second one.\n\nAnother document starts.\nIt ends.\n")
+    probe = (
+        "import sys\nfrom bertkit.cli import main\ncode = main(sys.argv[1:])\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code)"
+    )
+    runs = {
+        "create-pretraining-data": [
+            "--input_file",
+            str(text),
+            "--output_file",
+            str(tmp_path / "out.tfrecord"),
+            "--max_seq_length",
+            "32",
+            "--dupe_factor",
+            "1",
+        ],  # fmt: skip
+        "squad-evaluate": ["--help"],
+        "pretrain": ["--help"],
+    }
+    for command, args in runs.items():
+        out = subprocess.run([sys.executable, "-c", probe, command, *args], capture_output=True, text=True)
+        last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr
+        if args == ["--help"]:  # argparse exits after the help: the probe's line is not printed
+            assert out.returncode == 0 and "usage: bertkit" in out.stdout, out.stderr
+            continue
+        assert last == "NO-TORCH 0", (command, out.stderr)
+    help_probe = "import sys\nfrom bertkit.cli import build_parser\nbuild_parser('squad-evaluate')\n" \
+                 "print('torch' in sys.modules)"  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", help_probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    out = subprocess.run([sys.executable, "-c", help_probe.replace("squad-evaluate", "pretrain")],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert out.stdout.strip() == "True"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from bertkit import dist
+from bertkit import dist, padding
 from bertkit.checkpoint import save_pretrained
 from bertkit.cli import build_parser, config_from_args, main
 from bertkit.config import BertConfig
@@ -569,3 +569,26 @@ def test_fine_tuning_loop_equals_a_plain_hugging_face_loop(tiny_cfg, tmp_path, d
     # dropout really ran (or really did not): the first step's loss against the same weights without it
     assert (abs(ours_losses[0] - plain_first) > 1e-3) == (dropout > 0)
     assert dropout or hf_losses[-1] < hf_losses[0]
+
+
+def test_unpadded_training_equals_padded_at_dropout_0(tmp_path, one_thread, monkeypatch):
+    """`bertkit squad --unpad True` (real tokens only) trains as the padded path does when no dropout is drawn:
+    the same loss at every logged step (relative 1e-5), 12 steps on windows of different lengths."""
+    cfg_file = tmp_path / "bert_config.json"
+    BertConfig(**TINY).to_json_file(cfg_file)  # dropout 0
+    q = write_questions(tmp_path / "q8.json")
+    losses, calls = {}, []
+    real = padding.Unpadded.from_mask
+    monkeypatch.setattr(padding.Unpadded, "from_mask", classmethod(lambda cls, m: calls.append(unpad) or real(m)))
+    for unpad in ("False", "True"):
+        d = tmp_path / unpad
+        argv = ["squad", "--do_train", "--train_file", str(q), "--bert_config_file", str(cfg_file),
+                "--max_seq_length", "128", "--doc_stride", "64", "--batch_size_per_device", "4", "--iter_num", "12",
+                "--learning_rate", "1e-3", "--loss_print_every_n_iter", "1", "--output_dir", str(d / "out"),
+                "--model_save_dir", str(d / "snapshots"), "--log_dir", str(d / "log"), "--device", "cpu",
+                "--seed", "1", "--unpad", unpad]  # fmt: skip
+        assert main(argv) == 0
+        lines = (d / "log" / "metrics.jsonl").read_text().splitlines()
+        losses[unpad] = [json.loads(line)["total_loss"] for line in lines if "total_loss" in line]
+    assert len(losses["True"]) == 12 and calls == ["True"] * 12  # the fast path taken with --unpad only
+    np.testing.assert_allclose(losses["True"], losses["False"], rtol=1e-5)

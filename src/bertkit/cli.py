@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import importlib
 import os
 import sys
 import types
@@ -70,100 +71,115 @@ def config_from_args(cls: type, ns: argparse.Namespace):
     return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
 
 
-def commands() -> dict[str, tuple[type, Callable, str]]:
-    """name -> (config dataclass, run(config), one-line help). Imported lazily to keep `--help` fast."""
-    from bertkit import (
-        checkpoint,
-        classify,
-        demo,
-        evaluate,
-        glue,
-        loader,
-        plot,
-        pretrain,
-        pretraining_data,
-        qa,
-        serve,
-        squad,
-    )
-
-    return {
-        "demo": (
-            demo.DemoConfig,
-            demo.run,
-            "the whole pipeline on embedded data: create data, pretrain, fine-tune on SQuAD, predict, score",
-        ),
-        "pretrain": (
-            pretrain.PretrainConfig,
-            pretrain.run,
-            "pretrain BERT (masked LM + next sentence) from records: the seed's run_pretraining.py",
-        ),
-        "plot": (plot.PlotConfig, plot.run, "draw loss, learning-rate and throughput curves of a run as PNG"),
-        "convert": (
-            checkpoint.ConvertConfig,
-            checkpoint.run,
-            "convert a BERT checkpoint between Google TF, Hugging Face, OneFlow and bertkit formats",
-        ),
-        "convert-data": (
-            loader.ConvertDataConfig,
-            loader.run_convert_data,
-            "convert OFRecord or TFRecord pretraining data into memory-mapped training shards",
-        ),
-        "create-pretraining-data": (
-            pretraining_data.CreatePretrainingDataConfig,
-            pretraining_data.run,
-            "raw text -> masked-LM / next-sentence records: Google's create_pretraining_data.py",
-        ),
-        "squad-evaluate": (
-            evaluate.EvaluateConfig,
-            evaluate.run,
-            "score SQuAD predictions: the official v1.1 / v2.0 exact match and F1",
-        ),
-        "squad": (
-            squad.SquadConfig,
-            squad.run,
-            "fine-tune BERT on SQuAD, then answer and score: the seed's and Google's run_squad.py",
-        ),
-        "squad-predict": (
-            squad.SquadPredictConfig,
-            squad.run_predict,
-            "answer SQuAD questions with a fine-tuned model, write all_results.npy: the seed's run_squad_predict.py",
-        ),
-        "npy2json": (
-            squad.Npy2JsonConfig,
-            squad.run_npy2json,
-            "turn all_results.npy into predictions.json and nbest_predictions.json: the seed's npy2json.py",
-        ),
-        "ask": (
-            qa.AskConfig,
-            qa.run_ask,
-            "answer a question about a text (or a jsonl file of them) with a SQuAD model",
-        ),
-        "serve": (serve.ServeConfig, serve.run, "serve a SQuAD model over HTTP: POST /answer, GET /health, /docs"),
-        "classify": (
-            classify.ClassifyConfig,
-            classify.run,
-            "fine-tune BERT on a GLUE task, evaluate, predict: Google's and OneFlow's run_classifier.py",
-        ),
-        "create-glue-data": (
-            glue.CreateGlueDataConfig,
-            glue.run_create_glue_data,
-            "GLUE tsv files -> classifier records: OneFlow's OFRecord part files or Google's TFRecords",
-        ),
-    }
+# name -> (module, config dataclass, run function, one-line help). Held as names and imported only for the command
+# that runs, so that commands which do not train (create-pretraining-data, squad-evaluate, --help) start without torch.
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "demo": (
+        "demo",
+        "DemoConfig",
+        "run",
+        "the whole pipeline on embedded data: create data, pretrain, fine-tune on SQuAD, predict, score",
+    ),
+    "pretrain": (
+        "pretrain",
+        "PretrainConfig",
+        "run",
+        "pretrain BERT (masked LM + next sentence) from records: the seed's run_pretraining.py",
+    ),
+    "plot": ("plot", "PlotConfig", "run", "draw loss, learning-rate and throughput curves of a run as PNG"),
+    "convert": (
+        "checkpoint",
+        "ConvertConfig",
+        "run",
+        "convert a BERT checkpoint between Google TF, Hugging Face, OneFlow and bertkit formats",
+    ),
+    "convert-data": (
+        "loader",
+        "ConvertDataConfig",
+        "run_convert_data",
+        "convert OFRecord or TFRecord pretraining data into memory-mapped training shards",
+    ),
+    "create-pretraining-data": (
+        "pretraining_data",
+        "CreatePretrainingDataConfig",
+        "run",
+        "raw text -> masked-LM / next-sentence records: Google's create_pretraining_data.py",
+    ),
+    "squad-evaluate": (
+        "evaluate",
+        "EvaluateConfig",
+        "run",
+        "score SQuAD predictions: the official v1.1 / v2.0 exact match and F1",
+    ),
+    "squad": (
+        "squad",
+        "SquadConfig",
+        "run",
+        "fine-tune BERT on SQuAD, then answer and score: the seed's and Google's run_squad.py",
+    ),
+    "squad-predict": (
+        "squad",
+        "SquadPredictConfig",
+        "run_predict",
+        "answer SQuAD questions with a fine-tuned model, write all_results.npy: the seed's run_squad_predict.py",
+    ),
+    "npy2json": (
+        "squad",
+        "Npy2JsonConfig",
+        "run_npy2json",
+        "turn all_results.npy into predictions.json and nbest_predictions.json: the seed's npy2json.py",
+    ),
+    "ask": (
+        "qa",
+        "AskConfig",
+        "run_ask",
+        "answer a question about a text (or a jsonl file of them) with a SQuAD model",
+    ),
+    "serve": ("serve", "ServeConfig", "run", "serve a SQuAD model over HTTP: POST /answer, GET /health, /docs"),
+    "classify": (
+        "classify",
+        "ClassifyConfig",
+        "run",
+        "fine-tune BERT on a GLUE task, evaluate, predict: Google's and OneFlow's run_classifier.py",
+    ),
+    "create-glue-data": (
+        "glue",
+        "CreateGlueDataConfig",
+        "run_create_glue_data",
+        "GLUE tsv files -> classifier records: OneFlow's OFRecord part files or Google's TFRecords",
+    ),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command(name: str) -> tuple[type, Callable]:
+    """The config dataclass and run function of one subcommand, importing its module only now."""
+    module, cls, run, _ = COMMANDS[name]
+    mod = importlib.import_module(f"bertkit.{module}")
+    return getattr(mod, cls), getattr(mod, run)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `only`, flags are added for that subcommand alone (the others keep their
+    one-line help), so that parsing one command imports one task module."""
     parser = argparse.ArgumentParser(
         prog="bertkit",
         description="BERT pretraining and SQuAD fine-tuning in PyTorch (the OneFlow BERT tutorial, in PyTorch).",
     )
     parser.add_argument("--version", action="version", version=f"bertkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (cls, _, help_text) in commands().items():
+    for name, (_, _, _, help_text) in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_text)
+            continue
+        cls, _ = command(name)
         p = sub.add_parser(name, help=help_text, description=cls.__doc__)
         add_dataclass_args(p, cls)
     return parser
+
+
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The subcommand named on a command line (the first word that is one), or None."""
+    return next((a for a in argv if a in COMMANDS), None)
 
 
 def reject_unknown(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
@@ -178,9 +194,9 @@ def reject_unknown(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
 
 def invoke(argv: Sequence[str]):
     """Run one subcommand in this process and return what it returns (the demo chains them this way)."""
-    parser = build_parser()
-    ns = parser.parse_args(list(argv))
-    cls, run, _ = commands()[ns.command]
+    argv = list(argv)
+    ns = build_parser(_chosen(argv)).parse_args(argv)
+    cls, run = command(ns.command)
     return run(config_from_args(cls, ns))
 
 
@@ -203,8 +219,8 @@ def _plain_warnings() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     _plain_warnings()
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_chosen(argv) or "")
     ns, unknown = parser.parse_known_args(argv)
     if unknown:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -212,24 +228,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command is None:
         parser.print_help()
         return 0
-    cls, run, _ = commands()[ns.command]
+    cls, run = command(ns.command)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[ns.command]
     try:
         cfg = config_from_args(cls, ns)
     except ValueError as e:
         sub.error(str(e))  # the subcommand's usage, not the top level's
-    from bertkit import dist, runner
-
     try:
         run(cfg)
     except ValueError as e:  # a user's mistake (a file, a record, a field): the message, not a traceback
         print(f"bertkit {ns.command}: error: {e}", file=sys.stderr)
         return 2
-    except dist.Stopped as e:  # a signal stopped training after a snapshot: 143 / 130, as a scheduler expects
+    except _loaded(
+        "dist", "Stopped"
+    ) as e:  # a signal stopped training after a snapshot: 143 / 130, as a scheduler expects
         if str(e):
             print(f"bertkit {ns.command}: {e}", file=sys.stderr)
         return e.exit_code
-    except runner.Failed as e:  # a rank failed: one line naming it
+    except _loaded("runner", "Failed") as e:  # a rank failed: one line naming it
         print(f"bertkit {ns.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:  # Ctrl-C outside training (data creation, prediction, the demo between stages)
@@ -239,6 +255,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bertkit {ns.command}: error: {describe_os_error(e, cfg)}", file=sys.stderr)
         return 2
     return 0
+
+
+class _NotRaised(Exception):
+    """Stands in an `except` clause for the exception class of a module this command never imported."""
+
+
+def _loaded(module: str, name: str) -> type[BaseException]:
+    """bertkit.`module`.`name` if that module is loaded, else a class nothing raises: an exception of a module that
+    was never imported cannot have been raised, and importing it here would import torch for every command."""
+    mod = sys.modules.get(f"bertkit.{module}")
+    return getattr(mod, name) if mod is not None else _NotRaised
 
 
 def describe_os_error(e: OSError, cfg) -> str:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
+from bertkit.padding import Unpadded
 
 
 def activation(name: str):
@@ -40,7 +41,12 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.drop = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor, unpadded: Unpadded | None = None) -> Tensor:
+        """(B, T) ids -> (B, T, H); with `unpadded`, the real tokens only: (N, H)."""
+        if unpadded is not None:
+            ids, types = unpadded.unpad(input_ids), unpadded.unpad(token_type_ids)  # (N,)
+            x = self.word(ids) + self.token_type(types) + self.position(unpadded.positions())  # (N, H)
+            return self.drop(self.norm(x))
         T = input_ids.shape[1]
         x = self.word(input_ids) + self.token_type(token_type_ids)  # (B, T, H)
         x = x + self.position.weight[:T]  # (T, H) broadcast over B
@@ -77,11 +83,22 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.attn_dropout = cfg.attention_probs_dropout_prob
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None, query_idx: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, attn_mask: Tensor | None, query_idx: Tensor | None = None, unpadded: Unpadded | None = None
+    ) -> Tensor:
         """x (B, T, H) -> (B, T, H); with query_idx (B, Q) only those tokens ask (keys and values are all T),
-        giving (B, Q, H): the last layer of pretraining needs only [CLS] and the masked positions."""
-        B, T, H = x.shape
+        giving (B, Q, H): the last layer of pretraining needs only [CLS] and the masked positions. With `unpadded`,
+        x is the batch's real tokens (N_tok, H) -> (N_tok, H): each sequence attends over its own tokens alone."""
+        H = x.shape[-1]
         N, D = self.n_heads, H // self.n_heads
+        if unpadded is not None:
+            ys = []
+            for part in self.qkv(x).split(unpadded.lengths):  # (L, 3H) per sequence: no padding, no mask
+                L = part.shape[0]
+                q, k, v = part.view(L, 3, N, D).permute(1, 2, 0, 3)  # 3 x (N, L, D)
+                ys.append(self.attend(q, k, v, None).transpose(0, 1).reshape(L, H))
+            return self.proj(torch.cat(ys))  # (N_tok, H)
+        B, T, _ = x.shape
         if query_idx is None:
             # (B, T, 3H) -> (B, T, 3, N, D) -> (3, B, N, T, D)
             q, k, v = self.qkv(x).view(B, T, 3, N, D).permute(2, 0, 3, 1, 4)
@@ -90,15 +107,18 @@ class SelfAttention(nn.Module):
             xq = gather_positions(x, query_idx)  # (B, Q, H)
             q = F.linear(xq, w[:H], b[:H]).view(B, -1, N, D).transpose(1, 2)  # (B, N, Q, D)
             k, v = F.linear(x, w[H:], b[H:]).view(B, T, 2, N, D).permute(2, 0, 3, 1, 4)  # 2 x (B, N, T, D)
+        y = self.attend(q, k, v, attn_mask)  # (B, N, T or Q, D)
+        return self.proj(y.transpose(1, 2).reshape(B, -1, H))  # (B, T or Q, H)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None) -> Tensor:
+        """(..., Q, D), (..., T, D), (..., T, D) -> (..., Q, D), by `explicit_attention` or SDPA (see the class)."""
         p = self.attn_dropout if self.training else 0.0
         explicit = self.explicit
         if explicit is None:
-            explicit = x.device.type == "cpu" and torch.is_grad_enabled()
+            explicit = q.device.type == "cpu" and torch.is_grad_enabled()
         if explicit:
-            y = explicit_attention(q, k, v, attn_mask, p)  # (B, N, T, D)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # (B, N, T, D)
-        return self.proj(y.transpose(1, 2).reshape(B, -1, H))  # (B, T or Q, H)
+            return explicit_attention(q, k, v, attn_mask, p)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
 
 
 class MLP(nn.Module):
@@ -123,15 +143,26 @@ class EncoderLayer(nn.Module):
         self.mlp_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.drop = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None, query_idx: Tensor | None = None) -> Tensor:
-        """(B, T, H) -> (B, T, H), or (B, Q, H) at query_idx (B, Q): see SelfAttention."""
+    def forward(
+        self, x: Tensor, attn_mask: Tensor | None, query_idx: Tensor | None = None, unpadded: Unpadded | None = None
+    ) -> Tensor:
+        """(B, T, H) -> (B, T, H), or (B, Q, H) at query_idx (B, Q), or (N, H) -> (N, H) unpadded: see
+        SelfAttention."""
         h = x if query_idx is None else gather_positions(x, query_idx)
-        h = self.attn_norm(h + self.drop(self.attn(x, attn_mask, query_idx)))
+        h = self.attn_norm(h + self.drop(self.attn(x, attn_mask, query_idx, unpadded)))
         return self.mlp_norm(h + self.drop(self.mlp(h)))
 
 
 class Bert(nn.Module):
-    """The encoder: returns the sequence output (B, T, H) and the pooled first token (B, H)."""
+    """The encoder: returns the sequence output (B, T, H) and the pooled first token (B, H).
+
+    `unpad` chooses the fast path that computes real tokens only (`bertkit.padding`; heads may then also ask the
+    last layer for [CLS] alone): None (default) takes it when no gradient is taken (prediction, evaluation: equal
+    to the padded path within 1e-5) and keeps the padded path, the reference mode, in training; True/False force
+    it (a task's `--unpad` flag). Tests compare the two.
+    """
+
+    unpad: bool | None = None
 
     def __init__(self, cfg: BertConfig, pooler: bool = True):
         super().__init__()
@@ -139,6 +170,10 @@ class Bert(nn.Module):
         self.emb = Embeddings(cfg)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if pooler else None
+
+    def fast_path(self) -> bool:
+        """Whether this forward computes real tokens only: `unpad`, or when None, whether gradients are off."""
+        return self.unpad if self.unpad is not None else not torch.is_grad_enabled()
 
     def check_inputs(self, input_ids: Tensor, token_type_ids: Tensor, input_mask: Tensor | None) -> None:
         """Shapes only: checking id values would need a host sync every step (the loaders check them in numpy)."""
@@ -178,13 +213,19 @@ class Bert(nn.Module):
         # not look for itself: that would be a host sync every step.
         if input_mask is not None:
             attn_mask = input_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True = may attend
-        x = self.emb(input_ids, token_type_ids)  # (B, T, H)
+        unpadded = Unpadded.from_mask(input_mask) if input_mask is not None and self.fast_path() else None  # or None
+        x = self.emb(input_ids, token_type_ids, unpadded)  # (B, T, H), or (N, H) unpadded
         last = len(self.layers) - 1
         query_idx = None
         if output_positions is not None:  # [CLS] first, then the requested positions: (B, 1 + P)
-            query_idx = torch.cat([torch.zeros_like(output_positions[:, :1]), output_positions], 1).long()
+            B = input_ids.shape[0]
+            query_idx = torch.cat([input_ids.new_zeros(B, 1), output_positions.long()], 1)
         for i, layer in enumerate(self.layers):
-            x = layer(x, attn_mask, query_idx if i == last else None)
+            if i == last and query_idx is not None and unpadded is not None:  # it asks at tokens of (B, T, H)
+                x, unpadded = unpadded.pad(x), None
+            x = layer(x, attn_mask, query_idx if i == last else None, unpadded)
+        if unpadded is not None:
+            x = unpadded.pad(x)  # (B, T, H), zeros at padding
         pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # (B, H)
         return (x if query_idx is None else x[:, 1:]), pooled
 
@@ -284,7 +325,9 @@ class BertForSequenceClassification(nn.Module):
     def forward(
         self, input_ids: Tensor, token_type_ids: Tensor | None = None, input_mask: Tensor | None = None
     ) -> Tensor:
-        _, pooled = self.bert(input_ids, token_type_ids, input_mask)
+        # on the fast path the last layer computes [CLS] alone (no other position is asked for: P = 0)
+        cls_only = input_ids.new_zeros(input_ids.shape[0], 0) if self.bert.fast_path() else None
+        _, pooled = self.bert(input_ids, token_type_ids, input_mask, cls_only)
         return self.classifier(self.drop(pooled))
 
 

@@ -301,7 +301,7 @@ REFUSED = ("num_hidden_layers", "num_attention_heads", "hidden_size_per_head", "
 # loader still refuses data of another size).
 WARNED = ("learning_rate", "warmup_batches", "iter_num", "weight_decay_rate", "max_grad_norm",
           "num_accumulation_steps", "precision", "data_dir", "train_file", "train_data_dir", "data_part_num", "train_data_part_num", "num_epochs",
-          "num_train_epochs", "warmup_proportion", "vocab_file")  # fmt: skip
+          "num_train_epochs", "warmup_proportion", "vocab_file", "unpad")  # fmt: skip
 # What the snapshot's bert_config.json decides on resume, whatever the command line says.
 SNAPSHOT_WINS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 SIZE_FLAGS = ("num_hidden_layers", "num_attention_heads", "hidden_size_per_head", "vocab_size", "type_vocab_size",

@@ -30,6 +30,7 @@ from bertkit import dist
 from bertkit.atomic import atomic_output
 from bertkit.config import BertConfig
 from bertkit.dist import DistEnv
+from bertkit.model import Bert
 from bertkit.optim import build_optimizer, learning_rate, set_lr
 from bertkit.snapshot import prune_snapshots, save_snapshot
 
@@ -81,6 +82,15 @@ class TrainConfig:
     )
     keep_last_n: int = field(default=0, metadata={"help": "keep only the newest N snapshot_N directories (0 = all)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    unpad: bool = field(
+        default=False,
+        metadata={
+            "help": "train on real tokens only (bertkit.padding: padding dropped before the encoder, attention per "
+            "sequence): equal to the padded path at dropout 0 and 1.5-2x faster on fine-tuning batches, but the "
+            "dropout masks are drawn differently from the padded path, the reference mode (prediction and "
+            "evaluation always unpad)"
+        },
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda", "choices": ["auto", "cpu", "cuda"]})
 
     def validate(self) -> None:
@@ -219,6 +229,9 @@ def fit(
     ValueError when a snapshot cannot be written (on every rank alike).
     """
     raw = model
+    for m in raw.modules():  # the encoder's fast path in training: on with --unpad, else prediction's default
+        if isinstance(m, Bert):
+            m.unpad = True if cfg.unpad else None
     if env.rank:  # each rank its own dropout masks (rank 0 keeps the run's stream: one process is unchanged)
         torch.manual_seed(dist.rank_seed(cfg.seed, env.rank))
     if cfg.compile:

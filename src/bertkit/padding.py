@@ -1,0 +1,55 @@
+"""Unpadding: run the encoder's per-token work on real tokens only (MosaicBERT's `bert_padding.py` idea).
+
+A batch (B, T) with input_mask 1 = token, 0 = pad, each sequence's tokens first (BERT's inputs), is flattened to its
+N real tokens (N <= B * T) before the encoder; the linear layers, LayerNorms, GELU, dropout and residuals then run on
+(N, H) instead of (B, T, H), and attention runs sequence by sequence over each one's own L tokens (no mask, L x L
+scores instead of T x T). Padding costs no work at all; with fine-tuning batches a third to a half padding (SQuAD's
+last window of a document, GLUE's short sentences) that is the saving. Outputs at real tokens equal the
+padded path (tested to 1e-5 in fp32 at dropout 0); with dropout on, the masks are drawn for N rows instead of B * T,
+so the random stream differs from the padded reference mode.
+
+Shapes: B batch, T tokens, N real tokens in the batch, `*` any trailing feature shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Unpadded:
+    """Where the N real tokens of a (B, T) batch sit: `index` (N,) int64 flat positions b * T + t, ascending;
+    `lengths` the B sequences' token counts (they sum to N)."""
+
+    index: Tensor
+    lengths: list[int]
+    batch: int
+    length: int
+
+    @classmethod
+    def from_mask(cls, input_mask: Tensor) -> Unpadded | None:
+        """input_mask (B, T), nonzero = real token; None unless every row is tokens then padding (the fast path
+        then does not apply). Host syncs on a GPU (lengths, the check, `nonzero`); none on the CPU."""
+        mask = input_mask.bool()
+        B, T = mask.shape
+        if not bool((mask[:, 1:] <= mask[:, :-1]).all()):  # a 0 followed by a 1: not a prefix mask
+            return None
+        return cls(mask.reshape(-1).nonzero().squeeze(1), mask.sum(1).tolist(), B, T)
+
+    def positions(self) -> Tensor:
+        """(N,) each real token's position in its sequence, t = index mod T (for the position embeddings)."""
+        return self.index % self.length
+
+    def unpad(self, x: Tensor) -> Tensor:
+        """(B, T, *) -> (N, *): the rows of real tokens, in batch-major order."""
+        return x.reshape(self.batch * self.length, *x.shape[2:]).index_select(0, self.index)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """(N, *) -> (B, T, *): real tokens back in place, zeros at padding (gradients flow to x only)."""
+        out = x.new_zeros(self.batch * self.length, *x.shape[1:]).index_copy(0, self.index, x)
+        return out.view(self.batch, self.length, *x.shape[1:])
+
+
+__all__ = ["Unpadded"]
