@@ -6,7 +6,10 @@
 2. Prediction: a random BERT (MiniLM-sized L6/H384 by default, or base) on a seeded sample of dev-v1.1 windows,
    - hf:              transformers' BertForQuestionAnswering (sdpa), windows in file order, padded to 384;
    - bertkit_padded:  bertkit's model on the same padded batches (the model alone);
-   - bertkit:         `squad_predict.predict_logits`: windows sorted by length, each batch cut to its longest window.
+   - bertkit_sorted:  `squad_predict.predict_logits` on the padded path (`Bert.unpad = False`): windows sorted by
+                      length, each batch cut to its longest window;
+   - bertkit:         the same with prediction's default fast path (`bertkit.padding`: real tokens only, each window
+                      attending over its own tokens).
    All start from the same weights (bertkit's, converted to HF names) and use the same threads and batch size;
    rounds alternate the implementations and the best round counts. The logits of real tokens are compared.
 
@@ -98,7 +101,8 @@ def bench_predict(args) -> list[dict]:
 
     @torch.no_grad()
     def run(impl: str, batches: int | None = None) -> np.ndarray:
-        if impl == "bertkit":
+        ours.bert.unpad = None if impl == "bertkit" else False  # None: unpadded without gradients (the default)
+        if impl in ("bertkit", "bertkit_sorted"):
             n = len(ids) if batches is None else batches * B
             return predict_logits(ours, ids[:n], mask[:n], types[:n], B, env, args.precision)[0]
         out = []
@@ -111,7 +115,7 @@ def bench_predict(args) -> list[dict]:
             out.append(start.float().cpu().numpy())
         return np.concatenate(out)
 
-    impls = ("hf", "bertkit_padded", "bertkit")
+    impls = ("hf", "bertkit_padded", "bertkit_sorted", "bertkit")
     best = dict.fromkeys(impls, float("inf"))
     logits = {}
     for impl in impls:  # warm-up: kernels, allocator

@@ -12,7 +12,7 @@ from bertkit.model import BertForPreTraining, BertForQuestionAnswering, BertForS
 CFG = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
 
 
-def batch(seed: int = 0, lengths=(11, 5, 8, 1)):
+def batch(seed: int = 0, lengths=(11, 5, 8, 5, 1, 11)):  # two pairs of equal length: grouped
     g = torch.Generator().manual_seed(seed)
     B, T = len(lengths), max(lengths)
     ids = torch.randint(0, 99, (B, T), generator=g)
@@ -58,7 +58,7 @@ def test_unpadded_equals_padded(head):
         model = BertForSequenceClassification(cfg, 3)
     else:
         model = BertForPreTraining(cfg)
-        kw["masked_positions"] = torch.tensor([[1, 9], [0, 3], [4, 2], [0, 0]])
+        kw["masked_positions"] = torch.tensor([[1, 9], [0, 3], [4, 2], [1, 2], [0, 0], [10, 3]])
     out_p, g_p = outputs(model, False, ids, types, mask, **kw)
     out_u, g_u = outputs(model, True, ids, types, mask, **kw)
     for a, b in zip(out_p, out_u, strict=True):
@@ -88,7 +88,7 @@ def test_unpadded_training_with_dropout_runs_and_learns():
     model = BertForSequenceClassification(BertConfig(**CFG), 2)
     model.bert.unpad = True
     ids, types, mask = batch(1)
-    labels = torch.tensor([0, 1, 1, 0])
+    labels = torch.tensor([0, 1, 1, 0, 1, 0])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(40):
@@ -113,3 +113,13 @@ def test_a_mask_with_holes_takes_the_padded_path():
         plain = model(ids, types, mask)
     for a, b in zip(fast, plain, strict=True):
         assert torch.equal(a, b)
+
+
+def test_groups_hold_each_length_once_and_restore_the_order():
+    _, _, mask = batch()
+    u = padding.Unpadded.from_mask(mask)
+    assert [n for n, _ in u.groups] == [11, 5, 8, 1]
+    rows = torch.cat([r for _, r in u.groups])
+    x = torch.arange(int(mask.sum()))
+    assert torch.equal(x[rows][u.restore], x)
+    assert u.groups[1][1].tolist() == [*range(11, 16), *range(24, 29)]  # sequences 1 and 3 (length 5), in turn

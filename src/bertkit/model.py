@@ -92,12 +92,11 @@ class SelfAttention(nn.Module):
         H = x.shape[-1]
         N, D = self.n_heads, H // self.n_heads
         if unpadded is not None:
-            ys = []
-            for part in self.qkv(x).split(unpadded.lengths):  # (L, 3H) per sequence: no padding, no mask
-                L = part.shape[0]
-                q, k, v = part.view(L, 3, N, D).permute(1, 2, 0, 3)  # 3 x (N, L, D)
-                ys.append(self.attend(q, k, v, None).transpose(0, 1).reshape(L, H))
-            return self.proj(torch.cat(ys))  # (N_tok, H)
+            qkv, ys = self.qkv(x), []  # (N_tok, 3H)
+            for L, rows in unpadded.groups:  # the G sequences of length L together: no padding, no mask
+                q, k, v = qkv.index_select(0, rows).view(-1, L, 3, N, D).permute(2, 0, 3, 1, 4)  # 3 x (G, N, L, D)
+                ys.append(self.attend(q, k, v, None).transpose(1, 2).reshape(-1, H))  # (G * L, H)
+            return self.proj(torch.cat(ys).index_select(0, unpadded.restore))  # (N_tok, H), in batch order
         B, T, _ = x.shape
         if query_idx is None:
             # (B, T, 3H) -> (B, T, 3, N, D) -> (3, B, N, T, D)
