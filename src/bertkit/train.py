@@ -86,7 +86,7 @@ class TrainConfig:
         default=False,
         metadata={
             "help": "train on real tokens only (bertkit.padding: padding dropped before the encoder, attention per "
-            "sequence): equal to the padded path at dropout 0 and 1.5-2x faster on fine-tuning batches, but the "
+            "sequence): equal to the padded path at dropout 0, a step 2.4x (SQuAD) and 1.45x (SST-2) faster on a CPU, but the "
             "dropout masks are drawn differently from the padded path, the reference mode (prediction and "
             "evaluation always unpad)"
         },
