@@ -150,12 +150,15 @@ def test_eval_only_from_the_fine_tuned_model_in_each_format(trained, tmp_path, o
     assert mine["global_step"] == "0"
 
 
-def test_two_processes_train_and_evaluate(trained, tmp_path):
-    """--gpu_num_per_node 2 on CPU: two gloo workers train, and their evaluation (rows gathered over ranks)
-    equals one process's evaluation of the snapshot they wrote."""
+def test_two_processes_train_and_evaluate(trained, tmp_path, capfd):
+    """--gpu_num_per_node 2 on CPU: two gloo workers train (unpadded: --unpad True), and their evaluation (rows
+    gathered over ranks) equals one process's evaluation of the snapshot they wrote; the output holds plain lines
+    (no progress bar when it is not a terminal)."""
     d = trained
-    argv = [*TRAIN, *common(d, tmp_path), "--gpu_num_per_node", "2", "--iter_num", "4"]
+    argv = [*TRAIN, *common(d, tmp_path), "--gpu_num_per_node", "2", "--iter_num", "4", "--unpad", "True"]
     assert main(argv) == 0
+    out, err = capfd.readouterr()
+    assert "\r" not in out + err and "Eval results" in out + err
     two = read_results(tmp_path / "out" / "eval_results.txt")
     argv = ["classify", "--task_name", "rte", "--do_eval", "--init_checkpoint", str(tmp_path / "snaps" / "last_snapshot"),
             *common(d, tmp_path / "one")]  # fmt: skip

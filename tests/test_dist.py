@@ -16,6 +16,18 @@ def test_single_process_needs_no_process_group(monkeypatch):
     assert torch.equal(dist.all_reduce_mean(t, env), t) and torch.equal(dist.all_reduce_sum(t, env), t)
 
 
+def test_num_threads_sets_the_threads_of_a_process(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    before = torch.get_num_threads()
+    try:
+        dist.setup("cpu", num_threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="--num_threads"):
+        dist.DistConfig(num_threads=-1).check_dist_flags()
+
+
 def test_node_rank_is_found_from_local_addresses():
     assert dist.find_node_rank(["198.51.100.1", "127.0.0.1"]) == 1  # 198.51.100.0/24 is reserved for documentation
     assert dist.find_node_rank(["localhost", "198.51.100.7"]) == 0

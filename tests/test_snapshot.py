@@ -275,6 +275,8 @@ def test_compare_flags_refuses_sizes_and_warns_on_rates():
     saved = {"num_hidden_layers": 2, "learning_rate": 1e-4, "warmup_batches": 10, "seed": 1, "iter_num": 100,
              "gpu_num_per_node": 1, "node_num": 1, "log_dir": "a"}  # fmt: skip
     assert compare_flags(saved, {**saved, "log_dir": "b"}) == []
+    # a flag the run derives (not given: None) is not a change: the same command resumed warns of nothing
+    assert compare_flags({**saved, "warmup_batches": 40}, {**saved, "warmup_batches": None}) == []
     lines = compare_flags(saved, {**saved, "learning_rate": 5e-5, "iter_num": 200})
     assert lines == [
         "warning: --resume with --learning_rate 5e-05 (the snapshot's run: 0.0001): this command line's value is "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,7 +309,8 @@ def build_model(cfg: ClassifyConfig, env: dist.DistEnv, say: Callable[[str], Non
     torch.manual_seed(cfg.seed)  # the new head's draws (and a random model's) follow --seed
     model = BertForSequenceClassification(bert_cfg, labels)
     c = bert_cfg
-    say(f"model from {source}: {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, "
+    note = "" if source == "the size flags" else "; the size flags above are not used"
+    say(f"model from {source}{note}: {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, "
         f"{labels} output(s), {num_parameters(model) / 1e6:.1f}M parameters")  # fmt: skip
     if cfg.model_load_dir:
         say(f"Restoring model from {checkpoint.load_into(model, cfg.model_load_dir)}")
@@ -350,7 +352,7 @@ def predict_logits(model: nn.Module, feats: glue.Features, batch_size: int, env:
     out = np.zeros((n, model.classifier.out_features), np.float32)  # (N, C); zeros: a sum over ranks gathers rows
     model.eval()
     for i in tqdm(range(env.rank * batch_size, n, batch_size * env.world_size), desc="eval", unit="batch",
-                  disable=not progress, leave=False):  # fmt: skip
+                  disable=not (progress and sys.stderr.isatty()), leave=False):  # fmt: skip
         idx = order[i : i + batch_size]
         L = int(lengths[idx].max())
         ids, types, mask = (torch.from_numpy(a[idx, :L].astype(np.int64)).to(env.device)

@@ -38,6 +38,13 @@ class DistConfig:
     node_list: str | None = field(default=None, metadata={"help": "comma-separated hosts; the first is the rendezvous"})
     node_rank: int | None = field(default=None, metadata={"help": "this machine's index in node_list (default: found)"})
     master_port: int = field(default=29500, metadata={"help": "rendezvous port on the first host of node_list"})
+    num_threads: int = field(
+        default=0,
+        metadata={
+            "help": "CPU threads per process (0: this machine's cores / its processes). On a machine other jobs keep "
+            "busy give 1: OpenMP threads that wait for a descheduled sibling made a step up to 50x slower"
+        },
+    )
     shutdown_timeout: int = field(
         default=60,
         metadata={
@@ -56,6 +63,8 @@ class DistConfig:
                              f"got {self.node_list}")  # fmt: skip
         if self.node_rank is not None and not 0 <= self.node_rank < self.node_num:
             raise ValueError(f"--node_rank must be in [0, {self.node_num}), got {self.node_rank}")
+        if self.num_threads < 0:
+            raise ValueError(f"--num_threads must not be negative, got {self.num_threads}")
         if self.shutdown_timeout < 0:
             raise ValueError(f"--shutdown_timeout must not be negative, got {self.shutdown_timeout}")
 
@@ -94,16 +103,19 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def setup(device: str = "auto") -> DistEnv:
-    """Join the process group when launched with several workers; otherwise a single process."""
+def setup(device: str = "auto", num_threads: int = 0) -> DistEnv:
+    """Join the process group when launched with several workers; otherwise a single process. CPU threads:
+    `num_threads` when positive, else the cores shared among this machine's workers (one process: torch's own)."""
     if not is_launched_worker() or int(os.environ["WORLD_SIZE"]) == 1:
+        if num_threads:
+            torch.set_num_threads(num_threads)
         return DistEnv(device=pick_device(device, 0))
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     dev = pick_device(device, local)
     if dev.type == "cpu":
         # Share the cores among the workers of this machine instead of oversubscribing them.
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
+        torch.set_num_threads(num_threads or max(1, (os.cpu_count() or 1) // per_node))
     if not tdist.is_initialized():
         tdist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return DistEnv(rank=rank, world_size=world, local_rank=local, device=dev)

@@ -202,6 +202,8 @@ class Bert(nn.Module):
         With output_positions (B, P) the sequence output is returned only there, (B, P, H), and the last layer
         computes only those tokens and [CLS] (its keys and values still see every token): the fast path of
         pretraining, where the heads read nothing else. Tested equal to gathering the full output.
+        Outputs at padding positions (input_mask 0) are unspecified: zeros on the fast path (`unpad`), whatever
+        attention gave them on the padded path; real positions are equal on both.
         """
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)

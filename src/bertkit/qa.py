@@ -421,7 +421,8 @@ def run_ask(cfg: AskConfig) -> list[list[Answer]]:
     out = open(cfg.output, "w", encoding="utf-8") if cfg.output else sys.stdout
     answers = []
     try:
-        with tqdm(total=len(queries), desc="ask", unit="question", file=sys.stderr) as bar:
+        with tqdm(total=len(queries), desc="ask", unit="question", file=sys.stderr,
+                  disable=not sys.stderr.isatty()) as bar:  # fmt: skip
             for i in range(0, len(queries), JSONL_CHUNK):
                 chunk = qa.answer(queries[i : i + JSONL_CHUNK], cfg.doc_stride, cfg.max_seq_length)
                 for row, found in zip(rows[i : i + JSONL_CHUNK], chunk, strict=True):

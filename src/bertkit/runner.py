@@ -162,7 +162,7 @@ def run(cfg: dist.DistConfig, body: Body, check: Callable[[object], None] | None
 
 def _in_process(cfg, body: Body):
     stop = dist.StopRequest().install()
-    env = dist.setup(cfg.device)
+    env = dist.setup(cfg.device, cfg.num_threads)
     try:
         result = body(cfg, env)
     finally:
@@ -231,7 +231,7 @@ def _worker(cfg, body: Body, err_dir: str):
     Path(err_dir, f"rank-{rank}.started").touch()
     code, line = 0, None
     try:
-        env = dist.setup(cfg.device)
+        env = dist.setup(cfg.device, cfg.num_threads)
         body(cfg, env)
         code = 128 + stop.signum if stop.signum else 0  # signalled after training: done, but stopped
     except dist.Stopped as e:

@@ -323,6 +323,8 @@ def compare_flags(saved: Mapping, now: Mapping) -> list[str]:
     for name in (*REFUSED, *WARNED, *SNAPSHOT_WINS):
         if name in skip or name not in saved or name not in now or saved[name] == now[name]:
             continue
+        if now[name] is None:  # not given: the run derives it as the snapshot's run did (--warmup_batches, ...)
+            continue
         if _same_number(saved[name], now[name]):
             continue
         line = f"--{name} {now[name]} (the snapshot's run: {saved[name]})"

@@ -331,7 +331,11 @@ class SquadConfig(SquadModelConfig):
     learning_rate: float = field(default=3e-5, metadata={"help": "peak learning rate"})
     batch_size_per_device: int = field(default=32, metadata={"help": "windows per process per micro-step"})
     iter_num: int | None = field(
-        default=None, metadata={"help": "optimizer steps (default: epochs x windows / global batch, rounded up)"}
+        default=None,
+        metadata={
+            "help": "optimizer steps (default: Google's int(questions / train_batch_size x num_train_epochs) with "
+            "--train_file and --num_train_epochs, else the seed's epochs x windows / global batch, rounded up)"
+        },
     )
     warmup_batches: int | None = field(
         default=None, metadata={"help": "linear warmup steps (default: --warmup_proportion x --iter_num)"}

@@ -85,10 +85,11 @@ class TrainConfig:
     unpad: bool = field(
         default=False,
         metadata={
-            "help": "train on real tokens only (bertkit.padding: padding dropped before the encoder, attention per "
-            "sequence): equal to the padded path at dropout 0, a step 2.4x (SQuAD) and 1.45x (SST-2) faster on a CPU, but the "
-            "dropout masks are drawn differently from the padded path, the reference mode (prediction and "
-            "evaluation always unpad)"
+            "help": "for speed when batches carry padding: compute only real tokens (padding dropped before the "
+            "encoder, attention within each sequence). Same results as the default padded path without dropout; "
+            "with dropout the random masks differ, so the padded path stays the default and the reference for "
+            "accuracy comparisons. Measured against the padded path: a SQuAD step 2.4x, an SST-2 step 1.45x faster "
+            "on a CPU; no gain when sequences are full. Prediction and evaluation always compute real tokens only"
         },
     )
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda", "choices": ["auto", "cpu", "cuda"]})
