@@ -71,13 +71,6 @@ class ClassifyLoader(ArrayLoader):
 # --- the config: Google's flags and OneFlow's, each declared once ---------------------------------------------------
 
 
-def _one(names: tuple[str, str], a, b, default=None):
-    """The value of a flag that has two names; both may be given only when they agree."""
-    if a is not None and b is not None and a != b:
-        raise ValueError(f"--{names[0]} {a} and --{names[1]} {b} name the same thing; give one")
-    return a if a is not None else b if b is not None else default
-
-
 @dataclass
 class ClassifyConfig(runner.SeedConfig):
     """Fine-tune BERT on a GLUE task, evaluate on its dev set, predict its test set: Google's run_classifier.py
@@ -163,21 +156,22 @@ class ClassifyConfig(runner.SeedConfig):
     )
 
     def __post_init__(self) -> None:
-        if self.num_nodes is not None:  # --node_num has a default (1), so only a different value disagrees
-            self.node_num = _one(("node_num", "num_nodes"), None if self.node_num == 1 else self.node_num,
-                                 self.num_nodes)  # fmt: skip
-        self.num_nodes = self.node_num
-        self.node_list = self.node_ips = _one(("node_list", "node_ips"), self.node_list, self.node_ips)
+        self.reconcile_node_names(self.num_nodes, self.node_ips)
+        self.num_nodes, self.node_ips = self.node_num, self.node_list
         self.check_dist_flags()
         if not self.task_name:
             raise ValueError(f"--task_name is required: one of {', '.join(t.name for t in glue.TASKS.values())}")
         glue.get_task(self.task_name)  # an unknown name fails here, listing the known ones
-        self.model_load_dir = self.init_checkpoint = _one(("model_load_dir", "init_checkpoint"), self.model_load_dir,
-                                                          self.init_checkpoint)  # fmt: skip
-        self.max_seq_length = self.seq_length = _one(("max_seq_length", "seq_length"), self.max_seq_length,
-                                                     self.seq_length, 128)  # fmt: skip
-        self.num_train_epochs = self.num_epochs = _one(("num_train_epochs", "num_epochs"), self.num_train_epochs,
-                                                       self.num_epochs, 3.0)  # fmt: skip
+        one = runner.one_of
+        self.model_load_dir = self.init_checkpoint = one(
+            ("model_load_dir", "init_checkpoint"), self.model_load_dir, self.init_checkpoint
+        )
+        self.max_seq_length = self.seq_length = one(
+            ("max_seq_length", "seq_length"), self.max_seq_length, self.seq_length, 128
+        )
+        self.num_train_epochs = self.num_epochs = one(
+            ("num_train_epochs", "num_epochs"), self.num_train_epochs, self.num_epochs, 3.0
+        )
         processes = self.world_size
         tbs, per = self.train_batch_size, self.batch_size_per_device
         if tbs is not None:
@@ -217,11 +211,7 @@ class ClassifyConfig(runner.SeedConfig):
             raise ValueError(f"--do_predict needs --data_dir holding {self.task.name}'s test file")
         if self.do_predict and self.task.file("test") is None:
             raise ValueError(f"--do_predict: {self.task.name} has no test file bertkit reads")
-        # The shared checks, with the two flags this run derives later standing in as valid.
-        iter_num, warmup = self.iter_num, self.warmup_batches
-        self.iter_num, self.warmup_batches = iter_num or 1, warmup or 0
-        self.validate()
-        self.iter_num, self.warmup_batches = iter_num, warmup
+        self.validate_before_derived()
 
     @property
     def task(self) -> glue.GlueTask:

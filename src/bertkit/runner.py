@@ -42,6 +42,13 @@ class Failed(Exception):
         self.exit_code = exit_code
 
 
+def one_of(names: tuple[str, str], a, b, default=None):
+    """The value of a flag that has two names (the seed's and Google's); both may be given only when they agree."""
+    if a is not None and b is not None and a != b:
+        raise ValueError(f"--{names[0]} {a} and --{names[1]} {b} name the same thing; give one")
+    return a if a is not None else b if b is not None else default
+
+
 @dataclass
 class SeedConfig(TrainConfig, dist.DistConfig):
     """The flags every one of the seed's scripts takes: training, processes, data and model size."""
@@ -67,6 +74,22 @@ class SeedConfig(TrainConfig, dist.DistConfig):
     attention_probs_dropout_prob: float = field(default=0.1, metadata={"help": "dropout on attention weights"})
     hidden_dropout_prob: float = field(default=0.1, metadata={"help": "dropout on embeddings and layer outputs"})
     hidden_size_per_head: int = field(default=64, metadata={"help": "hidden size = heads x this; FFN = 4 x hidden"})
+
+    def reconcile_node_names(self, num_nodes: int | None, node_ips: str | None) -> None:
+        """The fine-tuning scripts' later names --num_nodes / --node_ips for --node_num / --node_list."""
+        if num_nodes is not None:  # --node_num has a default (1), so only a different value disagrees
+            self.node_num = one_of(("node_num", "num_nodes"), None if self.node_num == 1 else self.node_num, num_nodes)
+        self.node_list = one_of(("node_list", "node_ips"), self.node_list, node_ips)
+
+    def validate_before_derived(self) -> None:
+        """TrainConfig.validate while --iter_num and --warmup_batches may still be None (derived later from the
+        data), standing in as valid."""
+        iter_num, warmup = self.iter_num, self.warmup_batches
+        self.iter_num, self.warmup_batches = iter_num or 1, warmup or 0
+        try:
+            self.validate()
+        finally:
+            self.iter_num, self.warmup_batches = iter_num, warmup
 
     def bert_config(self) -> BertConfig:
         """--bert_config_file, else the seed's size flags."""

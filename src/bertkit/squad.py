@@ -186,13 +186,6 @@ class SquadFlags:
         return squad_tokenizer(vocab, lower)
 
 
-def _one(names: tuple[str, str], a, b, default=None):
-    """The value of a flag that has two names; both may be given only when they agree."""
-    if a is not None and b is not None and a != b:
-        raise ValueError(f"--{names[0]} {a} and --{names[1]} {b} name the same thing; give one")
-    return a if a is not None else b if b is not None else default
-
-
 @dataclass
 class Npy2JsonConfig(SquadFlags):
     """Write predictions.json (and nbest_predictions.json, null_odds.json) from all_results.npy: the seed's npy2json.py."""
@@ -230,7 +223,7 @@ class SquadModelConfig(runner.SeedConfig, SquadFlags):
     def _check_model_flags(self, default_output_dir: str) -> None:
         self.check_squad_flags(default_output_dir)
         self.check_dist_flags()
-        self.model_load_dir = self.init_checkpoint = _one(
+        self.model_load_dir = self.init_checkpoint = runner.one_of(
             ("model_load_dir", "init_checkpoint"), self.model_load_dir, self.init_checkpoint
         )
         self.seq_length = self.seq_length or self.max_seq_length
@@ -269,7 +262,9 @@ class SquadPredictConfig(SquadModelConfig):
     def __post_init__(self) -> None:
         self._check_model_flags(default_output_dir=".")
         self.validate()
-        self.data_dir = self.eval_data_dir = _one(("data_dir", "eval_data_dir"), self.data_dir, self.eval_data_dir)
+        self.data_dir = self.eval_data_dir = runner.one_of(
+            ("data_dir", "eval_data_dir"), self.data_dir, self.eval_data_dir
+        )
         if not self.data_dir and not self.predict_file:
             raise ValueError("give --predict_file (a SQuAD json) or --data_dir (record windows) to predict on")
 
@@ -342,17 +337,13 @@ class SquadConfig(SquadModelConfig):
     )
 
     def __post_init__(self) -> None:
-        if self.num_nodes is not None:  # --node_num has a default (1), so only a different value disagrees
-            self.node_num = _one(
-                ("node_num", "num_nodes"), None if self.node_num == 1 else self.node_num, self.num_nodes
-            )
-        self.num_nodes = self.node_num
-        self.node_list = self.node_ips = _one(("node_list", "node_ips"), self.node_list, self.node_ips)
+        self.reconcile_node_names(self.num_nodes, self.node_ips)
+        self.num_nodes, self.node_ips = self.node_num, self.node_list
         self._check_model_flags(default_output_dir="squad_output")
         # num_train_epochs stays as given: it selects Google's step count (train_steps)
-        self.num_epochs = _one(("num_epochs", "num_train_epochs"), self.num_epochs, self.num_train_epochs, 3.0)
+        self.num_epochs = runner.one_of(("num_epochs", "num_train_epochs"), self.num_epochs, self.num_train_epochs, 3.0)
         if self.data_dir:  # the tutorial's run_squad.py: --data_dir holds the training windows
-            self.train_data_dir = _one(("data_dir", "train_data_dir"), self.data_dir, self.train_data_dir)
+            self.train_data_dir = runner.one_of(("data_dir", "train_data_dir"), self.data_dir, self.train_data_dir)
             self.train_data_part_num = self.train_data_part_num or self.data_part_num
         processes = self.gpu_num_per_node * self.node_num
         for google, ours in (("train_batch_size", "batch_size_per_device"),
@@ -377,11 +368,7 @@ class SquadConfig(SquadModelConfig):
             raise ValueError(f"--warmup_proportion must be in [0, 1], got {self.warmup_proportion}")
         if self.num_epochs <= 0 or self.eval_batch_size_per_device <= 0:
             raise ValueError("--num_epochs and --eval_batch_size_per_device must be positive")
-        # The shared checks, with the two flags this run derives later standing in as valid.
-        iter_num, warmup = self.iter_num, self.warmup_batches
-        self.iter_num, self.warmup_batches = iter_num or 1, warmup or 0
-        self.validate()
-        self.iter_num, self.warmup_batches = iter_num, warmup
+        self.validate_before_derived()
 
 
 def train_steps(cfg: SquadConfig, windows: int, questions: int | None, global_batch: int) -> tuple[int, str]:
