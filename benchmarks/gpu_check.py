@@ -9,6 +9,8 @@ One JSON line per check, then a summary line; exit status 1 when a check fails.
                   peak, and Hugging Face's BertForPreTraining (when transformers is installed) on the same GPU
 5. ddp_2gpu       `bertkit pretrain --gpu_num_per_node 2` for 6 steps on records made from the demo text (2+ GPUs)
 6. squad_predict  `bertkit squad-predict` of the packaged held-out SQuAD article with a random tiny model on CUDA
+7. unpad          the unpadded fast path (`bertkit.padding`) on CUDA: a tiny SQuAD model's logits and gradients
+                  equal the padded path's (TF32 off, dropout 0; < 1e-4), and the time of one step of each
 
     python benchmarks/gpu_check.py            # on a GPU machine (benchmarks/gpu_check.sh installs what is missing)
     python benchmarks/gpu_check.py --cpu      # the same checks, tiny, on the CPU: does the script itself run?
@@ -55,6 +57,35 @@ def cuda_vs_cpu(dev: torch.device) -> dict:
         gpu = model.to(dev)(*args(dev))
     diff = max((c - g.cpu()).abs().max().item() for c, g in zip(cpu, gpu, strict=True))
     return {"max_abs_diff": diff, "ok": diff < 1e-4}
+
+
+def unpad(dev: torch.device) -> dict:
+    from bertkit.model import BertForQuestionAnswering
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    cfg = BertConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = BertForQuestionAnswering(cfg).to(dev).train()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, TINY["vocab_size"], (16, 128), generator=g).to(dev)
+    lengths = torch.randint(20, 129, (16,), generator=g)
+    mask = (torch.arange(128)[None] < lengths[:, None]).long().to(dev)
+    types = torch.zeros_like(ids)
+    out, secs = {}, {}
+    for fast in (False, True):
+        model.bert.unpad = fast
+        model.zero_grad()
+        sync(dev)
+        t0 = time.perf_counter()
+        start, end = model(ids, types, mask)
+        keep = mask.bool()
+        (start[keep].sum() + end[keep].sum()).backward()
+        sync(dev)
+        secs[fast] = time.perf_counter() - t0
+        out[fast] = [start[keep].detach(), end[keep].detach()] + [p.grad.detach().clone() for p in model.parameters()]
+    diff = max((a - b).abs().max().item() for a, b in zip(out[False], out[True], strict=True))
+    return {"max_abs_diff": diff, "padded_step_s": round(secs[False], 4), "unpadded_step_s": round(secs[True], 4),
+            "ok": diff < 1e-4}  # fmt: skip
 
 
 def pretrain_run(dev: torch.device, precision: str, steps: int) -> dict:
@@ -212,6 +243,7 @@ def main() -> int:
         "speed_base": lambda: speed_base(dev, args.cpu),
         "ddp_2gpu": lambda: ddp_2gpu(dev, args.cpu),
         "squad_predict": lambda: squad_predict(dev),
+        "unpad": lambda: unpad(dev),
     }
     failed = []
     for name, check in checks.items():
