@@ -9,6 +9,9 @@ One JSON line per result:
 - "compile": `--compile` (torch.compile of the whole model, inductor) against eager on the same fixed batch, fp32
   and bf16: the compile time (the first compiled step less an eager step) apart from the steady step time, the
   speed-up, and the steps after which compiling has paid for itself; the loss of the first step compared.
+- "unpad": a small BERT's training step (batch 32, seq 128, fp32) on real records, the padded path against
+  `--unpad True` (`bertkit.padding`), steps alternating: records made by `create-pretraining-data` (Google's
+  algorithm) from WikiText-2 in ../shared/data, else from the demo's Wikipedia sample; their mean length is reported.
 - "bf16_curve": a tiny BERT trained 300 iterations in fp32 and in bf16 autocast on the same data: the mean loss
   of the last 20 iterations, and their relative difference (target < 1%).
 
@@ -231,6 +234,46 @@ def compile_gain(name: str, precision: str, steps: int) -> dict:
             "first_step_loss_eager": round(loss_eager, 5), "first_step_loss_compiled": round(loss_compiled, 5)}  # fmt: skip
 
 
+def unpad_gain(steps: int) -> dict:
+    import statistics
+
+    from bertkit.cli import invoke
+    from bertkit.records import pretraining_features, read_arrays
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "wikitext2-valid-test.txt"
+    text = shared if shared.exists() else Path(__file__).resolve().parents[1] / "src/bertkit/data/demo/wiki_sample.txt"
+    cfg, batch = bert_cfg("small")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "data.tfrecord"
+        invoke(["create-pretraining-data", "--input_file", str(text), "--output_file", str(out), "--max_seq_length",
+                str(SEQ), "--max_predictions_per_seq", str(MAX_PRED), "--dupe_factor", "1"])  # fmt: skip
+        arrays = next(read_arrays(out, pretraining_features(SEQ, MAX_PRED)))
+    n = min(len(arrays["input_ids"]) // batch, steps + 2)
+    lengths = arrays["input_mask"][: n * batch].sum(1)
+    torch.manual_seed(0)
+    model = BertForPreTraining(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(n):
+        b = {k: torch.from_numpy(v[i * batch : (i + 1) * batch]) for k, v in arrays.items()}
+        b = {k: v.float() if k == "masked_lm_weights" else v.long() for k, v in b.items()}
+        b["next_sentence_labels"] = b["next_sentence_labels"].reshape(-1)
+        for fast in (False, True):
+            model.bert.unpad = fast
+            t0 = time.perf_counter()
+            loss, _ = pretrain_step_loss(model, b)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if i >= 2:
+                times[fast].append(time.perf_counter() - t0)
+    p, u = statistics.median(times[False]), statistics.median(times[True])
+    return {"bench": "unpad", "config": "small", "batch": batch, "seq": SEQ, "data": text.name,
+            "mean_tokens": round(float(lengths.mean()), 1), "full_share": round(float((lengths == SEQ).mean()), 3),
+            "threads": torch.get_num_threads(), "padded_step_s": round(p, 3), "unpadded_step_s": round(u, 3),
+            "speedup": round(p / u, 3)}  # fmt: skip
+
+
 def bf16_curve(iters: int) -> dict:
     cfg, _ = bert_cfg("tiny")
     cfg = BertConfig(**dict(cfg.to_dict(), vocab_size=2000))
@@ -258,7 +301,7 @@ def bf16_curve(iters: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["overhead", "mfu", "compile", "bf16_curve"], help="run one part")
+    p.add_argument("--only", choices=["overhead", "mfu", "compile", "unpad", "bf16_curve"], help="run one part")
     p.add_argument("--config", default="small", choices=list(CONFIGS), help="config for the overhead and compile parts")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--iters", type=int, default=300, help="iterations of the bf16-vs-fp32 curve")
@@ -280,6 +323,8 @@ def main() -> None:
     if args.only in (None, "compile"):
         for precision in ("fp32", "bf16"):
             print(json.dumps(compile_gain(args.config, precision, max(3, args.steps // 2))), flush=True)
+    if args.only in (None, "unpad"):
+        print(json.dumps(unpad_gain(max(3, args.steps // 2))), flush=True)
     if args.only in (None, "bf16_curve"):
         print(json.dumps(bf16_curve(args.iters)), flush=True)
 
