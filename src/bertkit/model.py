@@ -214,7 +214,8 @@ class Bert(nn.Module):
         # not look for itself: that would be a host sync every step.
         if input_mask is not None:
             attn_mask = input_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True = may attend
-        unpadded = Unpadded.from_mask(input_mask) if input_mask is not None and self.fast_path() else None  # or None
+        # the fast path, unless no mask is given or it has holes (from_mask gives None): then the padded path
+        unpadded = Unpadded.from_mask(input_mask) if input_mask is not None and self.fast_path() else None
         x = self.emb(input_ids, token_type_ids, unpadded)  # (B, T, H), or (N, H) unpadded
         last = len(self.layers) - 1
         query_idx = None
