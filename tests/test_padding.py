@@ -123,3 +123,20 @@ def test_groups_hold_each_length_once_and_restore_the_order():
     x = torch.arange(int(mask.sum()))
     assert torch.equal(x[rows][u.restore], x)
     assert u.groups[1][1].tolist() == [*range(11, 16), *range(24, 29)]  # sequences 1 and 3 (length 5), in turn
+
+
+def test_rows_of_padding_only():
+    """A row with no token is left out (zeros come back); a batch with no token at all takes the padded path."""
+    ids, types, mask = batch()
+    mask[2] = 0
+    u = padding.Unpadded.from_mask(mask)
+    assert 8 not in [n for n, _ in u.groups] and u.index.numel() == int(mask.sum())
+    assert padding.Unpadded.from_mask(torch.zeros_like(mask)) is None
+    model = BertForSequenceClassification(BertConfig(**CFG), 2).eval()
+    with torch.no_grad():
+        model.bert.unpad = True
+        fast = model(ids, types, mask)
+        model.bert.unpad = False
+        plain = model(ids, types, mask)
+    keep = [0, 1, 3, 4, 5]  # the empty row's [CLS] is padding: unspecified on either path
+    torch.testing.assert_close(fast[keep], plain[keep], rtol=1e-5, atol=1e-6)

@@ -35,11 +35,12 @@ class Unpadded:
 
     @classmethod
     def from_mask(cls, input_mask: Tensor) -> Unpadded | None:
-        """input_mask (B, T), nonzero = real token; None unless every row is tokens then padding (the fast path
-        then does not apply). Host syncs on a GPU (lengths, the check, `nonzero`); none on the CPU."""
+        """input_mask (B, T), nonzero = real token; None unless every row is tokens then padding and some row has a
+        token (the fast path then does not apply; a row of padding only is fine). Host syncs on a GPU (lengths,
+        the check, `nonzero`); none on the CPU."""
         mask = input_mask.bool()
         B, T = mask.shape
-        if not bool((mask[:, 1:] <= mask[:, :-1]).all()):  # a 0 followed by a 1: not a prefix mask
+        if not bool((mask[:, 1:] <= mask[:, :-1]).all()) or not bool(mask.any()):  # a 0 then a 1, or no token
             return None
         lengths = mask.sum(1).tolist()
         starts, at = [], 0
