@@ -201,7 +201,8 @@ def test_cut_batches_give_the_padded_logits_and_losses(tiny_cfg, one_thread):
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_cfg, 3).eval()  # the fixture's dropout is 0
     f = padded_features(13, 20, np.random.default_rng(0), longest=16)  # every batch is cut
-    cut = predict_logits(model, f, 4, dist.DistEnv())
+    cut = predict_logits(model, f, 4, dist.DistEnv())  # sorted, cut, real tokens only (prediction's default)
+    model.bert.unpad = False  # the reference: the padded model on full-length batches, and below on padded ones
     with torch.no_grad():
         full = model(*(torch.from_numpy(a.astype(np.int64)) for a in (f.input_ids, f.segment_ids, f.input_mask)))
     np.testing.assert_allclose(cut, full.numpy(), atol=1e-5)

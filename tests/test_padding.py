@@ -140,3 +140,10 @@ def test_rows_of_padding_only():
         plain = model(ids, types, mask)
     keep = [0, 1, 3, 4, 5]  # the empty row's [CLS] is padding: unspecified on either path
     torch.testing.assert_close(fast[keep], plain[keep], rtol=1e-5, atol=1e-6)
+
+
+def test_compile_and_unpad_are_refused_together():
+    from bertkit.train import TrainConfig
+
+    with pytest.raises(ValueError, match="--compile and --unpad True"):
+        TrainConfig(compile=True, unpad=True).validate()

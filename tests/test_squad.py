@@ -151,18 +151,21 @@ def super_bowl_windows(shared_data):
 
 
 def test_sorted_unpadded_prediction_equals_padded(super_bowl_windows, one_thread):
-    """The fast path (windows sorted by length, batches cut to their longest window) against the plain one (file
-    order, every window padded to max_seq_length): the same logits at every real token, the same answers."""
+    """The fast path (windows sorted by length, batches cut to their longest window, real tokens only) against the
+    plain one (file order, every window padded to max_seq_length, the padded model): the same logits at every real
+    token, the same answers."""
     examples, f, tok = super_bowl_windows
     lengths = f.input_mask.sum(1)
     assert lengths.min() < 100 < lengths.max() == 128  # windows of many lengths
     torch.manual_seed(0)
     model = BertForQuestionAnswering(BertConfig(**TINY)).eval()
     start, end = predict_logits(model, f.input_ids, f.input_mask, f.segment_ids, 8, dist.DistEnv())
+    model.bert.unpad = False  # the plain path: padded batches through the padded model
     with torch.no_grad():
         t = {k: torch.from_numpy(getattr(f, k).astype(np.int64)) for k in ("input_ids", "segment_ids", "input_mask")}
         plain = [model(t["input_ids"][i : i + 8], t["segment_ids"][i : i + 8], t["input_mask"][i : i + 8])
                  for i in range(0, len(f), 8)]  # fmt: skip
+    model.bert.unpad = None
     mask = f.input_mask.astype(bool)
     for fast, slow in ((start, torch.cat([s for s, _ in plain])), (end, torch.cat([e for _, e in plain]))):
         np.testing.assert_allclose(fast[mask], slow.numpy()[mask], atol=2e-5)

@@ -5,7 +5,7 @@ LayerNorm eps 1e-12, truncated-normal init). Names are our own; the foreign name
 and OneFlow checkpoints live only in `bertkit.convert`.
 
 Shape legend: B batch, T tokens, H hidden, N heads, D head dim (H = N * D), I intermediate (FFN),
-P masked positions per sequence, V vocabulary.
+P masked positions per sequence, V vocabulary, N_tok real (unpadded) tokens of a batch (`bertkit.padding`).
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ class Embeddings(nn.Module):
         self.drop = nn.Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor, unpadded: Unpadded | None = None) -> Tensor:
-        """(B, T) ids -> (B, T, H); with `unpadded`, the real tokens only: (N, H)."""
+        """(B, T) ids -> (B, T, H); with `unpadded`, the real tokens only: (N_tok, H)."""
         if unpadded is not None:
-            ids, types = unpadded.unpad(input_ids), unpadded.unpad(token_type_ids)  # (N,)
-            x = self.word(ids) + self.token_type(types) + self.position(unpadded.positions())  # (N, H)
+            ids, types = unpadded.unpad(input_ids), unpadded.unpad(token_type_ids)  # (N_tok,)
+            x = self.word(ids) + self.token_type(types) + self.position(unpadded.positions())  # (N_tok, H)
             return self.drop(self.norm(x))
         T = input_ids.shape[1]
         x = self.word(input_ids) + self.token_type(token_type_ids)  # (B, T, H)
@@ -145,7 +145,7 @@ class EncoderLayer(nn.Module):
     def forward(
         self, x: Tensor, attn_mask: Tensor | None, query_idx: Tensor | None = None, unpadded: Unpadded | None = None
     ) -> Tensor:
-        """(B, T, H) -> (B, T, H), or (B, Q, H) at query_idx (B, Q), or (N, H) -> (N, H) unpadded: see
+        """(B, T, H) -> (B, T, H), or (B, Q, H) at query_idx (B, Q), or (N_tok, H) -> (N_tok, H) unpadded: see
         SelfAttention."""
         h = x if query_idx is None else gather_positions(x, query_idx)
         h = self.attn_norm(h + self.drop(self.attn(x, attn_mask, query_idx, unpadded)))
@@ -216,14 +216,14 @@ class Bert(nn.Module):
             attn_mask = input_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True = may attend
         # the fast path, unless no mask is given or it has holes (from_mask gives None): then the padded path
         unpadded = Unpadded.from_mask(input_mask) if input_mask is not None and self.fast_path() else None
-        x = self.emb(input_ids, token_type_ids, unpadded)  # (B, T, H), or (N, H) unpadded
+        x = self.emb(input_ids, token_type_ids, unpadded)  # (B, T, H), or (N_tok, H) unpadded
         last = len(self.layers) - 1
         query_idx = None
         if output_positions is not None:  # [CLS] first, then the requested positions: (B, 1 + P)
             B = input_ids.shape[0]
             query_idx = torch.cat([input_ids.new_zeros(B, 1), output_positions.long()], 1)
         for i, layer in enumerate(self.layers):
-            if i == last and query_idx is not None and unpadded is not None:  # it asks at tokens of (B, T, H)
+            if i == last and query_idx is not None and unpadded is not None:  # query_idx indexes (B, T): pad back
                 x, unpadded = unpadded.pad(x), None
             x = layer(x, attn_mask, query_idx if i == last else None, unpadded)
         if unpadded is not None:

@@ -1,14 +1,16 @@
 """Unpadding: run the encoder's per-token work on real tokens only (MosaicBERT's `bert_padding.py` idea).
 
 A batch (B, T) with input_mask 1 = token, 0 = pad, each sequence's tokens first (BERT's inputs), is flattened to its
-N real tokens (N <= B * T) before the encoder; the linear layers, LayerNorms, GELU, dropout and residuals then run on
-(N, H) instead of (B, T, H), and attention runs over each sequence's own L tokens (no mask, L x L scores instead of
-T x T), sequences of equal length together (`groups`: a sorted prediction batch has few distinct lengths). Padding costs no work at all; with fine-tuning batches a third to a half padding (SQuAD's
-last window of a document, GLUE's short sentences) that is the saving. Outputs at real tokens equal the
-padded path (tested to 1e-5 in fp32 at dropout 0); with dropout on, the masks are drawn for N rows instead of B * T,
-so the random stream differs from the padded reference mode.
+N_tok real tokens (N_tok <= B * T) before the encoder; the linear layers, LayerNorms, GELU, dropout and residuals
+then run on (N_tok, H) instead of (B, T, H), and attention runs over each sequence's own L tokens (no mask, L x L
+scores instead of T x T), sequences of equal length together (`groups`: a sorted prediction batch has few distinct
+lengths). Padding costs no work, except where a last layer asks at some positions only (pretraining's masked
+positions, a classifier's [CLS]): that layer runs padded, its keys and values over all T. With fine-tuning batches a
+third to a half padding (SQuAD's last window of a document, GLUE's short sentences) that is the saving. Outputs at
+real tokens equal the padded path (tested to 1e-5 in fp32 at dropout 0); with dropout on, the masks are drawn for
+N_tok rows instead of B * T, so the random stream differs from the padded reference mode.
 
-Shapes: B batch, T tokens, N real tokens in the batch, `*` any trailing feature shape.
+Shapes: B batch, T tokens, N_tok real tokens in the batch, `*` any trailing feature shape.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Unpadded:
-    """Where the N real tokens of a (B, T) batch sit: `index` (N,) int64 flat positions b * T + t, ascending.
+    """Where the N_tok real tokens of a (B, T) batch sit: `index` (N_tok,) int64 flat positions b * T + t, ascending.
 
-    `groups` lists, for each distinct sequence length L > 0, (L, rows): rows (G * L,) the positions in the (N, ...)
-    layout of the G sequences of that length, sequence by sequence; `restore` (N,) undoes the concatenation of
+    `groups` lists, for each distinct sequence length L > 0, (L, rows): rows (G * L,) the positions in the (N_tok, ...)
+    layout of the G sequences of that length, sequence by sequence; `restore` (N_tok,) undoes the concatenation of
     all groups' rows (cat(x[rows] for each group)[restore] == x)."""
 
     index: Tensor
@@ -36,8 +38,8 @@ class Unpadded:
     @classmethod
     def from_mask(cls, input_mask: Tensor) -> Unpadded | None:
         """input_mask (B, T), nonzero = real token; None unless every row is tokens then padding and some row has a
-        token (the fast path then does not apply; a row of padding only is fine). Host syncs on a GPU (lengths,
-        the check, `nonzero`); none on the CPU."""
+        token (the fast path then does not apply; a row of padding only is fine). Host syncs on a GPU (the checks,
+        lengths, `nonzero`, then a copy of each group's rows); none on the CPU."""
         mask = input_mask.bool()
         B, T = mask.shape
         if not bool((mask[:, 1:] <= mask[:, :-1]).all()) or not bool(mask.any()):  # a 0 then a 1, or no token
@@ -60,15 +62,15 @@ class Unpadded:
         return cls(mask.reshape(-1).nonzero().squeeze(1), groups, restore.to(device), B, T)
 
     def positions(self) -> Tensor:
-        """(N,) each real token's position in its sequence, t = index mod T (for the position embeddings)."""
+        """(N_tok,) each real token's position in its sequence, t = index mod T (for the position embeddings)."""
         return self.index % self.length
 
     def unpad(self, x: Tensor) -> Tensor:
-        """(B, T, *) -> (N, *): the rows of real tokens, in batch-major order."""
+        """(B, T, *) -> (N_tok, *): the rows of real tokens, in batch-major order."""
         return x.reshape(self.batch * self.length, *x.shape[2:]).index_select(0, self.index)
 
     def pad(self, x: Tensor) -> Tensor:
-        """(N, *) -> (B, T, *): real tokens back in place, zeros at padding (gradients flow to x only)."""
+        """(N_tok, *) -> (B, T, *): real tokens back in place, zeros at padding (gradients flow to x only)."""
         out = x.new_zeros(self.batch * self.length, *x.shape[1:]).index_copy(0, self.index, x)
         return out.view(self.batch, self.length, *x.shape[1:])
 
