@@ -32,8 +32,8 @@ class Unpadded:
     index: Tensor
     groups: list[tuple[int, Tensor]]
     restore: Tensor
-    batch: int
-    length: int
+    batch_size: int  # B
+    seq_len: int  # T, the padded length
 
     @classmethod
     def from_mask(cls, input_mask: Tensor) -> Unpadded | None:
@@ -63,16 +63,16 @@ class Unpadded:
 
     def positions(self) -> Tensor:
         """(N_tok,) each real token's position in its sequence, t = index mod T (for the position embeddings)."""
-        return self.index % self.length
+        return self.index % self.seq_len
 
     def unpad(self, x: Tensor) -> Tensor:
         """(B, T, *) -> (N_tok, *): the rows of real tokens, in batch-major order."""
-        return x.reshape(self.batch * self.length, *x.shape[2:]).index_select(0, self.index)
+        return x.reshape(self.batch_size * self.seq_len, *x.shape[2:]).index_select(0, self.index)
 
     def pad(self, x: Tensor) -> Tensor:
         """(N_tok, *) -> (B, T, *): real tokens back in place, zeros at padding (gradients flow to x only)."""
-        out = x.new_zeros(self.batch * self.length, *x.shape[1:]).index_copy(0, self.index, x)
-        return out.view(self.batch, self.length, *x.shape[1:])
+        out = x.new_zeros(self.batch_size * self.seq_len, *x.shape[1:]).index_copy(0, self.index, x)
+        return out.view(self.batch_size, self.seq_len, *x.shape[1:])
 
 
 __all__ = ["Unpadded"]
