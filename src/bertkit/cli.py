@@ -160,7 +160,7 @@ def command(name: str) -> tuple[type, Callable]:
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line; with `only`, flags are added for that subcommand alone (the others keep their
-    one-line help), so that parsing one command imports one task module."""
+    one-line help; "" for none), so that parsing one command imports one task module."""
     parser = argparse.ArgumentParser(
         prog="bertkit",
         description="BERT pretraining and SQuAD fine-tuning in PyTorch (the OneFlow BERT tutorial, in PyTorch).",
@@ -220,16 +220,16 @@ def _plain_warnings() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     _plain_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(_chosen(argv) or "")
+    parser = build_parser(_chosen(argv) or "")  # "": no command named, so no command's flags (nor its import)
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     ns, unknown = parser.parse_known_args(argv)
     if unknown:
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        reject_unknown(sub.choices.get(ns.command, parser), unknown)
+        reject_unknown(subparsers.get(ns.command, parser), unknown)
     if ns.command is None:
         parser.print_help()
         return 0
     cls, run = command(ns.command)
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[ns.command]
+    sub = subparsers[ns.command]
     try:
         cfg = config_from_args(cls, ns)
     except ValueError as e:
@@ -239,9 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:  # a user's mistake (a file, a record, a field): the message, not a traceback
         print(f"bertkit {ns.command}: error: {e}", file=sys.stderr)
         return 2
-    except _loaded(
-        "dist", "Stopped"
-    ) as e:  # a signal stopped training after a snapshot: 143 / 130, as a scheduler expects
+    # a signal stopped training after a snapshot: 143 / 130, as a scheduler expects
+    except _loaded("dist", "Stopped") as e:
         if str(e):
             print(f"bertkit {ns.command}: {e}", file=sys.stderr)
         return e.exit_code

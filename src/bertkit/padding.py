@@ -44,19 +44,14 @@ class Unpadded:
         B, T = mask.shape
         if not bool((mask[:, 1:] <= mask[:, :-1]).all()) or not bool(mask.any()):  # a 0 then a 1, or no token
             return None
-        lengths = mask.sum(1).tolist()
-        starts, at = [], 0
-        for n in lengths:
-            starts.append(at)
-            at += n
+        lengths = mask.sum(1).cpu()
+        starts = lengths.cumsum(0) - lengths  # where each sequence's tokens begin in the (N_tok, ...) layout
         by_length: dict[int, list[int]] = {}
-        for b, n in enumerate(lengths):
+        for n, start in zip(lengths.tolist(), starts.tolist(), strict=True):
             if n:
-                by_length.setdefault(n, []).append(starts[b])
-        groups = [(n, (torch.tensor(s)[:, None] + torch.arange(n)[None]).reshape(-1)) for n, s in by_length.items()]
-        order = torch.cat([rows for _, rows in groups]) if groups else torch.zeros(0, dtype=torch.long)
-        restore = torch.empty_like(order)
-        restore[order] = torch.arange(len(order))
+                by_length.setdefault(n, []).append(start)
+        groups = [(n, (torch.tensor(s)[:, None] + torch.arange(n)).reshape(-1)) for n, s in by_length.items()]
+        restore = torch.cat([rows for _, rows in groups]).argsort()  # the inverse of the groups' order
         device = input_mask.device
         groups = [(n, rows.to(device)) for n, rows in groups]
         return cls(mask.reshape(-1).nonzero().squeeze(1), groups, restore.to(device), B, T)
