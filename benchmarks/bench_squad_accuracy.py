@@ -12,16 +12,22 @@
 Model dropout is the checkpoint's (0.1). Both run on CPU with the same thread count. One JSON line per result:
 
     python benchmarks/bench_squad_accuracy.py --steps 250 --dev_articles 0     # 0: the full dev set
+
+With --work_dir DIR a killed run given the same arguments again continues from its last state (every --save_every
+steps; `resumable.py`) and gives the uninterrupted run's result.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from resumable import LoopState, bertkit_resume_flags, skip_batches
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
 
@@ -86,7 +92,7 @@ def run_bertkit(args: argparse.Namespace, model_dir: Path, predict_file: Path, t
         finally:
             timer["predict"] += time.perf_counter() - t0
 
-    out = tmp / "bertkit"
+    out = Path(args.work_dir) / "bertkit" if args.work_dir else tmp / "bertkit"
     argv = ["squad", "--do_train", "--do_predict", "--device", "cpu",
             "--init_checkpoint", str(model_dir), "--train_file", args.train_file, "--predict_file", str(predict_file),
             "--max_seq_length", str(args.max_seq_length), "--doc_stride", str(args.doc_stride),
@@ -96,7 +102,8 @@ def run_bertkit(args: argparse.Namespace, model_dir: Path, predict_file: Path, t
             "--eval_batch_size_per_device", str(args.eval_batch), "--optimizer", "adamw",
             "--weight_decay_rate", "0.01", "--max_grad_norm", "1.0", "--loss_print_every_n_iter", "10",
             "--output_dir", str(out), "--log_dir", str(out / "log"), "--model_save_dir", str(out / "save"),
-            "--overwrite_output_dir", "--seed", str(args.seed)]  # fmt: skip
+            "--overwrite_output_dir", "--seed", str(args.seed),
+            *bertkit_resume_flags(args.work_dir and out, args.save_every)]  # fmt: skip
     squad.answer = timed_answer
     try:
         t0 = time.perf_counter()
@@ -139,10 +146,11 @@ class HFQA:
         self.module = Wrap(model)
 
 
-def train_hf(model, loader, steps: int, lr: float, warmup: int, name: str | None = None) -> list[float]:
+def train_hf(model, loader, steps: int, lr: float, warmup: int, name: str | None = None, state=None) -> list[float]:
     """The plain loop: AdamW (eps 1e-6, weight decay 0.01 but not on LayerNorm/bias), Google's warmup + linear decay,
     clip 1.0, loss (CE(start) + CE(end)) / 2 over each window's real positions: padding logits masked out of the
-    softmax, as bertkit's squad_loss does. Returns the per-step losses; prints every 10 steps when `name`."""
+    softmax, as bertkit's squad_loss does. Returns the per-step losses; prints every 10 steps when `name`. `state`
+    (resumable.LoopState) saves the loop every few steps and continues a killed run from there."""
     import torch
     import torch.nn.functional as F
 
@@ -154,10 +162,11 @@ def train_hf(model, loader, steps: int, lr: float, warmup: int, name: str | None
     groups = [{"params": decay, "weight_decay": 0.01}, {"params": skip, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=lr, eps=1e-6)
     model.train()
-    it = iter(loader)
-    losses = []
+    state = state or LoopState(None)
+    first, losses = state.start(model, opt)
+    it = skip_batches(iter(loader), first)
     t0 = time.perf_counter()
-    for step in range(steps):
+    for step in range(first, steps):
         for g in opt.param_groups:
             g["lr"] = learning_rate(step, lr, warmup, steps)
         b = next(it)
@@ -171,8 +180,9 @@ def train_hf(model, loader, steps: int, lr: float, warmup: int, name: str | None
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        state.step_done(step + 1, model, opt, losses)
         if name and (step + 1) % 10 == 0:
-            dt = (time.perf_counter() - t0) / (step + 1)
+            dt = (time.perf_counter() - t0) / (step + 1 - first)
             print(f"{name} iter {step}, total_loss: {sum(losses[-10:]) / 10:.3f}, {dt:.3f} s/step", flush=True)
     return losses
 
@@ -199,7 +209,12 @@ def run_hf(args: argparse.Namespace, model_dir: Path, predict_file: Path) -> dic
     torch.manual_seed(seed)
     model = BertForQuestionAnswering.from_pretrained(model_dir)
     t0 = time.perf_counter()
-    losses = train_hf(model, loader, args.steps, args.lr, args.steps // 10, name="hf")
+    work = Path(args.work_dir) / "hf" if args.work_dir else None
+    if work:
+        work.mkdir(parents=True, exist_ok=True)
+    losses = train_hf(
+        model, loader, args.steps, args.lr, args.steps // 10, name="hf", state=LoopState(work, args.save_every)
+    )
     train_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -237,6 +252,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=12345, help="data order and head init, both sides")
     p.add_argument("--save_predictions", default=None, help="folder to keep each side's predictions.json in")
     p.add_argument("--only", choices=["bertkit", "hf"], default=None)
+    p.add_argument(
+        "--work_dir",
+        default=None,
+        help="keep each side's training state here; a killed run given the "
+        "same arguments continues from it (resumable.py) and gives the uninterrupted result",
+    )
+    p.add_argument("--save_every", type=int, default=20, help="with --work_dir: save the state every N steps")
     args = p.parse_args(argv)
 
     import torch
@@ -257,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
             line = {"implementation": res.pop("implementation"), **base, **res}
             print(json.dumps(line), flush=True)
             sys.stdout.flush()
+            if args.work_dir:  # this side is done: its state is not needed again
+                shutil.rmtree(Path(args.work_dir) / name, ignore_errors=True)
 
 
 if __name__ == "__main__":

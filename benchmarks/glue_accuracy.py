@@ -14,6 +14,9 @@ the optimizer a plain Hugging Face loop uses; the full dev set is scored with th
 
     python benchmarks/glue_accuracy.py --task rte --side ours --seed 1 --threads 1
     python benchmarks/glue_accuracy.py --task sst-2 --side hf --seed 1 --max_train 16000 --epochs 1
+
+With --work_dir DIR a run can be killed and run again with the same arguments: it continues from its last state
+(every --save_every steps; `resumable.py`) and gives the uninterrupted run's result; DIR is removed when the run has finished.
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ import time
 from pathlib import Path
 
 from bench_squad_accuracy import minilm_dir
+from resumable import LoopState, bertkit_resume_flags, skip_batches
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
 
-def hf_loop(model, loader, steps: int, lr: float, warmup: int) -> list[float]:
+def hf_loop(model, loader, steps: int, lr: float, warmup: int, state: LoopState | None = None) -> list[float]:
     """The plain loop: AdamW (eps 1e-6, weight decay 0.01 but not on LayerNorm/bias), Google's warmup + linear
-    decay, clip 1.0, mean cross-entropy (MSE for one output). Returns the per-step losses."""
+    decay, clip 1.0, mean cross-entropy (MSE for one output). Returns the per-step losses. `state` saves the loop
+    every few steps and continues a killed run from there."""
     import torch
     import torch.nn.functional as F
 
@@ -44,8 +49,10 @@ def hf_loop(model, loader, steps: int, lr: float, warmup: int) -> list[float]:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": skip, "weight_decay": 0.0}],
                             lr=lr, eps=1e-6)  # fmt: skip
     model.train()
-    it, losses = iter(loader), []
-    for step in range(steps):
+    state = state or LoopState(None)
+    first, losses = state.start(model, opt)
+    it = skip_batches(iter(loader), first)
+    for step in range(first, steps):
         for g in opt.param_groups:
             g["lr"] = learning_rate(step, lr, warmup, steps)
         b = next(it)
@@ -59,6 +66,7 @@ def hf_loop(model, loader, steps: int, lr: float, warmup: int) -> list[float]:
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        state.step_done(step + 1, model, opt, losses)
     return losses
 
 
@@ -72,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=0, help="optimizer steps (0: Google's int(N / 32 x epochs))")
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--work_dir", default=None, help="keep the run's state here and continue from it when run again")
+    p.add_argument("--save_every", type=int, default=20, help="with --work_dir: save the state every N steps")
     args = p.parse_args(argv)
 
     import torch
@@ -86,9 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     task, model_dir = glue.get_task(args.task), minilm_dir()
     src = GLUE / task.name
-    work = Path(tempfile.mkdtemp(prefix=f"glue-{task.name}-"))
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix=f"glue-{task.name}-"))
     data = work / "data"  # the first --max_train rows of train.tsv, and dev.tsv
-    data.mkdir()
+    data.mkdir(parents=True, exist_ok=True)
     shutil.copy(src / "dev.tsv", data / "dev.tsv")
     lines = (src / "train.tsv").read_text(encoding="utf-8-sig").splitlines(keepends=True)
     header = 0 if task.columns[0].width else 1
@@ -104,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
                           str(args.lr), "--iter_num", str(steps), "--warmup_batches", str(warmup), "--optimizer",
                           "adamw", "--seed", str(args.seed), "--output_dir", str(work / "out"), "--model_save_dir",
                           str(work / "snaps"), "--log_dir", str(work / "log"), "--loss_print_every_n_iter", "50",
-                          "--eval_batch_size", "64", "--device", "cpu"])  # fmt: skip
+                          "--eval_batch_size", "64", "--device", "cpu",
+                          *bertkit_resume_flags(args.work_dir and work, args.save_every)])  # fmt: skip
         metrics = {**out["eval"], "last_train_loss": out["train"]["last"]["total_loss"]}
     else:
         tok = WordPieceTokenizer(model_dir / "vocab.txt")
@@ -125,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
                 model.classifier.bias.copy_(twin.classifier.bias)
             model.bert.embeddings.word_embeddings.padding_idx = None  # the [PAD] row trained, as bertkit's
             torch.set_rng_state(state)
-        losses = hf_loop(model, loader, steps, args.lr, warmup)
+        losses = hf_loop(model, loader, steps, args.lr, warmup, LoopState(args.work_dir and work, args.save_every))
 
         class Wrapped(torch.nn.Module):  # bertkit's calling convention: (ids, types, mask) -> logits
             def __init__(self, hf):

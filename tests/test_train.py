@@ -34,7 +34,7 @@ def train_cfg(tmp_path, **kw) -> TrainConfig:
     return cfg
 
 
-def run(tmp_path, resume=None, loader=None, model=None, quiet=True, **kw):
+def run(tmp_path, resume=None, loader=None, model=None, quiet=True, extras=None, **kw):
     torch.manual_seed(0)
     model = model or BertForPreTraining(CFG)
     loader = loader or SyntheticData(4, 16, 3, CFG.vocab_size, seed=7)
@@ -44,7 +44,8 @@ def run(tmp_path, resume=None, loader=None, model=None, quiet=True, **kw):
         model.load_state_dict(weights)
     out, history = [], []
     summary = fit(model, CFG, pretrain_step_loss, loader, train_cfg(tmp_path, **kw), DistEnv(), None, state,
-                  print_fn=(lambda s: None) if quiet else out.append, on_log=history.append)  # fmt: skip
+                  print_fn=(lambda s: None) if quiet else out.append, on_log=history.append,
+                  snapshot_extras=extras)  # fmt: skip
     summary["history"] = history
     return model, summary, out
 
@@ -208,6 +209,19 @@ def test_resume_latest_and_keep_last_n(tmp_path):
     assert latest_snapshot(tmp_path / "save").name == "snapshot_20"
     with pytest.raises(ValueError, match="no complete snapshot"):
         latest_snapshot(tmp_path / "nothing")
+
+
+def test_resume_prunes_the_snapshot_its_vocabulary_came_from(tmp_path):
+    """A fine-tuning run resumed from snapshot_2 reads its vocab.txt there; --keep_last_n 1 prunes snapshot_2 at
+    snapshot_4, and snapshot_6 still carries the vocabulary (it was read once, at the start)."""
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("[PAD]\n[UNK]\nhello\n")
+    run(tmp_path / "a", iter_num=2, model_save_every_n_iter=2, extras={"vocab_file": vocab})
+    snap2 = tmp_path / "a" / "save" / "snapshot_2"
+    run(tmp_path / "a", resume=snap2, iter_num=6, model_save_every_n_iter=2, keep_last_n=1,
+        extras={"vocab_file": snap2 / "vocab.txt"})  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "a" / "save").iterdir()) == ["snapshot_6"]
+    assert (tmp_path / "a" / "save" / "snapshot_6" / "vocab.txt").read_bytes() == vocab.read_bytes()
 
 
 def test_metrics_hold_each_step_once_after_resume(tmp_path):

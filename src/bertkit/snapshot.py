@@ -104,13 +104,14 @@ def save_snapshot(
     cfg: BertConfig,
     train_state: dict,
     *,
-    vocab_file: str | os.PathLike | None = None,
+    vocab_file: str | os.PathLike | bytes | None = None,
     do_lower_case: bool | None = None,
     run_config: Mapping | None = None,
 ) -> None:
     """Write a snapshot at `path` (replacing one there only once the new one is whole).
 
-    `vocab_file`, `do_lower_case` and `run_config` (every flag, JSON-serialisable) are stored when given, so that
+    `vocab_file` (a path, or the file's bytes), `do_lower_case` and `run_config` (every flag, JSON-serialisable) are
+    stored when given, so that
     prediction tokenizes as training did and `--resume` can say which flags changed. Raises OutputError (a
     ValueError, one line; DiskFullError when space runs out, checked before writing) and leaves the previous
     snapshot untouched and no partial directory behind.
@@ -118,8 +119,9 @@ def save_snapshot(
     path = Path(path)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     need = _tensor_bytes(weights) + _tensor_bytes(train_state) + (1 << 20)
-    if vocab_file is not None:
-        need += Path(vocab_file).stat().st_size
+    vocab = Path(vocab_file).read_bytes() if isinstance(vocab_file, str | os.PathLike) else vocab_file
+    if vocab is not None:
+        need += len(vocab)
     manifest: dict[str, dict] = {}
     with atomic.atomic_output(path, need_bytes=need) as tmp:
         tmp.mkdir()
@@ -129,8 +131,8 @@ def save_snapshot(
         config = json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"  # as BertConfig.to_json_file
         _write(tmp, CONFIG, lambda f: f.write(config.encode()), manifest)
         _write(tmp, STATE, lambda f: torch.save(train_state, f), manifest)
-        if vocab_file is not None:
-            _write(tmp, VOCAB, lambda f: f.write(Path(vocab_file).read_bytes()), manifest)
+        if vocab is not None:
+            _write(tmp, VOCAB, lambda f: f.write(vocab), manifest)
         if do_lower_case is not None:
             text = json.dumps({"do_lower_case": bool(do_lower_case)}, indent=2) + "\n"
             _write(tmp, TOKENIZER, lambda f: f.write(text.encode()), manifest)

@@ -226,7 +226,8 @@ def fit(
     sum(weight * CE) / norm then averages to sum over the global batch / global count, however the batch is cut.
     on_log(record) receives every step's record (losses are reduced once per print window, not per step).
     snapshot_extras: what snapshots carry besides the weights (snapshot.save_snapshot's vocab_file, do_lower_case,
-    run_config), so that a fine-tuned snapshot tokenizes as its training did.
+    run_config), so that a fine-tuned snapshot tokenizes as its training did; the vocabulary is read once here, as
+    a resumed run's vocab.txt may be in the snapshot that --keep_last_n prunes.
 
     Sets `unpad` on the model's encoder(s): True with --unpad, False with --compile, else None (the padded path in
     training, the fast path in evaluation without gradients).
@@ -270,6 +271,9 @@ def fit(
             f"warning: warmup_batches ({cfg.warmup_batches}) > iter_num ({cfg.iter_num}): the peak rate is never reached"
         )
     saved_at: dict[str, int] = {}
+    extras = dict(snapshot_extras or {})
+    if extras.get("vocab_file") is not None:  # read now: a resumed run's vocab.txt sits in a snapshot it may prune
+        extras["vocab_file"] = Path(extras["vocab_file"]).read_bytes()
 
     def snapshot(name: str, step: int) -> None:
         """Every rank takes part (its RNG state and data position); rank 0 writes; a failure fails all ranks."""
@@ -281,7 +285,7 @@ def fit(
             state = {"step": step, "world_size": env.world_size, "optimizer": opt.state_dict(),
                      "scaler": scaler.state_dict() if use_scaler else None, "ranks": per_rank}  # fmt: skip
             try:
-                save_snapshot(path, raw, bert_cfg, state, **(snapshot_extras or {}))
+                save_snapshot(path, raw, bert_cfg, state, **extras)
                 prune_snapshots(cfg.model_save_dir, cfg.keep_last_n)
             except (OSError, ValueError) as e:
                 error = str(e) if isinstance(e, ValueError) else f"cannot write the snapshot {path}: {e}"
