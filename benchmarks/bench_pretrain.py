@@ -6,9 +6,11 @@ One JSON line per result:
 - "mfu": BERT-base (batch 32, seq 128) model FLOPs utilisation, FLOPs as bertkit computes them (sparse last layer),
   forward + backward timed apart from the optimizer step, against this machine's fp32 and bf16 GEMM peaks measured
   in the same run (the best of square and BERT-shaped products).
-- "compile": `--compile` (torch.compile of the whole model, inductor) against eager on the same fixed batch, fp32
-  and bf16: the compile time (the first compiled step less an eager step) apart from the steady step time, the
-  speed-up, and the steps after which compiling has paid for itself; the loss of the first step compared.
+- "compile": torch.compile (inductor) against eager on the same fixed batch, for each precision of --precisions, in
+  two modes: "model" (`--compile`: the whole model one graph) and "layers" (each encoder layer compiled on its
+  own, `nn.Module.compile`: the layers share one compiled graph, so compile time does not grow with depth): the
+  compile time (the first compiled step less an eager step) apart from the steady step time, the speed-up, and
+  the steps after which compiling has paid for itself; the loss of the first step compared.
 - "unpad": a small BERT's training step (batch 32, seq 128, fp32) on real records, the padded path against
   `--unpad True` (`bertkit.padding`), steps alternating: records made by `create-pretraining-data` (Google's
   algorithm) from WikiText-2 in ../shared/data, else from the demo's Wikipedia sample; their mean length is reported.
@@ -191,8 +193,9 @@ def cpu_model() -> str:
     return "unknown"
 
 
-def compile_gain(name: str, precision: str, steps: int) -> dict:
-    """Eager vs torch.compile(model) pretraining steps (forward + backward + fused AdamW) on one fixed batch.
+def compile_gain(name: str, precision: str, steps: int, mode: str = "model") -> dict:
+    """Eager vs compiled pretraining steps (forward + backward + fused AdamW) on one fixed batch; mode "model":
+    torch.compile(model), "layers": each EncoderLayer compiled in place.
 
     Steps alternate eager and compiled after both are warm, so a busy machine slows each alike; medians count."""
     import statistics
@@ -203,7 +206,12 @@ def compile_gain(name: str, precision: str, steps: int) -> dict:
     eager = BertForPreTraining(cfg)
     compiled_raw = BertForPreTraining(cfg)
     compiled_raw.load_state_dict(eager.state_dict())
-    compiled = torch.compile(compiled_raw)
+    if mode == "model":
+        compiled = torch.compile(compiled_raw)
+    else:
+        for layer in compiled_raw.bert.layers:
+            layer.compile()
+        compiled = compiled_raw
     opts = {id(m): torch.optim.AdamW(r.parameters(), lr=1e-5, fused=True)
             for m, r in ((eager, eager), (compiled, compiled_raw))}  # fmt: skip
 
@@ -227,7 +235,7 @@ def compile_gain(name: str, precision: str, steps: int) -> dict:
         times["compiled"].append(step(compiled)[0])
     e, c = statistics.median(times["eager"]), statistics.median(times["compiled"])
     compile_s = first_compiled - e
-    return {"bench": "compile", "config": name, "precision": precision, "batch": batch, "seq": SEQ,
+    return {"bench": "compile", "mode": mode, "config": name, "precision": precision, "batch": batch, "seq": SEQ,
             "threads": torch.get_num_threads(), "compile_s": round(compile_s, 1), "eager_step_s": round(e, 4),
             "compiled_step_s": round(c, 4), "speedup": round(e / c, 3),
             "break_even_steps": round(compile_s / (e - c)) if e > c else None,
@@ -308,7 +316,7 @@ def main() -> None:
     p.add_argument(
         "--precisions",
         default="fp32,bf16",
-        help="for mfu: comma-separated fp32, bf16 (bf16 needs a CPU "
+        help="for mfu and compile: comma-separated fp32, bf16 (bf16 needs a CPU "
         "with AVX512-BF16/AMX: a Zen 3 EPYC runs bf16 GEMMs at ~1/8 of fp32)",
     )
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
@@ -321,8 +329,9 @@ def main() -> None:
         for r in mfu(max(3, args.steps // 4), args.precisions.split(",")):
             print(json.dumps(r), flush=True)
     if args.only in (None, "compile"):
-        for precision in ("fp32", "bf16"):
-            print(json.dumps(compile_gain(args.config, precision, max(3, args.steps // 2))), flush=True)
+        for precision in args.precisions.split(","):
+            for mode in ("model", "layers"):
+                print(json.dumps(compile_gain(args.config, precision, max(3, args.steps // 2), mode)), flush=True)
     if args.only in (None, "unpad"):
         print(json.dumps(unpad_gain(max(3, args.steps // 2))), flush=True)
     if args.only in (None, "bf16_curve"):

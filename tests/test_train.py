@@ -99,6 +99,23 @@ def test_accumulation_equals_a_bigger_batch(tmp_path):
         assert torch.allclose(pa, pb, atol=1e-5), name
 
 
+def test_weights_cast_once_per_step_equal_a_cast_per_micro_step(tmp_path, monkeypatch):
+    """bf16 with 2 micro-steps: one autocast context per step (weights cast once) gives the losses and weights of
+    a context per micro-step, bit for bit, dropout on."""
+    import bertkit.train as train
+
+    results = []
+    for once in (False, True):
+        monkeypatch.setattr(train, "CAST_ONCE_PER_STEP", once)
+        model, summary, _ = run(tmp_path / str(once), iter_num=3, num_accumulation_steps=2, precision="bf16",
+                                batch_size_per_device=2, log_every_n_iter=1)  # fmt: skip
+        results.append((losses(summary), model.state_dict()))
+    (losses_a, a), (losses_b, b) = results
+    assert losses_a == losses_b
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
 def test_seed_log_lines_and_metrics(tmp_path):
     _, summary, out = run(tmp_path, quiet=False, save_last_snapshot=True)
     lines = [s for s in out if s.startswith("iter ")]
