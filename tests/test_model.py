@@ -231,6 +231,32 @@ def test_explicit_attention_equals_sdpa(tiny_cfg, padded_batch, masked):
         assert max_diff(pa.grad, pb.grad) < TOL, name
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_explicit_attention_mask_added_equals_masked_fill(dtype):
+    """The additive mask gives the same bits as masked_fill(~mask, finfo.min), outputs and gradients, dropout on."""
+    import torch.nn.functional as F
+
+    from bertkit.model import explicit_attention
+
+    def reference(q, k, v, mask, p):  # the formula before: masked_fill
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        return F.dropout(scores.softmax(-1), p) @ v
+
+    g = torch.Generator().manual_seed(3)
+    mask = torch.ones(3, 1, 1, 7, dtype=torch.bool)
+    mask[0, ..., 4:], mask[2, ..., 1:] = False, False  # padding, and a sequence of one token
+    grads = []
+    for f in (reference, explicit_attention):
+        q, k, v = (torch.randn(3, 2, 7, 4, generator=g.manual_seed(i)).to(dtype).requires_grad_() for i in range(3))
+        torch.manual_seed(5)
+        y = f(q, k, v, mask, 0.1)
+        y.backward(torch.randn(y.shape, generator=g.manual_seed(9)).to(dtype))
+        grads.append((y, q.grad, k.grad, v.grad))
+    for a, b in zip(*grads, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_default_attention_choice():
     """SDPA for inference and on accelerators; the explicit path only for CPU training."""
     from bertkit.model import explicit_attention
