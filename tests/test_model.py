@@ -231,9 +231,10 @@ def test_explicit_attention_equals_sdpa(tiny_cfg, padded_batch, masked):
         assert max_diff(pa.grad, pb.grad) < TOL, name
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_explicit_attention_mask_added_equals_masked_fill(dtype):
-    """The additive mask gives the same bits as masked_fill(~mask, finfo.min), outputs and gradients, dropout on."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_explicit_attention_mask_in_place_equals_masked_fill(dtype):
+    """The mask filled in place gives the bits of masked_fill(~mask, finfo.min), outputs and gradients, dropout
+    on, with padding, a one-token sequence and an all-padding one."""
     import torch.nn.functional as F
 
     from bertkit.model import explicit_attention
@@ -245,7 +246,7 @@ def test_explicit_attention_mask_added_equals_masked_fill(dtype):
 
     g = torch.Generator().manual_seed(3)
     mask = torch.ones(3, 1, 1, 7, dtype=torch.bool)
-    mask[0, ..., 4:], mask[2, ..., 1:] = False, False  # padding, and a sequence of one token
+    mask[0, ..., 4:], mask[1], mask[2, ..., 1:] = False, False, False  # padding, all padding, one token
     grads = []
     for f in (reference, explicit_attention):
         q, k, v = (torch.randn(3, 2, 7, 4, generator=g.manual_seed(i)).to(dtype).requires_grad_() for i in range(3))

@@ -99,21 +99,51 @@ def test_accumulation_equals_a_bigger_batch(tmp_path):
         assert torch.allclose(pa, pb, atol=1e-5), name
 
 
-def test_weights_cast_once_per_step_equal_a_cast_per_micro_step(tmp_path, monkeypatch):
-    """bf16 with 2 micro-steps: one autocast context per step (weights cast once) gives the losses and weights of
-    a context per micro-step, bit for bit, dropout on."""
-    import bertkit.train as train
+def test_weights_cast_once_per_step_equal_a_cast_per_micro_step(tmp_path):
+    """bf16 with 2 micro-steps: fit's one autocast context per step gives the losses and weights of a plain loop
+    with a context per micro-step, bit for bit (dropout on), and casts each weight once a step, not twice."""
+    from torch.utils._python_dispatch import TorchDispatchMode
 
-    results = []
-    for once in (False, True):
-        monkeypatch.setattr(train, "CAST_ONCE_PER_STEP", once)
-        model, summary, _ = run(tmp_path / str(once), iter_num=3, num_accumulation_steps=2, precision="bf16",
-                                batch_size_per_device=2, log_every_n_iter=1)  # fmt: skip
-        results.append((losses(summary), model.state_dict()))
-    (losses_a, a), (losses_b, b) = results
-    assert losses_a == losses_b
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    from bertkit.optim import build_optimizer, learning_rate, set_lr
+
+    class CountCasts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            self.n += func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.bfloat16
+            return func(*args, **kwargs)
+
+    kw = dict(iter_num=3, num_accumulation_steps=2, precision="bf16", optimizer="adamw", max_grad_norm=0.0,
+              log_every_n_iter=1)  # fmt: skip
+    with CountCasts() as fit_casts:
+        model, summary, _ = run(tmp_path / "fit", **kw)
+
+    cfg = train_cfg(tmp_path / "plain", **kw)  # the plain loop: autocast around each micro-step's forward
+    torch.manual_seed(0)
+    plain = BertForPreTraining(CFG).train()
+    opt = build_optimizer(cfg.optimizer, plain, cfg.learning_rate, cfg.weight_decay_rate)
+    it, plain_losses = iter(SyntheticData(4, 16, 3, CFG.vocab_size, seed=7)), []
+    with CountCasts() as plain_casts:
+        for step in range(cfg.iter_num):
+            set_lr(opt, learning_rate(step, cfg.learning_rate, cfg.warmup_batches, cfg.iter_num))
+            total = 0.0
+            for _ in range(2):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    loss, _ = pretrain_step_loss(plain, next(it))
+                (loss / 2).backward()
+                total += loss.detach().float()
+            torch.nn.utils.clip_grad_norm_(list(plain.parameters()), float("inf"), foreach=True)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            plain_losses.append(float(total / 2))
+    assert [r["total_loss"] for r in summary["history"]] == plain_losses
+    for name, p in plain.state_dict().items():
+        assert torch.equal(model.state_dict()[name], p), name
+    weights = sum(isinstance(m, torch.nn.Linear) for m in plain.modules())
+    assert plain_casts.n - fit_casts.n >= weights * cfg.iter_num  # each Linear weight cast once a step, not twice
 
 
 def test_seed_log_lines_and_metrics(tmp_path):

@@ -62,11 +62,9 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None
     """
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (B, N, T, T)
     if attn_mask is not None:  # True = may attend; finfo.min rather than -inf keeps a row finite
-        # Added, not masked_fill'ed: one pass over the scores instead of a copy and a fill, and nothing in backward
-        # (masked_fill's backward is another copy and fill). The masked scores round to finfo.min either way, so
-        # the probabilities and gradients are the same bits as with masked_fill (tests/test_model.py).
-        bias = torch.zeros(attn_mask.shape, dtype=scores.dtype, device=scores.device)
-        scores = scores + bias.masked_fill_(~attn_mask, torch.finfo(scores.dtype).min)
+        # In place: backward needs q and k, not their product, so no copy is made (masked_fill would copy the
+        # (B, N, T, T) scores first): the same bits, 1.1x a padded SQuAD training step (benchmarks/bench_mask.py).
+        scores.masked_fill_(~attn_mask, torch.finfo(scores.dtype).min)
     probs = F.dropout(scores.softmax(-1), dropout_p)
     return probs.to(v.dtype) @ v
 

@@ -187,11 +187,9 @@ def autocast(precision: str, device: torch.device):
 
 
 # One autocast context around a step's micro-steps: autocast keeps its bf16/fp16 copies of the weights until the
-# outermost context exits, so with --num_accumulation_steps k the weights are cast once a step, not k times (a
-# cast of BERT-base's weights is 0.34 s of one Zen 3 core, as much as 7% of a bf16 micro-step at 565 GFLOP/s).
-# Backward runs with autocast off, as outside the context. False: a context per micro-step (the plain path, which
-# tests compare with).
-CAST_ONCE_PER_STEP = True
+# outermost context exits, so with --num_accumulation_steps k the weights are cast once a step, not k times.
+# Backward runs with autocast off, as it would outside the context. Tested equal, bit for bit, to a context per
+# micro-step, with fewer casts (tests/test_train.py).
 
 
 def no_autocast(precision: str, device: torch.device):
@@ -370,14 +368,13 @@ def fit(
                 norm = dist.all_reduce_sum(local, env) / (accum * env.world_size)
             # -- micro-steps: gradients add up; DDP syncs only on the last one
             sums = None
-            once = CAST_ONCE_PER_STEP and accum > 1
-            with autocast(cfg.precision, env.device) if once else contextlib.nullcontext():
+            with autocast(cfg.precision, env.device):  # weights cast once for all micro-steps (above)
                 for micro, batch in enumerate(batches):
                     sync = contextlib.nullcontext() if micro == accum - 1 or env.world_size == 1 else model.no_sync()
                     with sync:
                         with autocast(cfg.precision, env.device):
                             loss, parts = loss_fn(model, batch) if norm is None else loss_fn(model, batch, norm)
-                        with no_autocast(cfg.precision, env.device) if once else contextlib.nullcontext():
+                        with no_autocast(cfg.precision, env.device):
                             scaler.scale(loss / accum).backward()
                     names = list(parts)  # e.g. total_loss, mlm_loss, nsp_loss: the seed's order
                     stacked = torch.stack([p.detach().float() for p in parts.values()])
