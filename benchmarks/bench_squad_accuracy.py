@@ -14,7 +14,8 @@ Model dropout is the checkpoint's (0.1). Both run on CPU with the same thread co
     python benchmarks/bench_squad_accuracy.py --steps 250 --dev_articles 0     # 0: the full dev set
 
 With --work_dir DIR a killed run given the same arguments again continues from its last state (every --save_every
-steps; `resumable.py`) and gives the uninterrupted run's result.
+steps; `resumable.py`) and gives the uninterrupted run's result; a side that had finished (DIR/SIDE.json) is not
+run again.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from resumable import LoopState, bertkit_resume_flags, skip_batches
+from resumable import LoopState, bertkit_resume_flags, resumed_at, run_key, skip_batches
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
 
@@ -104,6 +105,7 @@ def run_bertkit(args: argparse.Namespace, model_dir: Path, predict_file: Path, t
             "--output_dir", str(out), "--log_dir", str(out / "log"), "--model_save_dir", str(out / "save"),
             "--overwrite_output_dir", "--seed", str(args.seed),
             *bertkit_resume_flags(args.work_dir and out, args.save_every)]  # fmt: skip
+    resumed = resumed_at(out / "save") if args.work_dir else 0
     squad.answer = timed_answer
     try:
         t0 = time.perf_counter()
@@ -124,6 +126,7 @@ def run_bertkit(args: argparse.Namespace, model_dir: Path, predict_file: Path, t
         "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
         "exact_match": round(result["eval"]["exact_match"], 2),
         "f1": round(result["eval"]["f1"], 2),
+        **({"resumed_at_step": resumed} if resumed else {}),
         "command": "bertkit " + " ".join(argv),
     }
 
@@ -212,9 +215,8 @@ def run_hf(args: argparse.Namespace, model_dir: Path, predict_file: Path) -> dic
     work = Path(args.work_dir) / "hf" if args.work_dir else None
     if work:
         work.mkdir(parents=True, exist_ok=True)
-    losses = train_hf(
-        model, loader, args.steps, args.lr, args.steps // 10, name="hf", state=LoopState(work, args.save_every)
-    )
+    state = LoopState(work, args.save_every, run_key(args, "only", "save_predictions"))
+    losses = train_hf(model, loader, args.steps, args.lr, args.steps // 10, name="hf", state=state)
     train_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -233,6 +235,7 @@ def run_hf(args: argparse.Namespace, model_dir: Path, predict_file: Path) -> dic
         "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
         "exact_match": round(metrics["exact_match"], 2),
         "f1": round(metrics["f1"], 2),
+        **({"resumed_at_step": state.resumed_at} if state.resumed_at else {}),
     }
 
 
@@ -272,14 +275,19 @@ def main(argv: list[str] | None = None) -> None:
         for name in ("bertkit", "hf"):
             if args.only not in (None, name):
                 continue
+            done = Path(args.work_dir) / f"{name}.json" if args.work_dir else None
+            if done and done.exists():  # finished before the run was killed: not trained again
+                print(done.read_text(encoding="utf-8").strip(), flush=True)
+                continue
             if name == "bertkit":
                 res = run_bertkit(args, model_dir, predict_file, tmp)
             else:
                 res = run_hf(args, model_dir, predict_file)
-            line = {"implementation": res.pop("implementation"), **base, **res}
-            print(json.dumps(line), flush=True)
+            line = json.dumps({"implementation": res.pop("implementation"), **base, **res})
+            print(line, flush=True)
             sys.stdout.flush()
-            if args.work_dir:  # this side is done: its state is not needed again
+            if done:  # this side's result kept, its training state no longer needed
+                done.write_text(line + "\n", encoding="utf-8")
                 shutil.rmtree(Path(args.work_dir) / name, ignore_errors=True)
 
 

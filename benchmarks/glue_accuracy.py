@@ -16,7 +16,8 @@ the optimizer a plain Hugging Face loop uses; the full dev set is scored with th
     python benchmarks/glue_accuracy.py --task sst-2 --side hf --seed 1 --max_train 16000 --epochs 1
 
 With --work_dir DIR a run can be killed and run again with the same arguments: it continues from its last state
-(every --save_every steps; `resumable.py`) and gives the uninterrupted run's result; DIR is removed when the run has finished.
+(every --save_every steps; `resumable.py`, in DIR/TASK-SIDE-seedS) and gives the uninterrupted run's result; that
+folder is removed when the run has finished.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 
 from bench_squad_accuracy import minilm_dir
-from resumable import LoopState, bertkit_resume_flags, skip_batches
+from resumable import LoopState, bertkit_resume_flags, resumed_at, run_key, skip_batches
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     task, model_dir = glue.get_task(args.task), minilm_dir()
     src = GLUE / task.name
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix=f"glue-{task.name}-"))
+    run_name = f"{task.name}-{args.side}-seed{args.seed}"  # a folder of its own inside --work_dir
+    work = Path(args.work_dir) / run_name if args.work_dir else Path(tempfile.mkdtemp(prefix=f"glue-{run_name}-"))
     data = work / "data"  # the first --max_train rows of train.tsv, and dev.tsv
     data.mkdir(parents=True, exist_ok=True)
     shutil.copy(src / "dev.tsv", data / "dev.tsv")
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     warmup = int(steps * 0.1)
     t0 = time.perf_counter()
     if args.side == "ours":
+        resumed = resumed_at(work / "snaps") if args.work_dir else 0
         out = cli.invoke(["classify", "--task_name", task.name, "--do_train", "--do_eval", "--data_dir", str(data),
                           "--init_checkpoint", str(model_dir), "--train_batch_size", "32", "--learning_rate",
                           str(args.lr), "--iter_num", str(steps), "--warmup_batches", str(warmup), "--optimizer",
@@ -136,7 +139,9 @@ def main(argv: list[str] | None = None) -> None:
                 model.classifier.bias.copy_(twin.classifier.bias)
             model.bert.embeddings.word_embeddings.padding_idx = None  # the [PAD] row trained, as bertkit's
             torch.set_rng_state(state)
-        losses = hf_loop(model, loader, steps, args.lr, warmup, LoopState(args.work_dir and work, args.save_every))
+        state = LoopState(args.work_dir and work, args.save_every, run_key(args))
+        losses = hf_loop(model, loader, steps, args.lr, warmup, state)
+        resumed = state.resumed_at
 
         class Wrapped(torch.nn.Module):  # bertkit's calling convention: (ids, types, mask) -> logits
             def __init__(self, hf):
@@ -153,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - t0
     print(json.dumps({"task": task.name, "side": args.side, "seed": args.seed, "train_examples": n_train,
                       "steps": steps, **{k: round(float(v), 8) for k, v in metrics.items()},
-                      "seconds": round(seconds)}), flush=True)  # fmt: skip
+                      "seconds": round(seconds), **({"resumed_at_step": resumed} if resumed else {})}),
+          flush=True)  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
 
 
