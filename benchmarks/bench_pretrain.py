@@ -15,7 +15,8 @@ One JSON line per result:
   `--unpad True` (`bertkit.padding`), steps alternating: records made by `create-pretraining-data` (Google's
   algorithm) from WikiText-2 in ../shared/data, else from the demo's Wikipedia sample; their mean length is reported.
 - "bf16_curve": a tiny BERT trained 300 iterations in fp32 and in bf16 autocast on the same data: the mean loss
-  of the last 20 iterations, and their relative difference (target < 1%).
+  of the last 20 iterations, and their relative difference (target < 1%); beside it the curve's own noise floor,
+  fp32 again from the same init with other dropout masks.
 
     python benchmarks/bench_pretrain.py                        # all
     python benchmarks/bench_pretrain.py --only overhead --config small
@@ -287,24 +288,29 @@ def bf16_curve(iters: int) -> dict:
     cfg = BertConfig(**dict(cfg.to_dict(), vocab_size=2000))
     means = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for precision in ("fp32", "bf16"):
+        for run in ("fp32", "bf16", "fp32_other_dropout"):
+            precision = run[:4]
             torch.manual_seed(0)
             model = BertForPreTraining(cfg)
+            if run == "fp32_other_dropout":  # the same init, other dropout masks: the curve's own noise floor
+                torch.manual_seed(1)
             from bertkit.pretrain import SyntheticData
 
             data = SyntheticData(16, SEQ, MAX_PRED, cfg.vocab_size, seed=5, num_batches=8)
             tc = TrainConfig(batch_size_per_device=16, iter_num=iters, warmup_batches=30, learning_rate=1e-3,
                              precision=precision, log_every_n_iter=1, loss_print_every_n_iter=10**9,
-                             model_save_every_n_iter=10**9, log_dir=str(Path(tmp) / precision),
+                             model_save_every_n_iter=10**9, log_dir=str(Path(tmp) / run),
                              model_save_dir=str(Path(tmp) / "s"))  # fmt: skip
             history = []
             fit(model, cfg, pretrain_step_loss, data, tc, DistEnv(), print_fn=lambda s: None, on_log=history.append)
             losses = [r["total_loss"] for r in history]
-            means[precision] = (float(np.mean(losses[-20:])), losses[0])
-    rel = abs(means["bf16"][0] - means["fp32"][0]) / means["fp32"][0]
+            means[run] = (float(np.mean(losses[-20:])), losses[0])
+    fp32 = means["fp32"][0]
     return {"bench": "bf16_curve", "iters": iters, "fp32_start": round(means["fp32"][1], 4),
-            "fp32_last20_mean": round(means["fp32"][0], 4), "bf16_last20_mean": round(means["bf16"][0], 4),
-            "relative_diff_pct": round(100 * rel, 3)}  # fmt: skip
+            "fp32_last20_mean": round(fp32, 4), "bf16_last20_mean": round(means["bf16"][0], 4),
+            "relative_diff_pct": round(100 * abs(means["bf16"][0] - fp32) / fp32, 3),
+            "fp32_other_dropout_last20_mean": round(means["fp32_other_dropout"][0], 4),
+            "noise_floor_pct": round(100 * abs(means["fp32_other_dropout"][0] - fp32) / fp32, 3)}  # fmt: skip
 
 
 def main() -> None:
