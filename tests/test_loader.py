@@ -400,8 +400,10 @@ def test_cache_without_file_locks(data, tmp_path):
     import multiprocessing
 
     args = (data["ofrecord"], R.pretraining_features(T, P), tmp_path / "cache")
-    with multiprocessing.get_context("fork").Pool(2) as pool:
-        results = pool.map(_build_without_locks, [args, args])
+    # spawn, not fork: a fork of this many-threaded test process can copy a lock another thread holds, and the
+    # worker then waits on it for ever (seen once on a loaded machine); the timeout turns any hang into a failure.
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        results = pool.map_async(_build_without_locks, [args, args]).get(timeout=300)
     assert results[0] == results[1]
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] == [Path(results[0]).name]
     assert load_shards(results[0])["input_ids"].shape == (48, T)
