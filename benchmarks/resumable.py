@@ -68,8 +68,12 @@ def run_key(args, *drop: str) -> dict:
 
 def resumed_at(save_dir: Path) -> int:
     """The step bertkit's `--resume latest` continues from in save_dir (0: none yet)."""
-    steps = [int(p.name.split("_")[1]) for p in Path(save_dir).glob("snapshot_*") if p.name.split("_")[1].isdigit()]
-    return max(steps, default=0)
+    from bertkit.snapshot import SNAPSHOT_NAME, latest_snapshot
+
+    try:
+        return int(SNAPSHOT_NAME.match(latest_snapshot(save_dir).name).group(1))
+    except ValueError:  # no complete snapshot yet
+        return 0
 
 
 def bertkit_resume_flags(work: Path | None, every: int = 20) -> list[str]:

@@ -186,14 +186,11 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-# One autocast context around a step's micro-steps: autocast keeps its bf16/fp16 copies of the weights until the
-# outermost context exits, so with --num_accumulation_steps k the weights are cast once a step, not k times.
-# Backward runs with autocast off, as it would outside the context. Tested equal, bit for bit, to a context per
-# micro-step, with fewer casts (tests/test_train.py).
-
-
 def no_autocast(precision: str, device: torch.device):
-    """Autocast off inside an autocast context (for backward: it runs as it would outside the context)."""
+    """Autocast off inside an autocast context. fit opens one autocast context around a step's micro-steps
+    (autocast keeps its bf16/fp16 copies of the weights until the outermost context exits, so with
+    --num_accumulation_steps k the weights are cast once a step, not k times) and runs each backward in this, as
+    it would run outside the context. Tested bit-equal to a context per micro-step, with fewer casts."""
     return contextlib.nullcontext() if precision == "fp32" else torch.autocast(device.type, enabled=False)
 
 
@@ -368,12 +365,11 @@ def fit(
                 norm = dist.all_reduce_sum(local, env) / (accum * env.world_size)
             # -- micro-steps: gradients add up; DDP syncs only on the last one
             sums = None
-            with autocast(cfg.precision, env.device):  # weights cast once for all micro-steps (above)
+            with autocast(cfg.precision, env.device):  # one context: the weights cast once for all micro-steps
                 for micro, batch in enumerate(batches):
                     sync = contextlib.nullcontext() if micro == accum - 1 or env.world_size == 1 else model.no_sync()
                     with sync:
-                        with autocast(cfg.precision, env.device):
-                            loss, parts = loss_fn(model, batch) if norm is None else loss_fn(model, batch, norm)
+                        loss, parts = loss_fn(model, batch) if norm is None else loss_fn(model, batch, norm)
                         with no_autocast(cfg.precision, env.device):
                             scaler.scale(loss / accum).backward()
                     names = list(parts)  # e.g. total_loss, mlm_loss, nsp_loss: the seed's order
