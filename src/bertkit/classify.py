@@ -217,17 +217,6 @@ class ClassifyConfig(runner.SeedConfig):
     def task(self) -> glue.GlueTask:
         return glue.get_task(self.task_name)
 
-    def model_config(self) -> tuple[BertConfig, str]:
-        """--bert_config_file, else the config the checkpoint carries, else the size flags; and which it was."""
-        if self.bert_config_file:
-            return BertConfig.from_json_file(self.bert_config_file), "--bert_config_file"
-        if self.model_load_dir:
-            path = Path(self.model_load_dir)
-            own = checkpoint.own_config(path, checkpoint.detect_format(path))
-            if own is not None:
-                return own, "the checkpoint's config"
-        return self.bert_config(), "the size flags"
-
     def outputs(self) -> list[Path]:
         """The result files this run writes."""
         out = Path(self.output_dir)
@@ -299,8 +288,7 @@ def build_model(cfg: ClassifyConfig, env: dist.DistEnv, say: Callable[[str], Non
     torch.manual_seed(cfg.seed)  # the new head's draws (and a random model's) follow --seed
     model = BertForSequenceClassification(bert_cfg, labels)
     c = bert_cfg
-    note = "" if source == "the size flags" else "; the size flags above are not used"
-    say(f"model from {source}{note}: {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, "
+    say(f"{runner.model_source(source)}: {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, "
         f"{labels} output(s), {num_parameters(model) / 1e6:.1f}M parameters")  # fmt: skip
     if cfg.model_load_dir:
         say(f"Restoring model from {checkpoint.load_into(model, cfg.model_load_dir)}")

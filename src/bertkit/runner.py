@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from bertkit import dist, snapshot
+from bertkit import checkpoint, dist, snapshot
 from bertkit.config import BertConfig
 from bertkit.train import TrainConfig, check_world_size
 
@@ -105,6 +105,27 @@ class SeedConfig(TrainConfig, dist.DistConfig):
             attention_probs_dropout_prob=self.attention_probs_dropout_prob,
             hidden_dropout_prob=self.hidden_dropout_prob,
         )
+
+    def model_config(self) -> tuple[BertConfig, str]:
+        """The fine-tuning model's config: --bert_config_file, else the config the checkpoint at --model_load_dir
+        carries (Hugging Face's config.json, a snapshot's, OneFlow's), else the seed's size flags; and which of the
+        three it was (for `model_source`)."""
+        if self.bert_config_file:
+            return BertConfig.from_json_file(self.bert_config_file), "--bert_config_file"
+        if self.model_load_dir:
+            path = Path(self.model_load_dir)
+            own = checkpoint.own_config(path, checkpoint.detect_format(path))
+            if own is not None:
+                return own, "the checkpoint's config"
+        return self.bert_config(), SIZE_FLAGS
+
+
+SIZE_FLAGS = "the size flags"
+
+
+def model_source(source: str) -> str:
+    """`model from <source>` for the log, saying when the size flags printed in the banner are not the model's."""
+    return f"model from {source}" + ("" if source == SIZE_FLAGS else "; the size flags above are not used")
 
 
 # The seed prints its arguments in this order; bertkit's additions follow.

@@ -228,18 +228,6 @@ class SquadModelConfig(runner.SeedConfig, SquadFlags):
         )
         self.seq_length = self.seq_length or self.max_seq_length
 
-    def model_config(self) -> tuple[BertConfig, str]:
-        """--bert_config_file, else the config the checkpoint carries, else the size flags (the seed's way);
-        and which of the three it was."""
-        if self.bert_config_file:
-            return BertConfig.from_json_file(self.bert_config_file), "--bert_config_file"
-        if self.model_load_dir:
-            path = Path(self.model_load_dir)
-            own = checkpoint.own_config(path, checkpoint.detect_format(path))
-            if own is not None:
-                return own, "the checkpoint's config"
-        return self.bert_config(), "the size flags"
-
 
 @dataclass
 class SquadPredictConfig(SquadModelConfig):
@@ -448,8 +436,7 @@ def build_model(
                              f"{bert_cfg.max_position_embeddings}")  # fmt: skip
     torch.manual_seed(cfg.seed)
     model = BertForQuestionAnswering(bert_cfg)
-    note = "" if source == "the size flags" else "; the size flags above are not used"
-    say(f"model from {source}{note}: {model_line(bert_cfg, model)}")
+    say(f"{runner.model_source(source)}: {model_line(bert_cfg, model)}")
     vocab = None
     if cfg.model_load_dir:
         report = checkpoint.load_into(model, cfg.model_load_dir)
