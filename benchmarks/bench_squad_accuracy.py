@@ -190,7 +190,7 @@ def train_hf(model, loader, steps: int, lr: float, warmup: int, name: str | None
     return losses
 
 
-def run_hf(args: argparse.Namespace, model_dir: Path, predict_file: Path) -> dict:
+def run_hf(args: argparse.Namespace, model_dir: Path, predict_file: Path, name: str = "hf") -> dict:
     import torch
     from transformers import BertForQuestionAnswering
 
@@ -211,12 +211,18 @@ def run_hf(args: argparse.Namespace, model_dir: Path, predict_file: Path) -> dic
     loader = SquadLoader(arrays, args.batch, seed=seed)
     torch.manual_seed(seed)
     model = BertForQuestionAnswering.from_pretrained(model_dir)
+    if name == "hf_init":  # Google's truncated normal head, drawn off the global generator: dropout masks stay hf's
+        std = model.config.initializer_range
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(seed)
+            torch.nn.init.trunc_normal_(model.qa_outputs.weight, std=std, a=-2 * std, b=2 * std, generator=g)
+            model.qa_outputs.bias.zero_()
     t0 = time.perf_counter()
-    work = Path(args.work_dir) / "hf" if args.work_dir else None
+    work = Path(args.work_dir) / name if args.work_dir else None
     if work:
         work.mkdir(parents=True, exist_ok=True)
     state = LoopState(work, args.save_every, run_key(args, "only", "save_predictions"))
-    losses = train_hf(model, loader, args.steps, args.lr, args.steps // 10, name="hf", state=state)
+    losses = train_hf(model, loader, args.steps, args.lr, args.steps // 10, name=name, state=state)
     train_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -225,10 +231,10 @@ def run_hf(args: argparse.Namespace, model_dir: Path, predict_file: Path) -> dic
     start, end = predict_logits(qa, dev.input_ids, dev.input_mask, dev.segment_ids, args.eval_batch, dist.DistEnv())
     preds = predict_answers(examples, dev, RawResults(dev.unique_id, start, end), tok, 20, 30)
     metrics = evaluate_v1(load_squad(predict_file), preds.predictions)
-    keep_predictions(args, "hf", preds.predictions)
+    keep_predictions(args, name, preds.predictions)
     predict_s = time.perf_counter() - t0
     return {
-        "implementation": "hf",
+        "implementation": name,
         "train_seconds": round(train_s, 1),
         "predict_seconds": round(predict_s, 1),
         "total_seconds": round(time.perf_counter() - t_all, 1),
@@ -254,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=12345, help="data order and head init, both sides")
     p.add_argument("--save_predictions", default=None, help="folder to keep each side's predictions.json in")
-    p.add_argument("--only", choices=["bertkit", "hf"], default=None)
+    p.add_argument("--only", choices=["bertkit", "hf", "hf_init"], default=None, help="one side (hf_init: only so)")
     p.add_argument(
         "--work_dir",
         default=None,
@@ -272,8 +278,8 @@ def main(argv: list[str] | None = None) -> None:
         tmp = Path(tmp)
         predict_file = dev_file(args, tmp)
         base = common(args, predict_file)
-        for name in ("bertkit", "hf"):
-            if args.only not in (None, name):
+        for name in ("bertkit", "hf", "hf_init"):
+            if args.only != name and (args.only is not None or name == "hf_init"):
                 continue
             done = Path(args.work_dir) / f"{name}.json" if args.work_dir else None
             if done and done.exists():  # finished before the run was killed: not trained again
@@ -282,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
             if name == "bertkit":
                 res = run_bertkit(args, model_dir, predict_file, tmp)
             else:
-                res = run_hf(args, model_dir, predict_file)
+                res = run_hf(args, model_dir, predict_file, name)
             line = json.dumps({"implementation": res.pop("implementation"), **base, **res})
             print(line, flush=True)
             sys.stdout.flush()
