@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from bertkit import dist, glue
-from bertkit.classify import ClassifyConfig, ClassifyLoader, classification_loss, predict_logits, regression_loss
+from bertkit.classify import (
+    ClassifyConfig,
+    ClassifyLoader,
+    classification_loss,
+    mean_batch_loss,
+    predict_logits,
+    regression_loss,
+)
 from bertkit.cli import main
 from bertkit.config import BertConfig
 from bertkit.model import BertForSequenceClassification
@@ -93,8 +100,9 @@ def read_results(path: Path) -> dict[str, str]:
 def test_learns_evaluates_and_writes_glue_submission(trained):
     d = trained
     results = read_results(d / "run" / "out" / "eval_results.txt")
-    assert list(results) == ["eval_accuracy", "eval_loss", "global_step"]  # Google's keys, sorted
+    assert list(results) == ["eval_accuracy", "eval_loss", "global_step", "loss"]  # Google's keys, sorted
     assert float(results["eval_accuracy"]) == 1.0 and results["global_step"] == "36"
+    assert float(results["loss"]) == pytest.approx(float(results["eval_loss"]), rel=1e-6)  # 16 dev rows, batches of 8
     lines = (d / "run" / "out" / "RTE.tsv").read_text().splitlines()
     truth = ["entailment" if line.split("\t")[1].startswith("yes") else "not_entailment"
              for line in (d / "test.tsv").read_text().splitlines()[1:]]  # fmt: skip
@@ -175,7 +183,7 @@ def test_sts_b_regression_predicts_scores(tmp_path, one_thread):
             "--train_batch_size", "8", "--iter_num", "30", *common(d, tmp_path)]  # fmt: skip
     assert main(argv) == 0
     results = read_results(tmp_path / "out" / "eval_results.txt")
-    assert set(results) == {"eval_pearson", "eval_spearman", "eval_loss", "global_step"}
+    assert set(results) == {"eval_pearson", "eval_spearman", "eval_loss", "global_step", "loss"}
     assert float(results["eval_pearson"]) > 0.8, results
     lines = (tmp_path / "out" / "STS-B.tsv").read_text().splitlines()
     assert (
@@ -316,6 +324,14 @@ def test_fine_tuning_loop_equals_a_plain_hugging_face_loop(tiny_cfg, tmp_path, d
 # --- errors a user can make ----------------------------------------------------------------------------------------
 
 
+def test_loss_in_eval_results_is_the_estimators_mean_of_batch_means():
+    """Google's eval_results.txt `loss`: the mean of each eval batch's mean loss (the last batch short), which is
+    not eval_loss (the mean per example) when the batch size does not divide the examples."""
+    per_example = torch.tensor([1.0, 2.0, 3.0, 4.0, 6.0])
+    assert mean_batch_loss(per_example, 2) == pytest.approx(((1 + 2) / 2 + (3 + 4) / 2 + 6) / 3)
+    assert mean_batch_loss(per_example, 5) == pytest.approx(16 / 5)
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -329,6 +345,7 @@ def test_fine_tuning_loop_equals_a_plain_hugging_face_loop(tiny_cfg, tmp_path, d
         (["--task_name", "rte", "--do_train", "--data_dir", "d", "--num_epochs", "2", "--num_train_epochs", "3"],
          "--num_train_epochs 3.0 and --num_epochs 2.0 name the same thing"),
         (["--task_name", "xnli", "--do_predict", "--data_dir", "d"], "XNLI has no test file"),
+        (["--task_name", "ax", "--do_train", "--data_dir", "d"], "AX has no train file: GLUE's diagnostic set is test only; predict it with a model fine-tuned on MNLI"),
         (["--task_name", "rte", "--do_eval", "--data_dir", "d", "--train_batch_size", "64", "--batch_size_per_device", "16"],
          "--train_batch_size 64 is 64 per process for 1 processes, but --batch_size_per_device is 16; give one"),
     ],

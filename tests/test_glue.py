@@ -195,6 +195,31 @@ def test_features_equal_googles_convert_single_example(shared_data, name, T):
     assert f.input_mask.sum(1).max() == T  # long examples were cut
 
 
+def test_a_text_b_without_tokens_is_no_text_b_as_in_googles():
+    """Google tests the tokens (`if tokens_b`), not the string: a text_b of spaces or control characters gives
+    [CLS] a [SEP] cut to T - 2, not an empty second segment."""
+    task, tok = glue.get_task("rte"), WordPieceTokenizer()
+    ex = [glue.InputExample("dev-0", "the cat sat on the mat", b, "entailment", "") for b in (" ", "\x00 \t", "", None)]
+    f = glue.convert_examples_to_features(ex, task, 8, tok)
+    for i, e in enumerate(ex):
+        ids, mask, seg, _ = google_features(e, list(task.labels), 8, tok)
+        assert (f.input_ids[i].tolist(), f.input_mask[i].tolist(), f.segment_ids[i].tolist()) == (ids, mask, seg)
+        assert f.input_mask[i].sum() == 8 and f.segment_ids[i].sum() == 0
+
+
+def test_ax_is_glues_diagnostic_set_answered_with_mnlis_labels(tmp_path):
+    rows = [["index", "sentence1", "sentence2"]] + [[str(i), a, b] for i, (a, b) in enumerate(PAIRS)]
+    (tmp_path / "diagnostic.tsv").write_text("\n".join("\t".join(r) for r in rows) + "\n", encoding="utf-8")
+    task = glue.get_task("AX")
+    ex = glue.read_examples(task, tmp_path, "test")
+    assert [(e.guid, e.text_a, e.text_b) for e in ex] == [(str(i), a, b) for i, (a, b) in enumerate(PAIRS)]
+    assert task.labels == glue.get_task("MNLI").labels  # an MNLI model's outputs, in its order
+    glue.write_predictions(task, ex, np.eye(3), tmp_path)
+    assert (tmp_path / "AX.tsv").read_text() == "index\tprediction\n0\tcontradiction\n1\tentailment\n2\tneutral\n"
+    with pytest.raises(ValueError, match="AX has no train file: GLUE's diagnostic set is test only"):
+        glue.read_examples(task, tmp_path, "train")
+
+
 def test_truncate_pair_takes_from_the_longer_and_from_b_on_a_tie():
     a, b = [1, 2, 3, 4, 5], [6, 7, 8]
     glue.truncate_pair(a, b, 6)

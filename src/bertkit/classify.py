@@ -209,8 +209,10 @@ class ClassifyConfig(runner.SeedConfig):
             raise ValueError("--do_eval needs --data_dir (GLUE tsv files) or --eval_data_dir (record files)")
         if self.do_predict and not self.data_dir:
             raise ValueError(f"--do_predict needs --data_dir holding {self.task.name}'s test file")
-        if self.do_predict and self.task.file("test") is None:
-            raise ValueError(f"--do_predict: {self.task.name} has no test file bertkit reads")
+        for flag, split, records in (("do_train", "train", self.train_data_dir), ("do_eval", "dev", self.eval_data_dir),
+                                     ("do_predict", "test", None)):  # fmt: skip
+            if getattr(self, flag) and not records and self.task.file(split) is None:
+                raise ValueError(f"--{flag}: {self.task.missing(split)}")
         self.validate_before_derived()
 
     @property
@@ -346,18 +348,32 @@ def predict_logits(model: nn.Module, feats: glue.Features, batch_size: int, env:
 def evaluate(model: nn.Module, cfg: ClassifyConfig, feats: glue.Features, env: dist.DistEnv,
              progress: bool = False) -> dict[str, float]:  # fmt: skip
     """The task's metrics on labelled features, plus eval_loss (the mean loss per example, as Google's)."""
+    return _evaluate(model, cfg, feats, env, progress)[0]
+
+
+def _evaluate(model: nn.Module, cfg: ClassifyConfig, feats: glue.Features, env: dist.DistEnv,
+              progress: bool = False) -> tuple[dict[str, float], torch.Tensor]:  # fmt: skip
+    """(`evaluate`'s metrics, the loss of every example (N,) in file order)."""
     logits = predict_logits(model, feats, cfg.eval_batch_size_per_device, env, cfg.precision, progress)
     t = torch.from_numpy(logits)
     if cfg.task.is_regression:
-        loss = F.mse_loss(t[:, 0], torch.from_numpy(feats.label_ids.astype(np.float32)))
+        loss = F.mse_loss(t[:, 0], torch.from_numpy(feats.label_ids.astype(np.float32)), reduction="none")
     else:
-        loss = F.cross_entropy(t, torch.from_numpy(feats.label_ids.astype(np.int64)))
-    return {**glue.glue_metrics(cfg.task, logits, feats.label_ids), "loss": float(loss)}
+        loss = F.cross_entropy(t, torch.from_numpy(feats.label_ids.astype(np.int64)), reduction="none")
+    return {**glue.glue_metrics(cfg.task, logits, feats.label_ids), "loss": float(loss.mean())}, loss
 
 
-def write_eval_results(path: Path, metrics: dict[str, float], step: int) -> None:
-    """Google's eval_results.txt: `key = value` lines, keys sorted (eval_accuracy, eval_loss, global_step)."""
+def mean_batch_loss(example_loss: torch.Tensor, batch_size: int) -> float:
+    """The mean over batches of `batch_size` examples in file order (the last one short) of each batch's mean loss:
+    the `loss` Google's Estimator writes beside eval_loss (equal to it when batch_size divides the examples)."""
+    return float(torch.stack([b.mean() for b in example_loss.split(batch_size)]).mean())
+
+
+def write_eval_results(path: Path, metrics: dict[str, float], step: int, batch_loss: float | None = None) -> None:
+    """Google's eval_results.txt: `key = value` lines, keys sorted (eval_accuracy, eval_loss, global_step, loss)."""
     result = {f"eval_{k}": v for k, v in metrics.items()} | {"global_step": step}
+    if batch_loss is not None:
+        result["loss"] = batch_loss
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{k} = {result[k]}\n" for k in sorted(result)), encoding="utf-8")
 
@@ -443,9 +459,11 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
             say("note: the fine-tuned model is not kept; pass --save_last_snapshot to keep it")
     out = Path(cfg.output_dir)
     if dev is not None:
-        metrics = evaluate(model, cfg, dev, env, progress=env.is_main)
+        metrics, example_loss = _evaluate(model, cfg, dev, env, progress=env.is_main)
         if env.is_main:
-            write_eval_results(out / "eval_results.txt", metrics, step)
+            write_eval_results(
+                out / "eval_results.txt", metrics, step, mean_batch_loss(example_loss, cfg.eval_batch_size)
+            )
             say(f"***** Eval results ({task.name} dev, {len(dev)} examples) *****")
             say(json.dumps({f"eval_{k}": round(v, 6) for k, v in metrics.items()}))
             say(f"wrote {out / 'eval_results.txt'}")

@@ -44,10 +44,17 @@ class GlueTask:
 
     name: str  # GLUE's spelling; also the submission file's name (RTE.tsv)
     labels: tuple[str, ...]  # the label strings in id order; () for a regression task (STS-B)
-    files: tuple[str, str, str | None]  # train, dev, test
-    columns: tuple[Columns, Columns, Columns | None]  # of the train, dev and test files
+    files: tuple[str | None, str | None, str | None]  # train, dev, test (None: GLUE has none)
+    columns: tuple[Columns | None, Columns | None, Columns | None]  # of the train, dev and test files
     metrics: tuple[str, ...] = ("accuracy",)
     label_aliases: tuple[tuple[str, str], ...] = ()  # XNLI's train file says "contradictory"
+
+    def missing(self, split: str) -> str:
+        """Why `split` cannot be read: the line for a task without that file."""
+        if self.name == "AX":
+            return (f"AX has no {split} file: GLUE's diagnostic set is test only; predict it with a model fine-tuned "
+                    "on MNLI (--task_name ax --do_predict --init_checkpoint MNLI_MODEL)")  # fmt: skip
+        return f"{self.name} has no {split} file bertkit reads"
 
     @property
     def is_regression(self) -> bool:
@@ -98,6 +105,9 @@ TASKS: dict[str, GlueTask] = {
         ("train.tsv", "dev_mismatched.tsv", "test_mismatched.tsv"),
         (Columns(8, 9, -1), Columns(8, 9, -1), Columns(8, 9)),
     ),  # fmt: skip
+    # GLUE's diagnostic set (diagnostic/diagnostic.tsv: index, sentence1, sentence2): test only, answered by a model
+    # fine-tuned on MNLI (same labels in the same order), submitted as AX.tsv.
+    "ax": GlueTask("AX", _NLI, (None, None, "diagnostic.tsv"), (None, None, Columns(1, 2))),
     "qnli": GlueTask("QNLI", _ENTAIL, _TSV, (_PAIR_LAST, _PAIR_LAST, Columns(1, 2))),
     "rte": GlueTask("RTE", _ENTAIL, _TSV, (_PAIR_LAST, _PAIR_LAST, Columns(1, 2))),
     "wnli": GlueTask("WNLI", _BINARY, _TSV, (_PAIR_LAST, _PAIR_LAST, Columns(1, 2))),
@@ -159,7 +169,7 @@ def read_examples(task: GlueTask, data_dir: str | Path, split: str) -> list[Inpu
     """
     name, cols = task.file(split), task.columns[SPLITS.index(split)]
     if name is None or cols is None:
-        raise ValueError(f"{task.name} has no {split} file (GLUE's {task.name} has no test set here)")
+        raise ValueError(task.missing(split))
     path = Path(data_dir) / name
     if not path.is_file():
         raise ValueError(f"--data_dir {data_dir}: {task.name}'s {split} file {name} is not there")
@@ -260,8 +270,9 @@ def convert_examples_to_features(
     """Google's convert_single_example for every example: [CLS] a [SEP] (b [SEP]), segment 0 then 1, the pair cut
     by truncate_pair to max_seq_length - 3 (a single text to max_seq_length - 2), zero padding to max_seq_length.
 
-    Tokenizing whole texts and cutting ids equals Google's cutting tokens (one id per token). An empty text_b counts
-    as none, as in Google's `if example.text_b`. Raises ValueError for an unknown label.
+    Tokenizing whole texts and cutting ids equals Google's cutting tokens (one id per token). A text_b that is empty
+    or has no tokens (spaces, control characters) counts as none, as in Google's `if tokens_b`. Raises ValueError
+    for an unknown label.
     """
     if max_seq_length < 3:
         raise ValueError(f"--max_seq_length must be at least 3 ([CLS] text [SEP]), got {max_seq_length}")
@@ -276,7 +287,7 @@ def convert_examples_to_features(
     cls, sep = tokenizer.cls_id, tokenizer.sep_id
     for i, e in enumerate(examples):
         a, b = ids_a[i], ids_b[i]
-        if b is None:
+        if not b:  # None or no tokens: a single text
             a = a[: T - 2]
             tokens, len_a = [cls, *a, sep], len(a) + 2
         else:
