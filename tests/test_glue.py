@@ -274,7 +274,10 @@ def test_submission_files_use_glues_labels_and_indices(tmp_path):
         tmp_path / "RTE.tsv"
     ).read_text() == "index\tprediction\n0\tentailment\n1\tnot_entailment\n2\tnot_entailment\n"
     probs = [list(map(float, line.split("\t"))) for line in (tmp_path / "test_results.tsv").read_text().splitlines()]
-    assert len(probs) == 3 and all(abs(sum(p) - 1) < 1e-9 for p in probs) and probs[0][0] > 0.88
+    assert len(probs) == 3 and all(abs(sum(p) - 1) < 1e-6 for p in probs) and probs[0][0] > 0.88
+    first = (tmp_path / "test_results.tsv").read_text().splitlines()[0]
+    assert all(str(np.float32(x)) == x for x in first.split("\t"))  # float32 as str() prints it, as Google's
+    assert [float(x) for x in first.split("\t")] == pytest.approx([1 / (1 + np.exp(-2)), 1 / (1 + np.exp(2))], abs=1e-6)
     glue.write_predictions(glue.get_task("sts-b"), ex, np.array([[4.12345], [0.5], [2.0]]), tmp_path)
     assert (tmp_path / "STS-B.tsv").read_text().splitlines()[1] == "0\t4.123"
 

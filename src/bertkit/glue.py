@@ -362,7 +362,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def write_predictions(
     task: GlueTask, examples: list[InputExample], logits: np.ndarray, out_dir: str | Path
 ) -> list[Path]:
-    """OUT/test_results.tsv (Google's: each example's class probabilities, tab-separated; the score for
+    """OUT/test_results.tsv (Google's: each example's class probabilities as float32, tab-separated; the score for
     regression) and OUT/<TASK>.tsv, GLUE's submission file (`index<TAB>prediction`, GLUE's label strings, a score
     with 3 decimals for STS-B)."""
     out = Path(out_dir)
@@ -370,7 +370,8 @@ def write_predictions(
     if task.is_regression:
         rows, preds = [f"{s}" for s in logits[:, 0]], [f"{s:.3f}" for s in logits[:, 0]]
     else:
-        rows = ["\t".join(str(p) for p in probs) for probs in softmax(logits.astype(np.float64))]
+        # float32 probabilities printed by str(), as Google's (its softmax runs in float32): '0.98201376'
+        rows = ["\t".join(str(p) for p in probs) for probs in softmax(logits.astype(np.float32))]
         preds = [task.labels[i] for i in logits.argmax(-1)]
     google, glue = out / "test_results.tsv", out / f"{task.name}.tsv"
     google.write_text("".join(f"{r}\n" for r in rows), encoding="utf-8")
