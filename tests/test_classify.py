@@ -177,6 +177,22 @@ def test_two_processes_train_and_evaluate(trained, tmp_path, capfd):
     assert abs(float(two["eval_loss"]) - float(one["eval_loss"])) < 1e-6
 
 
+def test_the_model_and_log_go_to_output_dir_and_a_second_run_there_is_refused(tmp_path, one_thread, capsys):
+    """Google's run_classifier keeps the fine-tuned model in --output_dir: with no --model_save_dir / --log_dir
+    given, so does bertkit, and a second run into that folder is refused rather than replacing the first's."""
+    d = write_task(tmp_path / "RTE")
+    out = tmp_path / "out"
+    argv = ["classify", "--task_name", "rte", "--do_train", "--data_dir", str(d), "--vocab_file", str(d / "vocab.txt"),
+            "--bert_config_file", str(d / "tiny.json"), "--max_seq_length", "24", "--train_batch_size", "8",
+            "--iter_num", "2", "--output_dir", str(out), "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    assert (out / "model_save" / "last_snapshot" / "model.safetensors").is_file()
+    assert len((out / "log" / "metrics.jsonl").read_text().splitlines()) == 2
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "last_snapshot already exists; pass --overwrite_output_dir to replace it" in capsys.readouterr().err
+
+
 def test_sts_b_regression_predicts_scores(tmp_path, one_thread):
     d = write_task(tmp_path / "STS-B", stsb=True)
     argv = ["classify", "--task_name", "sts-b", "--do_train", "--do_eval", "--do_predict", "--learning_rate", "3e-3",
@@ -391,7 +407,7 @@ def test_bad_files_are_named_before_any_work(tmp_path, capsys):
     (tmp_path / "out" / "eval_results.txt").write_text("x")
     write_task(d)
     assert main(["classify", "--task_name", "rte", "--do_eval", *common(d, tmp_path)]) == 2
-    assert "eval_results.txt already exist; pass --overwrite_output_dir" in capsys.readouterr().err
+    assert "eval_results.txt already exists; pass --overwrite_output_dir" in capsys.readouterr().err
 
 
 def test_tasks_do_not_import_each_other():

@@ -85,9 +85,7 @@ class ClassifyConfig(runner.SeedConfig):
     # the seed's pretraining flags that classification takes (its command lines carry them) but never uses
     cli_hidden: ClassVar[frozenset[str]] = frozenset({"max_predictions_per_seq", "data_part_num", "use_boxing_v2"})
 
-    task_name: str | None = field(
-        default=None, metadata={"help": "cola, sst-2, mrpc, sts-b, qqp, mnli, mnli-mm, qnli, rte, wnli or xnli"}
-    )
+    task_name: str | None = field(default=None, metadata={"help": glue.TASK_HELP})
     data_dir: str | None = field(
         default=None, metadata={"help": "the task's GLUE folder: train.tsv, dev.tsv, test.tsv (MNLI: dev_matched...)"}
     )
@@ -123,6 +121,14 @@ class ClassifyConfig(runner.SeedConfig):
         default="classify_output", metadata={"help": "folder for eval_results.txt, test_results.tsv and <TASK>.tsv"}
     )
     overwrite_output_dir: bool = field(default=False, metadata={"help": "replace result files and snapshots"})
+    # Google's run_classifier keeps everything in --output_dir, the fine-tuned model included: so do these defaults
+    model_save_dir: str | None = field(
+        default=None, metadata={"help": "directory for snapshots (default: OUTPUT_DIR/model_save)"}
+    )
+    log_dir: str | None = field(default=None, metadata={"help": "metrics.jsonl goes here (default: OUTPUT_DIR/log)"})
+    save_last_snapshot: bool = field(
+        default=True, metadata={"help": "keep the fine-tuned model: model_save_dir/last_snapshot at the end"}
+    )
     train_data_dir: str | None = field(
         default=None, metadata={"help": "OneFlow: folder of training part files (or one record file)"}
     )
@@ -162,6 +168,8 @@ class ClassifyConfig(runner.SeedConfig):
         if not self.task_name:
             raise ValueError(f"--task_name is required: one of {', '.join(t.name for t in glue.TASKS.values())}")
         glue.get_task(self.task_name)  # an unknown name fails here, listing the known ones
+        self.model_save_dir = self.model_save_dir or str(Path(self.output_dir) / "model_save")
+        self.log_dir = self.log_dir or str(Path(self.output_dir) / "log")
         one = runner.one_of
         self.model_load_dir = self.init_checkpoint = one(
             ("model_load_dir", "init_checkpoint"), self.model_load_dir, self.init_checkpoint
@@ -405,7 +413,9 @@ def _check(cfg: ClassifyConfig) -> None:
         outputs += existing_snapshots(save_dir)
     existing = [str(p) for p in outputs if p.exists()]
     if existing and not cfg.overwrite_output_dir:
-        raise ValueError(f"{', '.join(existing)} already exist; pass --overwrite_output_dir to replace them")
+        one = len(existing) == 1
+        raise ValueError(f"{', '.join(existing)} already {'exists' if one else 'exist'}; "
+                         f"pass --overwrite_output_dir to replace {'it' if one else 'them'}")  # fmt: skip
     if cfg.do_train:
         check_writable(cfg.model_save_dir)
         runner.check_resume(cfg)
@@ -455,8 +465,8 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
         summary = fit(model, bert_cfg, loss_fn, loader, cfg, env, eval_fn if dev is not None else None,
                       resume_state, say, snapshot_extras=extras)  # fmt: skip
         step = summary["step"]
-        if not cfg.save_last_snapshot:
-            say("note: the fine-tuned model is not kept; pass --save_last_snapshot to keep it")
+        if not cfg.save_last_snapshot and step % cfg.model_save_every_n_iter:
+            say("note: the fine-tuned model is not kept (--save_last_snapshot False)")
     out = Path(cfg.output_dir)
     if dev is not None:
         metrics, example_loss = _evaluate(model, cfg, dev, env, progress=env.is_main)

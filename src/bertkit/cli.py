@@ -229,11 +229,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     cls, run = command(ns.command)
-    sub = subparsers[ns.command]
     try:
         cfg = config_from_args(cls, ns)
-    except ValueError as e:
-        sub.error(str(e))  # the subcommand's usage, not the top level's
+    except ValueError as e:  # flags that disagree: one line (a command's usage block runs to 60 lines)
+        print(f"bertkit {ns.command}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     try:
         run(cfg)
     except ValueError as e:  # a user's mistake (a file, a record, a field): the message, not a traceback

@@ -105,9 +105,6 @@ TASKS: dict[str, GlueTask] = {
         ("train.tsv", "dev_mismatched.tsv", "test_mismatched.tsv"),
         (Columns(8, 9, -1), Columns(8, 9, -1), Columns(8, 9)),
     ),  # fmt: skip
-    # GLUE's diagnostic set (diagnostic/diagnostic.tsv: index, sentence1, sentence2): test only, answered by a model
-    # fine-tuned on MNLI (same labels in the same order), submitted as AX.tsv.
-    "ax": GlueTask("AX", _NLI, (None, None, "diagnostic.tsv"), (None, None, Columns(1, 2))),
     "qnli": GlueTask("QNLI", _ENTAIL, _TSV, (_PAIR_LAST, _PAIR_LAST, Columns(1, 2))),
     "rte": GlueTask("RTE", _ENTAIL, _TSV, (_PAIR_LAST, _PAIR_LAST, Columns(1, 2))),
     "wnli": GlueTask("WNLI", _BINARY, _TSV, (_PAIR_LAST, _PAIR_LAST, Columns(1, 2))),
@@ -119,7 +116,11 @@ TASKS: dict[str, GlueTask] = {
         (Columns(0, 1, 2), Columns(6, 7, 1, keep=(0, "zh")), None),
         label_aliases=(("contradictory", "contradiction"),),
     ),  # fmt: skip
+    # GLUE's diagnostic set (diagnostic/diagnostic.tsv: index, sentence1, sentence2): test only, answered by a model
+    # fine-tuned on MNLI (same labels in the same order), submitted as AX.tsv.
+    "ax": GlueTask("AX", _NLI, (None, None, "diagnostic.tsv"), (None, None, Columns(1, 2))),
 }
+TASK_HELP = "cola, sst-2, mrpc, sts-b, qqp, mnli, mnli-mm, qnli, rte, wnli, xnli or ax (GLUE's diagnostic set)"
 
 
 def get_task(name: str) -> GlueTask:
@@ -428,9 +429,7 @@ class CreateGlueDataConfig:
     """Write a GLUE task's tsv files as classifier records: OneFlow's OFRecord part files (train.of_record-<i>,
     eval.of_record-<i>) for `bertkit classify --train_data_dir` and OneFlow's run_classifier.py, or Google's TFRecords."""
 
-    task_name: str = field(
-        default="", metadata={"help": "cola, sst-2, mrpc, sts-b, qqp, mnli, mnli-mm, qnli, rte, wnli, xnli"}
-    )
+    task_name: str = field(default="", metadata={"help": TASK_HELP})
     data_dir: str = field(
         default="", metadata={"help": "the task's folder of GLUE tsv files (train.tsv, dev.tsv, ...)"}
     )
@@ -487,7 +486,9 @@ def run_create_glue_data(cfg: CreateGlueDataConfig) -> dict[str, int]:
     paths = {s: cfg.output_paths(s) for s in cfg.split_list}
     existing = [str(p) for ps in paths.values() for p in ps if p.exists()]
     if existing:
-        raise ValueError(f"{', '.join(existing)} already exist; remove them or choose another --output_dir")
+        one = len(existing) == 1
+        raise ValueError(f"{', '.join(existing)} already {'exists' if one else 'exist'}; remove "
+                         f"{'it' if one else 'them'} or choose another --output_dir")  # fmt: skip
     examples = {s: read_examples(task, cfg.data_dir, s) for s in cfg.split_list}  # all checked before any is written
     for ex in examples.values():
         check_labels(task, ex)

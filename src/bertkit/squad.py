@@ -583,7 +583,9 @@ def check_outputs(paths: list[Path], overwrite: bool) -> None:
     """Refuse, before any work, to replace a user's files unless asked to."""
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
-        raise ValueError(f"{', '.join(existing)} already exist; pass --overwrite_output_dir to replace them")
+        one = len(existing) == 1
+        raise ValueError(f"{', '.join(existing)} already {'exists' if one else 'exist'}; "
+                         f"pass --overwrite_output_dir to replace {'it' if one else 'them'}")  # fmt: skip
 
 
 def prediction_outputs(cfg: SquadFlags, with_json: bool, with_npy: bool = True) -> list[Path]:

@@ -47,7 +47,10 @@ class TrainConfig:
     iter_num: int = field(default=1144000, metadata={"help": "total optimizer steps to run"})
     warmup_batches: int = field(default=10000, metadata={"help": "linear warmup steps, then linear decay to 0"})
     log_every_n_iter: int = field(default=1, metadata={"help": "write metrics to log_dir every N steps"})
-    loss_print_every_n_iter: int = field(default=10, metadata={"help": "print the loss line every N steps"})
+    loss_print_every_n_iter: int = field(
+        default=10, metadata={"help": "print the loss line every N steps: that step's losses, as the seed's line "
+                              "(every step's are in log_dir/metrics.jsonl)"}
+    )  # fmt: skip
     model_save_every_n_iter: int = field(default=10000, metadata={"help": "write snapshot_{iter} every N steps"})
     model_save_dir: str = field(default="./output/model_save", metadata={"help": "directory for snapshots"})
     save_last_snapshot: bool = field(default=False, metadata={"help": "write model_save_dir/last_snapshot at the end"})
