@@ -372,6 +372,15 @@ def test_config_errors_name_the_flags(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_banner_leaves_out_the_pretraining_flags_classify_only_accepts():
+    from bertkit.runner import banner
+
+    text = banner(ClassifyConfig(task_name="rte", do_train=True, data_dir="d"))
+    names = {line.split(" = ")[0] for line in text.splitlines()}
+    assert {"task_name", "train_data_part_num"} <= names
+    assert not names & {"max_predictions_per_seq", "data_part_num", "use_boxing_v2"}
+
+
 def test_config_reconciles_googles_and_oneflows_names():
     cfg = ClassifyConfig(task_name="MRPC", do_train=True, data_dir="d", train_batch_size=64, gpu_num_per_node=2,
                          num_epochs=2.0, seq_length=96, init_checkpoint="ckpt", num_nodes=1)  # fmt: skip

@@ -139,8 +139,10 @@ SEED_ORDER = (
 
 
 def banner(cfg) -> str:
-    """The seed's banner: every argument as `name = value`, the seed's first, then a time stamp."""
-    names = [f.name for f in dataclasses.fields(cfg)]
+    """The seed's banner: every argument as `name = value`, the seed's first, then a time stamp. Flags a command
+    accepts only so that the seed's command lines parse (its `cli_hidden`) are left out."""
+    hidden = getattr(cfg, "cli_hidden", frozenset())
+    names = [f.name for f in dataclasses.fields(cfg) if f.name not in hidden]
     ordered = [n for n in SEED_ORDER if n in names] + [n for n in names if n not in SEED_ORDER]
     lines = [
         "=" * 66,
