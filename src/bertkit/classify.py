@@ -11,7 +11,6 @@ Hugging Face's run_glue does it: one output, mean squared error. The data, featu
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 from collections.abc import Callable
@@ -377,13 +376,16 @@ def mean_batch_loss(example_loss: torch.Tensor, batch_size: int) -> float:
     return float(torch.stack([b.mean() for b in example_loss.split(batch_size)]).mean())
 
 
-def write_eval_results(path: Path, metrics: dict[str, float], step: int, batch_loss: float | None = None) -> None:
-    """Google's eval_results.txt: `key = value` lines, keys sorted (eval_accuracy, eval_loss, global_step, loss)."""
+def write_eval_results(path: Path, metrics: dict[str, float], step: int, batch_loss: float | None = None) -> list[str]:
+    """Google's eval_results.txt: `key = value` lines, keys sorted (eval_accuracy, eval_loss, global_step, loss).
+    Returns the lines (Google logs them too)."""
     result = {f"eval_{k}": v for k, v in metrics.items()} | {"global_step": step}
     if batch_loss is not None:
         result["loss"] = batch_loss
+    lines = [f"{k} = {result[k]}" for k in sorted(result)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{k} = {result[k]}\n" for k in sorted(result)), encoding="utf-8")
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return lines
 
 
 # --- the command -------------------------------------------------------------------------------------------------
@@ -471,11 +473,11 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
     if dev is not None:
         metrics, example_loss = _evaluate(model, cfg, dev, env, progress=env.is_main)
         if env.is_main:
-            write_eval_results(
-                out / "eval_results.txt", metrics, step, mean_batch_loss(example_loss, cfg.eval_batch_size)
-            )
+            batch_loss = mean_batch_loss(example_loss, cfg.eval_batch_size)
+            lines = write_eval_results(out / "eval_results.txt", metrics, step, batch_loss)
             say(f"***** Eval results ({task.name} dev, {len(dev)} examples) *****")
-            say(json.dumps({f"eval_{k}": round(v, 6) for k, v in metrics.items()}))
+            for line in lines:  # as Google logs them
+                say(f"  {line}")
             say(f"wrote {out / 'eval_results.txt'}")
     if cfg.do_predict:
         test, examples = load_features(cfg, "predict", tokenizer, env, say)
