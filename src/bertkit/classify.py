@@ -122,9 +122,9 @@ class ClassifyConfig(runner.SeedConfig):
     overwrite_output_dir: bool = field(default=False, metadata={"help": "replace result files and snapshots"})
     # Google's run_classifier keeps everything in --output_dir, the fine-tuned model included: so do these defaults
     model_save_dir: str | None = field(
-        default=None, metadata={"help": "directory for snapshots (default: OUTPUT_DIR/model_save)"}
+        default=None, metadata={"help": "directory for snapshots (default: --output_dir)"}
     )
-    log_dir: str | None = field(default=None, metadata={"help": "metrics.jsonl goes here (default: OUTPUT_DIR/log)"})
+    log_dir: str | None = field(default=None, metadata={"help": "metrics.jsonl goes here (default: --output_dir)"})
     save_last_snapshot: bool = field(
         default=True, metadata={"help": "keep the fine-tuned model: model_save_dir/last_snapshot at the end"}
     )
@@ -167,8 +167,8 @@ class ClassifyConfig(runner.SeedConfig):
         if not self.task_name:
             raise ValueError(f"--task_name is required: one of {', '.join(t.name for t in glue.TASKS.values())}")
         glue.get_task(self.task_name)  # an unknown name fails here, listing the known ones
-        self.model_save_dir = self.model_save_dir or str(Path(self.output_dir) / "model_save")
-        self.log_dir = self.log_dir or str(Path(self.output_dir) / "log")
+        self.model_save_dir = self.model_save_dir or self.output_dir
+        self.log_dir = self.log_dir or self.output_dir
         one = runner.one_of
         self.model_load_dir = self.init_checkpoint = one(
             ("model_load_dir", "init_checkpoint"), self.model_load_dir, self.init_checkpoint

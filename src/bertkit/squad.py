@@ -310,6 +310,14 @@ class SquadConfig(SquadModelConfig):
     model: str = field(default="SQuAD", metadata={"help": "the seed's run name, printed in the banner"})
     num_nodes: int | None = field(default=None, metadata={"help": "the seed's later name for --node_num"})
     node_ips: str | None = field(default=None, metadata={"help": "the seed's later name for --node_list"})
+    # Google's run_squad keeps everything in --output_dir, the fine-tuned model included: so do these defaults
+    model_save_dir: str | None = field(
+        default=None, metadata={"help": "directory for snapshots (default: --output_dir)"}
+    )
+    log_dir: str | None = field(default=None, metadata={"help": "metrics.jsonl goes here (default: --output_dir)"})
+    save_last_snapshot: bool = field(
+        default=True, metadata={"help": "keep the fine-tuned model: model_save_dir/last_snapshot at the end"}
+    )
     # Fine-tuning defaults that differ from pretraining's (Google's README and the seed's run_squad.sh):
     learning_rate: float = field(default=3e-5, metadata={"help": "peak learning rate"})
     batch_size_per_device: int = field(default=32, metadata={"help": "windows per process per micro-step"})
@@ -328,6 +336,8 @@ class SquadConfig(SquadModelConfig):
         self.reconcile_node_names(self.num_nodes, self.node_ips)
         self.num_nodes, self.node_ips = self.node_num, self.node_list
         self._check_model_flags(default_output_dir="squad_output")
+        self.model_save_dir = self.model_save_dir or self.output_dir
+        self.log_dir = self.log_dir or self.output_dir
         # num_train_epochs stays as given: it selects Google's step count (train_steps)
         self.num_epochs = runner.one_of(("num_epochs", "num_train_epochs"), self.num_epochs, self.num_train_epochs, 3.0)
         if self.data_dir:  # the tutorial's run_squad.py: --data_dir holds the training windows
@@ -714,8 +724,8 @@ def _run(cfg: SquadConfig, env: dist.DistEnv) -> dict:
                   "run_config": dataclasses.asdict(cfg)}  # fmt: skip
         summary = fit(model, bert_cfg, squad_loss, loader, cfg, env, eval_fn if es else None, resume_state, say,
                       snapshot_extras=extras)  # fmt: skip
-        if not cfg.save_last_snapshot:
-            say("note: the fine-tuned model is not kept; pass --save_last_snapshot to keep it")
+        if not cfg.save_last_snapshot and summary["step"] % cfg.model_save_every_n_iter:
+            say("note: the fine-tuned model is not kept (--save_last_snapshot False)")
     if es is not None:
         metrics = answer(model, es, cfg, tokenizer, env, cfg.eval_batch_size_per_device, write=True, say=say)
     for note in notes:  # training questions Google's reader skips: their answer is not at answer_start
