@@ -497,6 +497,10 @@ def test_config_reconciles_the_seeds_and_googles_names():
         "squad_output",
     )
     assert Npy2JsonConfig(predict_file="p.json").output_dir == "."
+    # Google's way: the fine-tuned model and the log in --output_dir unless the seed's flags say otherwise
+    assert (cfg.model_save_dir, cfg.log_dir, cfg.save_last_snapshot) == ("squad_output", "squad_output", True)
+    seed = SquadConfig(data_dir="d", model_save_dir="m", log_dir="l", save_last_snapshot=False)
+    assert (seed.model_save_dir, seed.log_dir, seed.save_last_snapshot) == ("m", "l", False)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
