@@ -177,6 +177,20 @@ def test_two_processes_train_and_evaluate(trained, tmp_path, capfd):
     assert abs(float(two["eval_loss"]) - float(one["eval_loss"])) < 1e-6
 
 
+def test_a_record_of_another_length_is_one_line_from_two_processes(trained, tmp_path, capfd):
+    d = trained
+    recs = tmp_path / "recs"
+    assert main(["create-glue-data", "--task_name", "rte", "--data_dir", str(d), "--output_dir", str(recs),
+                 "--vocab_file", str(d / "vocab.txt"), "--max_seq_length", "24"]) == 0  # fmt: skip
+    capfd.readouterr()
+    argv = ["classify", "--task_name", "rte", "--train_data_dir", str(recs), "--seq_length", "32", "--bert_config_file",
+            str(d / "tiny.json"), "--vocab_file", str(d / "vocab.txt"), "--gpu_num_per_node", "2", "--iter_num", "2",
+            "--output_dir", str(tmp_path / "out"), "--num_threads", "1", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 2
+    out, err = capfd.readouterr()
+    assert (out + err).count("feature 'input_ids': has 24 values but --seq_length is 32") == 1, out + err
+
+
 def test_the_model_and_log_go_to_output_dir_and_a_second_run_there_is_refused(tmp_path, one_thread, capsys):
     """Google's run_classifier keeps the fine-tuned model in --output_dir: with no --model_save_dir / --log_dir
     given, so does bertkit, and a second run into that folder is refused rather than replacing the first's."""
