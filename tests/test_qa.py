@@ -132,6 +132,24 @@ def test_answers_equal_squad_predicts_with_several_windows(shared_data, tiny_dir
     assert max(windows) > 96  # several windows per context were needed
 
 
+def test_windows_default_to_the_ones_the_model_was_fine_tuned_on(tiny_dir, tmp_path, vocab):
+    """A snapshot's run_config.json gives the windows it was trained on; without one the window is 384 at most the
+    model's max_position_embeddings, the stride 128 at most half of it (a small model is not refused)."""
+    import shutil
+
+    snap = tmp_path / "snap"
+    shutil.copytree(tiny_dir, snap)
+    (snap / "run_config.json").write_text(json.dumps({"max_seq_length": 96, "doc_stride": 32, "max_query_length": 20}))
+    qa = QuestionAnswerer.from_pretrained(snap, device="cpu")
+    assert (qa.max_seq_length, qa.doc_stride, qa.max_query_length) == (96, 32, 20)
+    assert QuestionAnswerer.from_pretrained(snap, device="cpu", doc_stride=48).doc_stride == 48  # given wins
+    cfg = BertConfig(**{**TINY, "max_position_embeddings": 128})
+    small = save_pretrained(BertForQuestionAnswering(cfg), cfg, tmp_path / "small", vocab)
+    qa = QuestionAnswerer.from_pretrained(small, device="cpu")
+    assert (qa.max_seq_length, qa.doc_stride, qa.max_query_length) == (128, 64, 64)
+    assert qa("Who won?", CONTEXT, top_k=1)  # answers, where a fixed 384 was refused
+
+
 def test_a_batch_equals_one_question_at_a_time(qa):
     questions = ["Who won?", "Who lost the game?", "When was the game played?", "Where is Levi's Stadium?"]
     batched = qa([(q, CONTEXT) for q in questions], top_k=3)

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from bertkit import checkpoint, dist
 from bertkit.model import BertForQuestionAnswering
+from bertkit.snapshot import snapshot_extras
 from bertkit.squad import SquadFlags
 from bertkit.squad_data import SquadExample, convert_examples_to_features, split_paragraph, squad_tokenizer
 from bertkit.squad_predict import RawResults, answer_example, predict_logits, span_text
@@ -75,7 +76,10 @@ class QuestionAnswerer:
     """A SQuAD model and its tokenizer, answering (question, context) pairs; see the module docstring.
 
     `batch_size` windows run through the model at once (sorted by length, each batch cut to its longest window).
-    `max_query_length`: questions are cut to this many WordPieces (64, as run_squad.py). `n_best_size`: Google's
+    `max_seq_length`, `doc_stride`: the windows, as SQuAD prediction's flags (default: 384 at most the model's
+    max_position_embeddings, and 128 at most half the window; `from_pretrained` takes a bertkit snapshot's own, the
+    windows it was fine-tuned on). `max_query_length`: questions are cut to this many WordPieces (64, as
+    run_squad.py; a snapshot's own). `n_best_size`: Google's
     candidates, the n best starts x the n best ends of each window (20, as squad-predict), also the bound of top_k;
     with n_best_size >= max_seq_length every span is tried, as Hugging Face's pipeline does (with 20, a span whose
     start or end is not among the 20 best of its window is never chosen; a trained model's rarely is).
@@ -90,12 +94,15 @@ class QuestionAnswerer:
         *,
         device: str | torch.device = "cpu",
         batch_size: int = 32,
-        max_query_length: int = 64,
+        max_query_length: int | None = None,
+        max_seq_length: int | None = None,
+        doc_stride: int | None = None,
         n_best_size: int = 20,
         version_2_with_negative: bool = False,
         null_score_diff_threshold: float = 0.0,
         precision: str = "fp32",
     ):
+        max_query_length = 64 if max_query_length is None else max_query_length
         for name, value in (("batch_size", batch_size), ("max_query_length", max_query_length),
                             ("n_best_size", n_best_size)):  # fmt: skip
             if value <= 0:
@@ -110,6 +117,8 @@ class QuestionAnswerer:
         self.version_2_with_negative = version_2_with_negative
         self.null_score_diff_threshold = null_score_diff_threshold
         self.precision = precision
+        self.max_seq_length = min(384, self.max_seq_length_limit) if max_seq_length is None else max_seq_length
+        self.doc_stride = min(128, self.max_seq_length // 2) if doc_stride is None else doc_stride
 
     @classmethod
     def from_pretrained(
@@ -126,8 +135,10 @@ class QuestionAnswerer:
 
         `vocab_file` (default: the checkpoint's vocab.txt, else bert-base-uncased's) and `do_lower_case` (default:
         the checkpoint's tokenizer_config.json, else its vocabulary's capitals, else its name) are chosen and
-        checked as squad-predict does (`squad.SquadFlags.tokenizer_setup`). `device`: auto, cpu or cuda. Other keyword arguments go to the constructor. Warns when the
-        checkpoint has no QA head (a pretraining checkpoint: its answers would be random).
+        checked as squad-predict does (`squad.SquadFlags.tokenizer_setup`). `device`: auto, cpu or cuda. Other
+        keyword arguments go to the constructor; max_seq_length, doc_stride and max_query_length not given are a
+        bertkit snapshot's own (its run_config.json: the windows it was fine-tuned on). Warns when the checkpoint
+        has no QA head (a pretraining checkpoint: its answers would be random).
         """
         path = Path(path)
         fmt = checkpoint.detect_format(path)
@@ -148,6 +159,10 @@ class QuestionAnswerer:
         if note:
             warnings.warn(note, stacklevel=2)
         tokenizer = squad_tokenizer(vocab, lower)
+        run = snapshot_extras(path)[2] if path.is_dir() else None
+        for name in ("max_seq_length", "doc_stride", "max_query_length"):  # the windows it was fine-tuned on
+            if kwargs.get(name) is None and isinstance((run or {}).get(name), int):
+                kwargs[name] = run[name]
         if len(tokenizer.vocab) > cfg.vocab_size:
             raise ValueError(
                 f"{tokenizer.vocab_file} has {len(tokenizer.vocab)} entries, the model {cfg.vocab_size}: give the "
@@ -167,15 +182,16 @@ class QuestionAnswerer:
         *,
         top_k: int = 1,
         max_answer_length: int = 30,
-        doc_stride: int = 128,
-        max_seq_length: int = 384,
+        doc_stride: int | None = None,
+        max_seq_length: int | None = None,
     ) -> list[Answer] | list[list[Answer]]:
         """Answer one question about `context` -> its answers, best first (at most top_k; none when the context
         has no words or no valid span); or, given a list of (question, context) pairs and no context, answer
         them together (their windows batched) -> one such list per pair, in order.
 
         `max_answer_length`: the longest answer in WordPieces. `doc_stride`, `max_seq_length`: the windows, as
-        SQuAD prediction's flags. Raises ValueError naming the argument for a value out of range.
+        SQuAD prediction's flags (default: this answerer's). Raises ValueError naming the argument for a value out
+        of range.
         """
         if isinstance(question, str):
             if not isinstance(context, str):
@@ -207,8 +223,13 @@ class QuestionAnswerer:
                 f"max_query_length + 3, at most the model's max_position_embeddings), got {max_seq_length}"
             )
 
-    def answer(self, queries: list[Query], doc_stride: int = 128, max_seq_length: int = 384) -> list[list[Answer]]:
-        """Answers to each query, best first (at most its top_k), all windows run through the model together."""
+    def answer(
+        self, queries: list[Query], doc_stride: int | None = None, max_seq_length: int | None = None
+    ) -> list[list[Answer]]:
+        """Answers to each query, best first (at most its top_k), all windows run through the model together;
+        windows of max_seq_length tokens every doc_stride (default: this answerer's)."""
+        doc_stride = self.doc_stride if doc_stride is None else doc_stride
+        max_seq_length = self.max_seq_length if max_seq_length is None else max_seq_length
         self.check_windows(doc_stride, max_seq_length)
         for i, query in enumerate(queries):
             self.check(query, f"[{i}]." if len(queries) > 1 else "")
@@ -298,9 +319,19 @@ class QAModelFlags:
         default=None,
         metadata={"help": "lowercase input (default: the checkpoint's tokenizer_config.json, else from the vocab)"},
     )
-    max_seq_length: int = field(default=384, metadata={"help": "tokens per window: [CLS] question [SEP] context [SEP]"})
-    doc_stride: int = field(default=128, metadata={"help": "tokens between the starts of a long context's windows"})
-    max_query_length: int = field(default=64, metadata={"help": "questions are cut to this many tokens"})
+    max_seq_length: int | None = field(
+        default=None,
+        metadata={"help": "tokens per window: [CLS] question [SEP] context [SEP] (default: the model's fine-tuning "
+                          "window from its run_config.json, else 384 at most its max_position_embeddings)"},
+    )  # fmt: skip
+    doc_stride: int | None = field(
+        default=None,
+        metadata={"help": "tokens between the starts of a long context's windows (default: the model's "
+                          "fine-tuning stride, else 128 at most half the window)"},
+    )  # fmt: skip
+    max_query_length: int | None = field(
+        default=None, metadata={"help": "questions are cut to this many tokens (default: the model's, else 64)"}
+    )
     version_2_with_negative: bool = field(
         default=False, metadata={"help": 'SQuAD 2.0 model: answer "" (no answer) by Google\'s null-score rule'}
     )
@@ -322,18 +353,19 @@ class QAModelFlags:
         if not self.model:
             raise ValueError("--model is required: the fine-tuned checkpoint directory")
         for name in ("max_seq_length", "doc_stride", "max_query_length", "batch_size", "n_best_size"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
 
     def load(self) -> QuestionAnswerer:
         qa = QuestionAnswerer.from_pretrained(
             self.model, vocab_file=self.vocab_file, do_lower_case=self.do_lower_case, device=self.device,
             batch_size=self.batch_size, max_query_length=self.max_query_length, n_best_size=self.n_best_size,
+            max_seq_length=self.max_seq_length, doc_stride=self.doc_stride,
             version_2_with_negative=self.version_2_with_negative,
             null_score_diff_threshold=self.null_score_diff_threshold, precision=self.precision,
         )  # fmt: skip
         try:
-            qa.check_windows(self.doc_stride, self.max_seq_length)
+            qa.check_windows(qa.doc_stride, qa.max_seq_length)
         except ValueError as e:
             raise ValueError(f"--{e}") from None
         return qa
@@ -411,7 +443,7 @@ def run_ask(cfg: AskConfig) -> list[list[Answer]]:
     qa = cfg.load()
     queries = [Query(r["question"], r["context"], cfg.top_k, cfg.max_answer_length) for r in rows]
     if cfg.jsonl is None:
-        answers = qa.answer(queries, cfg.doc_stride, cfg.max_seq_length)
+        answers = qa.answer(queries)
         for rank, a in enumerate(answers[0], 1):
             text = a.text if a.text else "(no answer)"
             print(f"{rank}. {text}\tscore {a.score:.4f}\tcharacters [{a.start}, {a.end})")
@@ -424,7 +456,7 @@ def run_ask(cfg: AskConfig) -> list[list[Answer]]:
         with tqdm(total=len(queries), desc="ask", unit="question", file=sys.stderr,
                   disable=not sys.stderr.isatty()) as bar:  # fmt: skip
             for i in range(0, len(queries), JSONL_CHUNK):
-                chunk = qa.answer(queries[i : i + JSONL_CHUNK], cfg.doc_stride, cfg.max_seq_length)
+                chunk = qa.answer(queries[i : i + JSONL_CHUNK])
                 for row, found in zip(rows[i : i + JSONL_CHUNK], chunk, strict=True):
                     out.write(json.dumps({"id": row["id"], "answers": [a.to_dict() for a in found]}) + "\n")
                 answers += chunk

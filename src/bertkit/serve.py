@@ -121,7 +121,7 @@ class Batcher:
     def _answer(self, queries: list[Query]) -> list[list[Answer]]:
         """On the worker thread: the model on one batch, then freed memory handed back to the system."""
         try:
-            return self.qa.answer(queries, self.cfg.doc_stride, self.cfg.max_seq_length)
+            return self.qa.answer(queries)
         finally:
             self.trim()
 
@@ -223,7 +223,7 @@ def create_app(qa: QuestionAnswerer, cfg: ServeConfig, model_name: str = ""):
         question: Annotated[str, Field(min_length=1, max_length=cfg.max_question_chars)]
         context: Annotated[str, Field(min_length=1, max_length=cfg.max_context_chars)]
         top_k: Annotated[int, Field(ge=1, le=qa.n_best_size, description="answers, best first")] = 1
-        max_answer_length: Annotated[int, Field(ge=1, le=cfg.max_seq_length, description="in tokens")] = 30
+        max_answer_length: Annotated[int, Field(ge=1, le=qa.max_seq_length, description="in tokens")] = 30
 
     class AnswerOut(BaseModel):
         text: str
