@@ -134,7 +134,10 @@ class ClassifyConfig(runner.SeedConfig):
     train_data_prefix: str = field(default="train.of_record-", metadata={"help": "training part files: prefix + i"})
     train_data_part_num: int = field(default=0, metadata={"help": "training part files read (0: all there)"})
     train_example_num: int | None = field(
-        default=None, metadata={"help": "OneFlow's count of training examples; checked against the data"}
+        default=None,
+        metadata={
+            "help": "OneFlow's count of training examples (a note when the data holds another count: all of it is used)"
+        },
     )
     eval_data_dir: str | None = field(
         default=None, metadata={"help": "OneFlow: folder of evaluation part files (or one record file)"}
@@ -142,7 +145,10 @@ class ClassifyConfig(runner.SeedConfig):
     eval_data_prefix: str = field(default="eval.of_record-", metadata={"help": "evaluation part files: prefix + i"})
     eval_data_part_num: int = field(default=0, metadata={"help": "evaluation part files read (0: all there)"})
     eval_example_num: int | None = field(
-        default=None, metadata={"help": "OneFlow's count of evaluation examples; checked against the data"}
+        default=None,
+        metadata={
+            "help": "OneFlow's count of evaluation examples (a note when the data holds another count: all of it is used)"
+        },
     )
     num_nodes: int | None = field(default=None, metadata={"help": "OneFlow's later name for --node_num"})
     node_ips: str | None = field(default=None, metadata={"help": "OneFlow's later name for --node_list"})

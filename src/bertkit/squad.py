@@ -280,7 +280,10 @@ class SquadConfig(SquadModelConfig):
         default=None, metadata={"help": "part-N files read from --train_data_dir (default: all; --data_dir: 32)"}
     )
     train_example_num: int | None = field(
-        default=None, metadata={"help": "the seed's count of training windows; checked against the data"}
+        default=None,
+        metadata={
+            "help": "the seed's count of training windows (a note when the data holds another count: all of it is used)"
+        },
     )
     num_epochs: float | None = field(
         default=None, metadata={"help": "passes over the training windows: the seed's step count (default 3)"}
@@ -298,7 +301,10 @@ class SquadConfig(SquadModelConfig):
     )
     eval_data_part_num: int = field(default=0, metadata={"help": "part-N files read from --eval_data_dir (0: all)"})
     eval_example_num: int | None = field(
-        default=None, metadata={"help": "the seed's count of evaluation windows; checked against the data"}
+        default=None,
+        metadata={
+            "help": "the seed's count of evaluation windows (a note when the data holds another count: all of it is used)"
+        },
     )
     eval_batch_size_per_device: int = field(default=64, metadata={"help": "windows per process per prediction batch"})
     predict_batch_size: int | None = field(
