@@ -195,6 +195,22 @@ def train_hf(model, loader, steps: int, lr: float, warmup: int, name: str | None
     return losses
 
 
+def truncate_like_google(weight, std: float, seed: int) -> int:
+    """Make a plain normal(0, std) draw Google's truncated normal (bertkit's head init) with the fewest changes: the
+    entries beyond 2 std are re-drawn inside [-2 std, 2 std] from a generator of their own seeded with `seed` (the
+    global random state, so every dropout mask to come, is untouched). Returns how many entries changed."""
+    import torch
+
+    with torch.no_grad():
+        out = weight.abs() > 2 * std
+        fresh = torch.empty(int(out.sum()))
+        torch.nn.init.trunc_normal_(
+            fresh, std=std, a=-2 * std, b=2 * std, generator=torch.Generator().manual_seed(seed)
+        )
+        weight[out] = fresh
+    return len(fresh)
+
+
 def run_hf(args: argparse.Namespace, model_dir: Path, predict_file: Path, name: str = "hf") -> dict:
     import torch
     from transformers import BertForQuestionAnswering
@@ -216,15 +232,8 @@ def run_hf(args: argparse.Namespace, model_dir: Path, predict_file: Path, name: 
     loader = SquadLoader(arrays, args.batch, seed=seed)
     torch.manual_seed(seed)
     model = BertForQuestionAnswering.from_pretrained(model_dir)
-    if name == "hf_trunc":  # HF's draw, its entries beyond 2 std re-drawn inside: Google's truncated normal
-        std = model.config.initializer_range
-        with torch.no_grad():
-            w = model.qa_outputs.weight
-            out = w.abs() > 2 * std
-            fresh = torch.empty(int(out.sum()))
-            g = torch.Generator().manual_seed(seed)
-            torch.nn.init.trunc_normal_(fresh, std=std, a=-2 * std, b=2 * std, generator=g)
-            w[out] = fresh
+    if name == "hf_trunc":
+        truncate_like_google(model.qa_outputs.weight, model.config.initializer_range, seed)
     t0 = time.perf_counter()
     work = Path(args.work_dir) / name if args.work_dir else None
     if work:

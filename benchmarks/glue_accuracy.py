@@ -11,6 +11,9 @@ the optimizer a plain Hugging Face loop uses; the full dev set is scored with th
   batches (same order, each cut to its longest example).
 - hf_matched: as hf, but from bertkit's head init and bertkit's RNG state for the same seed, and with the [PAD] row
   trained (as bertkit and Google do): the same random draws as `ours`, so any difference is the implementation.
+- hf_trunc: `hf` with one change, its classifier draw made Google's truncated normal (bertkit's distribution) by
+  re-drawing the entries beyond 2 std (`bench_squad_accuracy.truncate_like_google`); the dropout masks and every
+  other entry are hf's for the seed: hf against hf_trunc at one seed measures the init distribution alone.
 
     python benchmarks/glue_accuracy.py --task rte --side ours --seed 1 --threads 1
     python benchmarks/glue_accuracy.py --task sst-2 --side hf --seed 1 --max_train 16000 --epochs 1
@@ -29,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_squad_accuracy import minilm_dir
+from bench_squad_accuracy import minilm_dir, truncate_like_google
 from resumable import LoopState, bertkit_resume_flags, resumed_at, run_key, skip_batches
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
@@ -74,7 +77,7 @@ def hf_loop(model, loader, steps: int, lr: float, warmup: int, state: LoopState 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, help="rte, mrpc, cola, sst-2 (a folder of ../shared/data/glue)")
-    p.add_argument("--side", choices=["ours", "hf", "hf_matched"], required=True)
+    p.add_argument("--side", choices=["ours", "hf", "hf_matched", "hf_trunc"], required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--max_train", type=int, default=0, help="train on the first N rows of train.tsv (0: all)")
     p.add_argument("--epochs", type=float, default=3.0)
@@ -139,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
                 model.classifier.bias.copy_(twin.classifier.bias)
             model.bert.embeddings.word_embeddings.padding_idx = None  # the [PAD] row trained, as bertkit's
             torch.set_rng_state(state)
+        if args.side == "hf_trunc":
+            truncate_like_google(model.classifier.weight, model.config.initializer_range, args.seed)
         state = LoopState(args.work_dir and work, args.save_every, run_key(args))
         losses = hf_loop(model, loader, steps, args.lr, warmup, state)
         resumed = state.resumed_at
