@@ -102,10 +102,12 @@ class ClassifyConfig(runner.SeedConfig):
         default=None, metadata={"help": "score the dev set, write eval_results.txt (default: with --eval_data_dir)"}
     )
     do_predict: bool = field(default=False, metadata={"help": "predict the test set; write GLUE's submission file"})
-    max_seq_length: int | None = field(default=None, metadata={"help": "tokens per example, cut or padded (128)"})
+    max_seq_length: int | None = field(
+        default=None, metadata={"help": "tokens per example, cut or padded (default: 128)"}
+    )
     seq_length: int | None = field(default=None, metadata={"help": "OneFlow's name for --max_seq_length"})
     train_batch_size: int | None = field(
-        default=None, metadata={"help": "Google's global batch: --batch_size_per_device = it / processes (32)"}
+        default=None, metadata={"help": "Google's global batch: --batch_size_per_device = it / processes (default: 32)"}
     )
     eval_batch_size: int = field(default=8, metadata={"help": "Google's global evaluation batch"})
     predict_batch_size: int = field(default=8, metadata={"help": "Google's global prediction batch"})
@@ -113,7 +115,7 @@ class ClassifyConfig(runner.SeedConfig):
         default=None,
         metadata={"help": "OneFlow's evaluation batch per process (default: --eval_batch_size / processes)"},
     )
-    num_train_epochs: float | None = field(default=None, metadata={"help": "passes over the train set (3)"})
+    num_train_epochs: float | None = field(default=None, metadata={"help": "passes over the train set (default: 3)"})
     num_epochs: float | None = field(default=None, metadata={"help": "OneFlow's name for --num_train_epochs"})
     warmup_proportion: float = field(default=0.1, metadata={"help": "warmup steps as a fraction of --iter_num"})
     output_dir: str = field(
