@@ -201,7 +201,7 @@ def test_the_model_and_log_go_to_output_dir_and_a_second_run_there_is_refused(tm
             "--iter_num", "2", "--output_dir", str(out), "--device", "cpu"]  # fmt: skip
     assert main(argv) == 0
     assert (out / "last_snapshot" / "model.safetensors").is_file()
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # no --do_eval: the two steps' records
     capsys.readouterr()
     assert main(argv) == 2
     assert "last_snapshot already exists; pass --overwrite_output_dir to replace it" in capsys.readouterr().err

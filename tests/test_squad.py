@@ -353,6 +353,8 @@ def test_tiny_model_learns_a_handful_of_questions(trained):
     preds = json.loads((d / "out" / "predictions.json").read_text())
     assert preds["5733bf84d058e614000b61bf"] == "twice"
     assert (d / "out" / "all_results.npy").is_file() and list((d / "out" / "cache").glob("squad-windows-*.npz"))
+    last = json.loads((d / "log" / "metrics.jsonl").read_text().splitlines()[-1])  # the log ends with the eval
+    assert last == {"step": 330, "eval_exact_match": result["eval"]["exact_match"], "eval_f1": result["eval"]["f1"]}
 
 
 def test_squad_predict_and_npy2json(trained, tmp_path, capsys, one_thread):

@@ -15,7 +15,7 @@ from bertkit.dist import DistEnv, Stopped
 from bertkit.model import BertForPreTraining
 from bertkit.pretrain import SyntheticData, pretrain_step_loss
 from bertkit.snapshot import check_writable, load_snapshot, save_snapshot
-from bertkit.train import TrainConfig, fit
+from bertkit.train import TrainConfig, fit, log_final_eval
 
 CFG = BertConfig(
     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
@@ -276,3 +276,14 @@ def test_metrics_hold_each_step_once_after_resume(tmp_path):
     run(tmp_path, resume=tmp_path / "save" / "snapshot_10", iter_num=20, log_every_n_iter=1)
     records = [json.loads(x) for x in (tmp_path / "log" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 21))
+
+
+def test_the_closing_evaluation_ends_the_log_once(tmp_path):
+    """classify and squad append their closing evaluation to metrics.jsonl, unless --eval_every_n_iter already
+    recorded one at that step (the same model: the same numbers, so not twice)."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 10, "total_loss": 1.5}\n{"step": 10, "eval_accuracy": 0.5}\n{"step": 12, "total_loss": 1}\n')
+    assert not log_final_eval(str(tmp_path), 10, {"accuracy": 0.5})
+    assert log_final_eval(str(tmp_path), 12, {"accuracy": 0.75, "loss": 0.25})
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == 4 and records[-1] == {"step": 12, "eval_accuracy": 0.75, "eval_loss": 0.25}

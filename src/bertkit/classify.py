@@ -30,7 +30,7 @@ from bertkit.loader import ArrayLoader
 from bertkit.model import BertForSequenceClassification, num_parameters
 from bertkit.snapshot import check_writable, existing_snapshots, load_snapshot
 from bertkit.tokenizer import WordPieceTokenizer
-from bertkit.train import autocast, fit
+from bertkit.train import autocast, fit, log_final_eval
 from bertkit.vocab import default_vocab_path
 
 # --- losses ----------------------------------------------------------------------------------------------------
@@ -487,6 +487,8 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
             for line in lines:  # as Google logs them
                 say(f"  {line}")
             say(f"wrote {out / 'eval_results.txt'}")
+            if summary is not None:  # trained in this run: its log ends with the closing evaluation
+                log_final_eval(cfg.log_dir, step, metrics)
     if cfg.do_predict:
         test, examples = load_features(cfg, "predict", tokenizer, env, say)
         check_ids(test, bert_cfg, "test set")

@@ -45,7 +45,7 @@ from bertkit.squad_data import (
 )
 from bertkit.squad_predict import PREDICTION_FILES, RawResults, SquadPredictions, predict_answers, predict_logits
 from bertkit.tokenizer import WordPieceTokenizer
-from bertkit.train import fit
+from bertkit.train import fit, log_final_eval
 from bertkit.vocab import casing_from_name, casing_of, check_casing, check_vocab, default_vocab_path, read_vocab
 
 # --- training: Google's loss and shuffled batches of windows -------------------------------------------------
@@ -734,6 +734,8 @@ def _run(cfg: SquadConfig, env: dist.DistEnv) -> dict:
             say("note: the fine-tuned model is not kept (--save_last_snapshot False)")
     if es is not None:
         metrics = answer(model, es, cfg, tokenizer, env, cfg.eval_batch_size_per_device, write=True, say=say)
+        if metrics is not None and summary is not None:  # trained in this run: its log ends with this evaluation
+            log_final_eval(cfg.log_dir, summary["step"], metrics)
     for note in notes:  # training questions Google's reader skips: their answer is not at answer_start
         say(f"note: {note}")
     return {"train": summary, "eval": metrics}

@@ -156,6 +156,24 @@ class MetricsLog:
             self.tb.close()
 
 
+def log_final_eval(log_dir: str, step: int, metrics: dict[str, float]) -> bool:
+    """Append a run's closing evaluation to log_dir/metrics.jsonl as {"step": step, "eval_<key>": value, ...}, so
+    that the file (and `bertkit plot`) ends with it; skipped when the loop already recorded an evaluation at `step`
+    (--eval_every_n_iter dividing iter_num: the same model, the same numbers). Rank 0 calls it, after `fit`.
+    Returns whether a record was written."""
+    path = Path(log_dir) / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(json.JSONDecodeError, AttributeError):
+                record = json.loads(line)
+                if record.get("step") == step and any(k.startswith("eval_") for k in record):
+                    return False
+    record = {"step": step, **{f"eval_{k}": v for k, v in metrics.items()}}
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    return True
+
+
 def _step_of(line: str) -> float:
     try:
         return json.loads(line).get("step", 0)
