@@ -282,7 +282,9 @@ def test_the_closing_evaluation_ends_the_log_once(tmp_path):
     """classify and squad append their closing evaluation to metrics.jsonl, unless --eval_every_n_iter already
     recorded one at that step (the same model: the same numbers, so not twice)."""
     path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 10, "total_loss": 1.5}\n{"step": 10, "eval_accuracy": 0.5}\n{"step": 12, "total_loss": 1}\n')
+    path.write_text(
+        '{"step": 10, "total_loss": 1.5}\n{"step": 10, "eval_accuracy": 0.5}\n{"step": 12, "total_loss": 1}\n'
+    )
     assert not log_final_eval(str(tmp_path), 10, {"accuracy": 0.5})
     assert log_final_eval(str(tmp_path), 12, {"accuracy": 0.75, "loss": 0.25})
     records = [json.loads(line) for line in path.read_text().splitlines()]
