@@ -20,7 +20,8 @@ Model dropout is the checkpoint's (0.1). Both run on CPU with the same thread co
 
 With --work_dir DIR a killed run given the same arguments again continues from its last state (every --save_every
 steps; `resumable.py`) and gives the uninterrupted run's result; a side that had finished (DIR/SIDE.json) is not
-run again.
+run again. The timing fields (train_seconds, predict_seconds, total_seconds) are the finishing process's: after a
+resume (resumed_at_step in the line) they cover only the steps it ran.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def run_bertkit(args: argparse.Namespace, model_dir: Path, predict_file: Path, t
         squad.answer = real_answer
     keep_predictions(args, "bertkit", json.loads((out / "predictions.json").read_text(encoding="utf-8")))
     summary = result["train"]
-    train_s = args.batch * summary["step"] / summary["sentences_per_sec"]
+    train_s = args.batch * (summary["step"] - resumed) / summary["sentences_per_sec"]  # the steps this process ran
     log = (out / "log" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     losses = [r["total_loss"] for r in map(json.loads, log) if "total_loss" in r]
     return {
