@@ -77,7 +77,7 @@ def common(d: Path, out: Path) -> list[str]:
 
 TRAIN = ["classify", "--task_name", "rte", "--do_train", "--do_eval", "--learning_rate", "3e-3", "--train_batch_size", "8",
          "--iter_num", "36", "--warmup_batches", "3", "--loss_print_every_n_iter", "12", "--model_save_every_n_iter", "18",
-         "--save_last_snapshot", "--eval_every_n_iter", "18"]  # fmt: skip
+         "--save_last_snapshot", "--eval_every_n_iter", "24"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,9 @@ def test_learns_evaluates_and_writes_glue_submission(trained):
     assert len((d / "run" / "out" / "test_results.tsv").read_text().splitlines()) == 8
     assert (d / "run" / "snaps" / "snapshot_18").is_dir()
     records = [json.loads(line) for line in (d / "run" / "log" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "eval_accuracy" in r] == [18, 36]  # --eval_every_n_iter 18
+    evals = [r for r in records if "eval_accuracy" in r]
+    assert [r["step"] for r in evals] == [24, 36]  # --eval_every_n_iter 24, then the closing evaluation
+    assert records[-1] == {"step": 36, "eval_accuracy": 1.0, "eval_loss": float(results["eval_loss"])}
     assert len([r for r in records if "total_loss" in r]) == 36
 
 
@@ -131,8 +133,7 @@ def test_oneflow_records_train_to_the_same_model(trained, tmp_path, one_thread, 
     flags = [a for a in common(d, tmp_path) if a != "--data_dir" and a != str(d)]
     argv = [*TRAIN, *flags, "--train_data_dir", str(rec), "--eval_data_dir", str(rec), "--train_example_num", "48",
             "--seq_length", "24"]  # fmt: skip
-    argv.remove("--max_seq_length")
-    argv.remove("24")
+    del argv[argv.index("--max_seq_length") : argv.index("--max_seq_length") + 2]
     capsys.readouterr()
     assert main(argv) == 0
     assert (tmp_path / "out" / "eval_results.txt").read_text() == (d / "run" / "out" / "eval_results.txt").read_text()

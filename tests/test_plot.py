@@ -7,6 +7,7 @@ import json
 import pytest
 
 from bertkit.cli import main
+from bertkit.plot import panel_keys
 
 pytest.importorskip("matplotlib", reason="bertkit plot needs matplotlib (the [plot] extra)")
 
@@ -34,3 +35,12 @@ def test_plot_errors_name_the_problem(tmp_path, capsys):
     write_log(tmp_path, ['{"step": 1, "total_loss": 1.0}', "{oops"])
     assert main(["plot", str(tmp_path)]) == 2
     assert "metrics.jsonl:2: not a JSON line" in capsys.readouterr().err
+
+
+def test_panels_draw_training_losses_and_evaluation_scores():
+    """A fine-tuning log ends with its closing evaluation (classify's eval_loss is not a training loss), and SQuAD
+    v2.0's evaluation holds counts and thresholds that are not scores."""
+    records = [{"step": 1, "total_loss": 2.0, "lr": 1e-4}, {"step": 1, "eval_accuracy": 0.5, "eval_loss": 0.7},
+               {"step": 2, "eval_exact": 50.0, "eval_f1": 55.0, "eval_total": 11873, "eval_HasAns_total": 5928,
+                "eval_best_f1_thresh": -1.5}]  # fmt: skip
+    assert panel_keys(records) == (["total_loss"], ["eval_accuracy", "eval_exact", "eval_f1", "eval_loss"])

@@ -279,13 +279,14 @@ def test_metrics_hold_each_step_once_after_resume(tmp_path):
 
 
 def test_the_closing_evaluation_ends_the_log_once(tmp_path):
-    """classify and squad append their closing evaluation to metrics.jsonl, unless --eval_every_n_iter already
-    recorded one at that step (the same model: the same numbers, so not twice)."""
+    """classify and squad end metrics.jsonl with their closing evaluation; an evaluation already recorded at that
+    step (--eval_every_n_iter dividing iter_num; a resume from the last snapshot against other dev data) is
+    replaced, so each step holds one evaluation and the last one is eval_results.txt's."""
     path = tmp_path / "metrics.jsonl"
-    path.write_text(
-        '{"step": 10, "total_loss": 1.5}\n{"step": 10, "eval_accuracy": 0.5}\n{"step": 12, "total_loss": 1}\n'
-    )
-    assert not log_final_eval(str(tmp_path), 10, {"accuracy": 0.5})
-    assert log_final_eval(str(tmp_path), 12, {"accuracy": 0.75, "loss": 0.25})
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    assert len(records) == 4 and records[-1] == {"step": 12, "eval_accuracy": 0.75, "eval_loss": 0.25}
+    loop = [{"step": 10, "total_loss": 1.5}, {"step": 10, "eval_accuracy": 0.5}, {"step": 12, "total_loss": 1.0},
+            {"step": 12, "eval_accuracy": 0.7}]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in loop))
+    for _ in range(2):
+        log_final_eval(str(tmp_path), 12, {"accuracy": 0.75, "loss": 0.25})
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        assert records == [*loop[:3], {"step": 12, "eval_accuracy": 0.75, "eval_loss": 0.25}]

@@ -45,6 +45,18 @@ def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def panel_keys(records: list[dict]) -> tuple[list[str], list[str]]:
+    """The training-loss keys (`*_loss` of the training records, in their order) and the evaluation keys (`eval_*`,
+    sorted) to draw. SQuAD v2.0's counts (`eval_total`, `eval_HasAns_total`) and thresholds (`eval_best_f1_thresh`)
+    are left out: they are not scores and would flatten the panel."""
+    train = [r for r in records if not any(k.startswith("eval_") for k in r)]
+    loss_keys = list(dict.fromkeys(k for r in train for k in r if k.endswith("_loss")))
+    eval_keys = sorted(
+        {k for r in records for k in r if k.startswith("eval_") and not k.endswith(("_total", "_thresh"))}
+    )
+    return loss_keys, eval_keys
+
+
 def run(cfg: PlotConfig) -> Path:
     try:
         import matplotlib
@@ -58,8 +70,7 @@ def run(cfg: PlotConfig) -> Path:
     log_dir = Path(cfg.log_dir)
     records = read_metrics(log_dir / "metrics.jsonl")
     out = Path(cfg.output) if cfg.output else log_dir / "curves.png"
-    loss_keys = [k for k in records[0] if k.endswith("_loss")]
-    eval_keys = sorted({k for r in records for k in r if k.startswith("eval_")})
+    loss_keys, eval_keys = panel_keys(records)
     panels = ["loss", "lr", "speed"] + (["eval"] if eval_keys else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     ax = dict(zip(panels, axes, strict=True))

@@ -156,22 +156,26 @@ class MetricsLog:
             self.tb.close()
 
 
-def log_final_eval(log_dir: str, step: int, metrics: dict[str, float]) -> bool:
-    """Append a run's closing evaluation to log_dir/metrics.jsonl as {"step": step, "eval_<key>": value, ...}, so
-    that the file (and `bertkit plot`) ends with it; skipped when the loop already recorded an evaluation at `step`
-    (--eval_every_n_iter dividing iter_num: the same model, the same numbers). Rank 0 calls it, after `fit`.
-    Returns whether a record was written."""
+def log_final_eval(log_dir: str, step: int, metrics: dict[str, float]) -> None:
+    """End log_dir/metrics.jsonl with a run's closing evaluation, {"step": step, "eval_<key>": value, ...}, so that
+    the file (and `bertkit plot`) holds the numbers of eval_results.txt / the printed metrics. An evaluation record
+    already at `step` (--eval_every_n_iter dividing iter_num, or a run resumed from its last snapshot against other
+    dev data) is replaced, so the step holds one evaluation. Rank 0 calls it, after `fit`; metrics.jsonl only (the
+    TensorBoard events hold the loop's evaluations)."""
     path = Path(log_dir) / "metrics.jsonl"
+    kept = []
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(json.JSONDecodeError, AttributeError):
+            try:
                 record = json.loads(line)
                 if record.get("step") == step and any(k.startswith("eval_") for k in record):
-                    return False
+                    continue
+            except (json.JSONDecodeError, AttributeError):
+                pass
+            kept.append(line)
     record = {"step": step, **{f"eval_{k}": v for k, v in metrics.items()}}
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-    return True
+    with atomic_output(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in [*kept, json.dumps(record)]), encoding="utf-8")
 
 
 def _step_of(line: str) -> float:
