@@ -130,9 +130,7 @@ class MetricsLog:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         path = Path(log_dir) / "metrics.jsonl"
         if path.is_file():
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _step_of(line) <= resume_step]
-            with atomic_output(path) as tmp:
-                tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            _rewrite(path, lambda line: _step_of(line) <= resume_step)
         self.file = open(path, "a", encoding="utf-8")
         with contextlib.suppress(ImportError):
             from torch.utils.tensorboard import SummaryWriter
@@ -162,20 +160,23 @@ def log_final_eval(log_dir: str, step: int, metrics: dict[str, float]) -> None:
     already at `step` (--eval_every_n_iter dividing iter_num, or a run resumed from its last snapshot against other
     dev data) is replaced, so the step holds one evaluation. Rank 0 calls it, after `fit`; metrics.jsonl only (the
     TensorBoard events hold the loop's evaluations)."""
-    path = Path(log_dir) / "metrics.jsonl"
-    kept = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-                if record.get("step") == step and any(k.startswith("eval_") for k in record):
-                    continue
-            except (json.JSONDecodeError, AttributeError):
-                pass
-            kept.append(line)
+
+    def other(line: str) -> bool:  # not an evaluation record at `step`
+        with contextlib.suppress(json.JSONDecodeError, AttributeError):
+            record = json.loads(line)
+            return not (record.get("step") == step and any(k.startswith("eval_") for k in record))
+        return True
+
     record = {"step": step, **{f"eval_{k}": v for k, v in metrics.items()}}
+    _rewrite(Path(log_dir) / "metrics.jsonl", other, json.dumps(record))
+
+
+def _rewrite(path: Path, keep: Callable[[str], bool], last: str | None = None) -> None:
+    """Rewrite a JSON-lines file atomically with the lines `keep` accepts (none if it is absent), then `last`."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    kept = [line for line in lines if keep(line)] + ([last] if last is not None else [])
     with atomic_output(path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in [*kept, json.dumps(record)]), encoding="utf-8")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
 def _step_of(line: str) -> float:
