@@ -52,22 +52,22 @@ def make_files(d: Path) -> dict[str, str]:
     snap = d / "snapshot_1"  # a snapshot whose files are cut short
     snap.mkdir()
     (snap / "model.safetensors").write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a":')
-    from bertkit.config import BertConfig
-    from bertkit.squad_predict import RawResults
+    from bertkit.model.config import BertConfig
+    from bertkit.tasks.squad.predict import RawResults
 
     BertConfig(vocab_size=99, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                intermediate_size=64).to_json_file(snap / "bert_config.json")  # fmt: skip
     RawResults(np.array([1]), np.zeros((1, 8), np.float32), np.zeros((1, 8), np.float32)).save(d / "results.npy")
     (snap / "train_state.pt").write_bytes(b"PK\x03\x04truncated")
-    from bertkit.records import pretraining_features, write_ofrecord
+    from bertkit.data.records import pretraining_features, write_ofrecord
 
     (d / "data").mkdir()  # valid records: each pretrain case below meets the mistake it is about
     rows = [{k: np.ones(s.length, s.dtype) for k, s in pretraining_features(16, 4).items()} for _ in range(8)]
     write_ofrecord(d / "data" / "part-0", rows)
     import shutil
 
-    from bertkit.model import BertForQuestionAnswering
-    from bertkit.snapshot import save_snapshot
+    from bertkit.checkpoint.snapshot import save_snapshot
+    from bertkit.model.bert import BertForQuestionAnswering
 
     tiny = BertConfig(vocab_size=99, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                       intermediate_size=32, max_position_embeddings=64)  # fmt: skip

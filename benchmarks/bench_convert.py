@@ -35,8 +35,8 @@ def rss_mb(field: str) -> float:
 
 def child(case: str, source: str, to: str, out: str) -> None:
     """Run one conversion and print its JSON line (runs in its own process)."""
-    from bertkit.checkpoint import WRITERS, expected_shapes, load_state
-    from bertkit.config import BertConfig
+    from bertkit.checkpoint.formats import WRITERS, expected_shapes, load_state
+    from bertkit.model.config import BertConfig
 
     # A one-time cost, not the conversion's: the first model built on torch's meta device (for the shapes a
     # config implies) imports torch._dynamo. Paid here, before the peak counter is reset, and reported.
@@ -101,9 +101,9 @@ def main() -> None:
         if args.base:
             import torch
 
-            from bertkit.checkpoint import save_pretrained
-            from bertkit.config import BertConfig
-            from bertkit.model import BertForPreTraining
+            from bertkit.checkpoint.formats import save_pretrained
+            from bertkit.model.bert import BertForPreTraining
+            from bertkit.model.config import BertConfig
 
             cfg = BertConfig()
             with torch.device("meta"):  # values do not matter here: skip the slow random init

@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bertkit.pretraining_data import FORMATS
-from bertkit.records import pretraining_features, read_arrays
-from bertkit.tokenizer import WordPieceTokenizer
-from bertkit.vocab import default_vocab_path
+from bertkit.data.records import pretraining_features, read_arrays
+from bertkit.data.tokenizer import WordPieceTokenizer
+from bertkit.data.vocab import default_vocab_path
+from bertkit.tasks.pretrain.data import FORMATS
 
 TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "wikitext2-valid-test.txt"
 
@@ -134,7 +134,7 @@ def run_bertkit(text: Path, out: Path, args, workers: int, entry: str) -> dict:
     """The command in a fresh process: its summary line's phases, wall and CPU seconds (children's rusage).
 
     entry "cli": `python -m bertkit create-pretraining-data ...`, as a user runs it; "module": the same run()
-    called from `python -c` after importing bertkit.pretraining_data alone (what the command's start-up costs
+    called from `python -c` after importing bertkit.tasks.pretrain.data alone (what the command's start-up costs
     once the CLI imports only the module of the command it runs)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -151,7 +151,7 @@ def run_bertkit(text: Path, out: Path, args, workers: int, entry: str) -> dict:
         cmd = [sys.executable, "-m", "bertkit", "create-pretraining-data"]
         cmd += [x for k, v in flags.items() for x in (f"--{k}", str(v))]
     else:
-        code = "from bertkit.pretraining_data import CreatePretrainingDataConfig as C, run\n"
+        code = "from bertkit.tasks.pretrain.data import CreatePretrainingDataConfig as C, run\n"
         code += f"if __name__ == '__main__':\n    run(C(**{flags!r}))"
         cmd = [sys.executable, "-c", code]
     line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]

@@ -46,7 +46,7 @@ def tokenizers_under_test() -> dict[str, Callable[[list[str]], list[list[int]]]]
     from transformers import BertTokenizerFast
     from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
 
-    from bertkit.tokenizer import DEFAULT_VOCAB, WordPieceTokenizer
+    from bertkit.data.tokenizer import DEFAULT_VOCAB, WordPieceTokenizer
 
     ours = WordPieceTokenizer()
     fast = BertTokenizerFast(vocab=dict(ours.vocab), do_lower_case=True)

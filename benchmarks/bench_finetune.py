@@ -5,7 +5,7 @@ takes training steps on the same batches of real data, one batch per step drawn 
 - bertkit:    bertkit's model and loss (`squad.squad_loss` / `classify.classification_loss`) on the batch cut to
               its longest sequence, as bertkit's loaders give it; bertkit's optimizer (`optim.build_optimizer
               ("adamw")`: torch AdamW, fused on CPU);
-- bertkit_unpad: the same with `--unpad True` (`bertkit.padding`: real tokens only, attention per sequence; in
+- bertkit_unpad: the same with `--unpad True` (`bertkit.model.padding`: real tokens only, attention per sequence; in
               prediction and evaluation this is bertkit's default, `bertkit` there is the padded path);
 - hf_dynamic: transformers' BertForQuestionAnswering / BertForSequenceClassification (sdpa) with its own loss on
               the same cut batch (DataCollatorWithPadding's dynamic padding); torch.optim.AdamW (HF Trainer's
@@ -39,17 +39,17 @@ import numpy as np
 import torch
 import transformers
 
-from bertkit import dist
-from bertkit.classify import classification_loss, predict_logits
-from bertkit.config import BertConfig
-from bertkit.convert import to_hf
-from bertkit.glue import Features, convert_examples_to_features, get_task, read_examples
-from bertkit.model import BertForQuestionAnswering, BertForSequenceClassification
-from bertkit.optim import build_optimizer
-from bertkit.squad import squad_loss
-from bertkit.squad_data import convert_examples_to_features as squad_features
-from bertkit.squad_data import read_squad_examples, squad_tokenizer
-from bertkit.train import autocast
+from bertkit.checkpoint.convert import to_hf
+from bertkit.model.bert import BertForQuestionAnswering, BertForSequenceClassification
+from bertkit.model.config import BertConfig
+from bertkit.runtime import dist
+from bertkit.tasks.glue.data import Features, convert_examples_to_features, get_task, read_examples
+from bertkit.tasks.glue.task import classification_loss, predict_logits
+from bertkit.tasks.squad.data import convert_examples_to_features as squad_features
+from bertkit.tasks.squad.data import read_squad_examples, squad_tokenizer
+from bertkit.tasks.squad.task import squad_loss
+from bertkit.train.loop import autocast
+from bertkit.train.optim import build_optimizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODELS = {
@@ -122,7 +122,7 @@ def bench_steps(task: str, arrays, args, precision: str) -> list[dict]:
 
     def step(impl: str, b: dict[str, np.ndarray]) -> float:
         model, opt = (ours, opts["bertkit"]) if impl.startswith("bertkit") else (hf, opts["hf"])
-        ours.bert.unpad = impl == "bertkit_unpad"  # --unpad True: real tokens only (bertkit.padding)
+        ours.bert.unpad = impl == "bertkit_unpad"  # --unpad True: real tokens only (bertkit.model.padding)
         t = tensors(b, cut=impl != "hf_padded")
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertkit import records as R
-from bertkit.loader import PretrainingLoader, convert_data
+from bertkit.data import records as R
+from bertkit.data.loader import PretrainingLoader, convert_data
 
 SEQ, MAX_PRED = 128, 20
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "golden" / "google-cpd-sample_text-wwmFalse.tfrecord"

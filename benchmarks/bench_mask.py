@@ -22,8 +22,8 @@ import bench_finetune as bf
 import torch
 import torch.nn.functional as F
 
-import bertkit.model as M
-from bertkit.squad import squad_loss
+import bertkit.model.bert as M
+from bertkit.tasks.squad.task import squad_loss
 
 
 def masked_fill_attention(q, k, v, attn_mask, dropout_p):

@@ -66,7 +66,7 @@ def worker(args: argparse.Namespace) -> None:
     """One rank: open the data, draw an epoch, report, wait for the parent's line on stdin."""
     import torch
 
-    from bertkit.loader import PretrainingLoader
+    from bertkit.data.loader import PretrainingLoader
 
     torch.set_num_threads(1)
     before = memory()

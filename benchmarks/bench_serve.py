@@ -32,15 +32,15 @@ MAX_CLIENTS, MAX_SECONDS = 64, 300
 def make_model(kind: str, out: Path, seed: int = 0) -> Path:
     import torch
 
-    from bertkit import checkpoint
-    from bertkit.config import BertConfig
-    from bertkit.model import BertForQuestionAnswering
+    from bertkit.checkpoint import formats as checkpoint
+    from bertkit.model.bert import BertForQuestionAnswering
+    from bertkit.model.config import BertConfig
 
     torch.manual_seed(seed)
     if kind == "tiny":
         from importlib import resources
 
-        from bertkit.tokenizer import DEFAULT_VOCAB
+        from bertkit.data.tokenizer import DEFAULT_VOCAB
 
         cfg = BertConfig(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=512)  # fmt: skip

@@ -8,7 +8,7 @@
    - bertkit_padded:  bertkit's model on the same padded batches (the model alone);
    - bertkit_sorted:  `squad_predict.predict_logits` on the padded path (`Bert.unpad = False`): windows sorted by
                       length, each batch cut to its longest window;
-   - bertkit:         the same with prediction's default fast path (`bertkit.padding`: real tokens only, each window
+   - bertkit:         the same with prediction's default fast path (`bertkit.model.padding`: real tokens only, each window
                       attending over its own tokens).
    All start from the same weights (bertkit's, converted to HF names) and use the same threads and batch size;
    rounds alternate the implementations and the best round counts. The logits of real tokens are compared.
@@ -39,7 +39,7 @@ TRAIN_V11_QUESTIONS = 87599
 
 def bench_windows(data: Path) -> dict:
     """Runs in a child pinned to one core: read + build the training windows of train-v1.1-first44.json."""
-    from bertkit.squad_data import convert_examples_to_features, read_squad_examples, squad_tokenizer
+    from bertkit.tasks.squad.data import convert_examples_to_features, read_squad_examples, squad_tokenizer
 
     tok = squad_tokenizer(data / "vocab" / "bert-base-uncased-vocab.txt")
     path = data / "squad" / "train-v1.1-first44.json"
@@ -68,13 +68,13 @@ def bench_predict(args) -> list[dict]:
     import torch
     import transformers
 
-    from bertkit import dist
-    from bertkit.config import BertConfig
-    from bertkit.convert import to_hf
-    from bertkit.model import BertForQuestionAnswering
-    from bertkit.squad_data import convert_examples_to_features, read_squad_examples, squad_tokenizer
-    from bertkit.squad_predict import predict_logits
-    from bertkit.train import autocast
+    from bertkit.checkpoint.convert import to_hf
+    from bertkit.model.bert import BertForQuestionAnswering
+    from bertkit.model.config import BertConfig
+    from bertkit.runtime import dist
+    from bertkit.tasks.squad.data import convert_examples_to_features, read_squad_examples, squad_tokenizer
+    from bertkit.tasks.squad.predict import predict_logits
+    from bertkit.train.loop import autocast
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -5,7 +5,7 @@
 2. hf: transformers' `BertForQuestionAnswering.from_pretrained` (QA head new, after torch.manual_seed), trained by a
    plain loop on the SAME windows in the SAME order (bertkit's `json_windows` and `SquadLoader`, seed 12345), same
    batch, steps, AdamW (weight decay 0.01 but not on LayerNorm/bias, eps 1e-6), Google's warmup + linear decay
-   (`bertkit.optim.learning_rate`), grad clip 1.0, loss (CE(start) + CE(end)) / 2 with padding positions out of
+   (`bertkit.train.optim.learning_rate`), grad clip 1.0, loss (CE(start) + CE(end)) / 2 with padding positions out of
    the softmax, as bertkit's (Google's softmax takes them in); the dev windows are answered by
    `squad_predict.predict_logits` + `predict_answers` and scored by `evaluate.evaluate_v1`.
 
@@ -86,7 +86,7 @@ def common(args: argparse.Namespace, predict_file: Path) -> dict:
 
 
 def run_bertkit(args: argparse.Namespace, model_dir: Path, predict_file: Path, tmp: Path) -> dict:
-    import bertkit.squad as squad
+    import bertkit.tasks.squad.task as squad
     from bertkit.cli import invoke
 
     timer = {"predict": 0.0}
@@ -163,7 +163,7 @@ def train_hf(model, loader, steps: int, lr: float, warmup: int, name: str | None
     import torch
     import torch.nn.functional as F
 
-    from bertkit.optim import learning_rate
+    from bertkit.train.optim import learning_rate
 
     decay, skip = [], []
     for n, p in model.named_parameters():
@@ -216,11 +216,11 @@ def run_hf(args: argparse.Namespace, model_dir: Path, predict_file: Path, name: 
     import torch
     from transformers import BertForQuestionAnswering
 
-    from bertkit import dist
-    from bertkit.evaluate import evaluate_v1
-    from bertkit.squad import SquadFlags, SquadLoader, json_windows
-    from bertkit.squad_data import load_squad, squad_tokenizer
-    from bertkit.squad_predict import RawResults, predict_answers, predict_logits
+    from bertkit.runtime import dist
+    from bertkit.tasks.squad.data import load_squad, squad_tokenizer
+    from bertkit.tasks.squad.evaluate import evaluate_v1
+    from bertkit.tasks.squad.predict import RawResults, predict_answers, predict_logits
+    from bertkit.tasks.squad.task import SquadFlags, SquadLoader, json_windows
 
     seed = args.seed  # bertkit's --seed: the same data order
     flags = SquadFlags(max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,

@@ -4,7 +4,7 @@ One run per call, printing one JSON line: --task rte|mrpc|cola|sst-2, --side our
 head's init and every dropout mask; numpy: the order of the training examples, the same on every side). The
 hyper-parameters are Google's run_classifier defaults on both sides (seq 128, batch 32, lr 5e-5, 3 epochs, 10%
 warmup then linear decay, clip 1.0, dropout 0.1) with AdamW (eps 1e-6, weight decay 0.01 except LayerNorm/bias),
-the optimizer a plain Hugging Face loop uses; the full dev set is scored with the task's metrics (`bertkit.glue`).
+the optimizer a plain Hugging Face loop uses; the full dev set is scored with the task's metrics (`bertkit.tasks.glue.data`).
 
 - ours: the real `bertkit classify` command (--optimizer adamw).
 - hf: `BertForSequenceClassification.from_pretrained` after torch.manual_seed(S), trained by a plain loop on the same
@@ -45,7 +45,7 @@ def hf_loop(model, loader, steps: int, lr: float, warmup: int, state: LoopState 
     import torch
     import torch.nn.functional as F
 
-    from bertkit.optim import learning_rate
+    from bertkit.train.optim import learning_rate
 
     decay, skip = [], []
     for n, p in model.named_parameters():
@@ -92,10 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     import torch.nn.functional as F
     from transformers import BertForSequenceClassification as HFBert
 
-    from bertkit import checkpoint, cli, dist, glue
-    from bertkit.classify import ClassifyLoader, predict_logits
-    from bertkit.model import BertForSequenceClassification
-    from bertkit.tokenizer import WordPieceTokenizer
+    from bertkit import cli
+    from bertkit.checkpoint import formats as checkpoint
+    from bertkit.data.tokenizer import WordPieceTokenizer
+    from bertkit.model.bert import BertForSequenceClassification
+    from bertkit.runtime import dist
+    from bertkit.tasks.glue import data as glue
+    from bertkit.tasks.glue.task import ClassifyLoader, predict_logits
 
     torch.set_num_threads(args.threads)
     task, model_dir = glue.get_task(args.task), minilm_dir()

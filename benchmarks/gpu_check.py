@@ -9,7 +9,7 @@ One JSON line per check, then a summary line; exit status 1 when a check fails.
                   peak, and Hugging Face's BertForPreTraining (when transformers is installed) on the same GPU
 5. ddp_2gpu       `bertkit pretrain --gpu_num_per_node 2` for 6 steps on records made from the demo text (2+ GPUs)
 6. squad_predict  `bertkit squad-predict` of the packaged held-out SQuAD article with a random tiny model on CUDA
-7. unpad          the unpadded fast path (`bertkit.padding`) on CUDA: a tiny SQuAD model's logits and gradients
+7. unpad          the unpadded fast path (`bertkit.model.padding`) on CUDA: a tiny SQuAD model's logits and gradients
                   equal the padded path's (TF32 off, dropout 0; < 1e-4), and the time of one step of each
 
     python benchmarks/gpu_check.py            # on a GPU machine (benchmarks/gpu_check.sh installs what is missing)
@@ -31,11 +31,11 @@ from pathlib import Path
 
 import torch
 
-from bertkit.config import BertConfig
-from bertkit.dist import DistEnv
-from bertkit.model import BertForPreTraining
-from bertkit.pretrain import SyntheticData, masked_count, pretrain_step_loss, pretraining_loss, random_batch
-from bertkit.train import TrainConfig, autocast, fit
+from bertkit.model.bert import BertForPreTraining
+from bertkit.model.config import BertConfig
+from bertkit.runtime.dist import DistEnv
+from bertkit.tasks.pretrain.task import SyntheticData, masked_count, pretrain_step_loss, pretraining_loss, random_batch
+from bertkit.train.loop import TrainConfig, autocast, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "src" / "bertkit" / "data" / "demo"
@@ -60,7 +60,7 @@ def cuda_vs_cpu(dev: torch.device) -> dict:
 
 
 def unpad(dev: torch.device) -> dict:
-    from bertkit.model import BertForQuestionAnswering
+    from bertkit.model.bert import BertForQuestionAnswering
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
@@ -168,7 +168,7 @@ def speed_base(dev: torch.device, small: bool) -> dict:
     try:
         import transformers
 
-        from bertkit.convert import to_hf
+        from bertkit.checkpoint.convert import to_hf
 
         hf_cfg = transformers.BertConfig(**{k: getattr(cfg, k) for k in (
             "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",

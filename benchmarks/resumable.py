@@ -68,7 +68,7 @@ def run_key(args, *drop: str) -> dict:
 
 def resumed_at(save_dir: Path) -> int:
     """The step bertkit's `--resume latest` continues from in save_dir (0: none yet)."""
-    from bertkit.snapshot import SNAPSHOT_NAME, latest_snapshot
+    from bertkit.checkpoint.snapshot import SNAPSHOT_NAME, latest_snapshot
 
     try:
         return int(SNAPSHOT_NAME.match(latest_snapshot(save_dir).name).group(1))

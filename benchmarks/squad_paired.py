@@ -1,6 +1,6 @@
 """Are two SQuAD v1.1 prediction files equally good? Paired bootstrap over the questions.
 
-Scores every question of DATA.json with the official EM/F1 (bertkit.evaluate), then resamples the questions
+Scores every question of DATA.json with the official EM/F1 (bertkit.tasks.squad.evaluate), then resamples the questions
 (with replacement, the same sample for both files) to get a 95% interval for the difference B - A. An interval
 that contains 0 means the two differ by no more than the choice of questions explains. It says nothing about the
 spread between training seeds, which is usually larger: compare several seeds for that.
@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 
-from bertkit.evaluate import exact_score, f1_score, load_predictions
+from bertkit.tasks.squad.evaluate import exact_score, f1_score, load_predictions
 
 
 def per_question(dataset: dict, predictions: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:

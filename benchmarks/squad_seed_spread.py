@@ -49,13 +49,14 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from transformers import BertForQuestionAnswering as HFBert
 
-    from bertkit import checkpoint, dist
-    from bertkit.evaluate import evaluate_v1
-    from bertkit.model import BertForQuestionAnswering
-    from bertkit.squad import SquadFlags, SquadLoader, json_windows, squad_loss
-    from bertkit.squad_data import load_squad, squad_tokenizer
-    from bertkit.squad_predict import RawResults, predict_answers, predict_logits
-    from bertkit.train import TrainConfig, fit
+    from bertkit.checkpoint import formats as checkpoint
+    from bertkit.model.bert import BertForQuestionAnswering
+    from bertkit.runtime import dist
+    from bertkit.tasks.squad.data import load_squad, squad_tokenizer
+    from bertkit.tasks.squad.evaluate import evaluate_v1
+    from bertkit.tasks.squad.predict import RawResults, predict_answers, predict_logits
+    from bertkit.tasks.squad.task import SquadFlags, SquadLoader, json_windows, squad_loss
+    from bertkit.train.loop import TrainConfig, fit
 
     torch.set_num_threads(args.threads)
     d = minilm_dir()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bertkit.config import BertConfig
+from bertkit.model.config import BertConfig
 
 torch.set_num_threads(2)
 

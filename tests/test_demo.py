@@ -48,8 +48,8 @@ def test_matplotlib_is_a_dependency_and_the_demo_folder_is_ignored():
 def test_demo_vocabulary_splits_its_text_as_google_does(tmp_path):
     """The demo keeps Google's most frequent WordPieces and every character: the text it was built from is split
     into the same pieces as with the full vocabulary wherever those pieces were kept, and no word becomes [UNK]."""
+    from bertkit.data.tokenizer import WordPieceTokenizer
     from bertkit.demo import demo_vocab
-    from bertkit.tokenizer import WordPieceTokenizer
 
     texts = ["The quick brown fox jumps over the lazy dog.", "Denver Broncos won Super Bowl 50!", "the the the fox"]
     least = demo_vocab(texts, 1, tmp_path / "chars.txt")  # the special tokens and the characters, nothing else

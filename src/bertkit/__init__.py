@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     """`bertkit.QuestionAnswerer`, imported on first use: `import bertkit` stays fast (no torch)."""
     if name == "QuestionAnswerer":
-        from bertkit.qa import QuestionAnswerer
+        from bertkit.serve.qa import QuestionAnswerer
 
         return QuestionAnswerer
     raise AttributeError(f"module 'bertkit' has no attribute {name!r}")

@@ -81,69 +81,69 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "the whole pipeline on embedded data: create data, pretrain, fine-tune on SQuAD, predict, score",
     ),
     "pretrain": (
-        "pretrain",
+        "tasks.pretrain.task",
         "PretrainConfig",
         "run",
         "pretrain BERT (masked LM + next sentence) from records: the seed's run_pretraining.py",
     ),
     "plot": ("plot", "PlotConfig", "run", "draw loss, learning-rate and throughput curves of a run as PNG"),
     "convert": (
-        "checkpoint",
+        "checkpoint.formats",
         "ConvertConfig",
         "run",
         "convert a BERT checkpoint between Google TF, Hugging Face, OneFlow and bertkit formats",
     ),
     "convert-data": (
-        "loader",
+        "data.loader",
         "ConvertDataConfig",
         "run_convert_data",
         "convert OFRecord or TFRecord pretraining data into memory-mapped training shards",
     ),
     "create-pretraining-data": (
-        "pretraining_data",
+        "tasks.pretrain.data",
         "CreatePretrainingDataConfig",
         "run",
         "raw text -> masked-LM / next-sentence records: Google's create_pretraining_data.py",
     ),
     "squad-evaluate": (
-        "evaluate",
+        "tasks.squad.evaluate",
         "EvaluateConfig",
         "run",
         "score SQuAD predictions: the official v1.1 / v2.0 exact match and F1",
     ),
     "squad": (
-        "squad",
+        "tasks.squad.task",
         "SquadConfig",
         "run",
         "fine-tune BERT on SQuAD, then answer and score: the seed's and Google's run_squad.py",
     ),
     "squad-predict": (
-        "squad",
+        "tasks.squad.task",
         "SquadPredictConfig",
         "run_predict",
         "answer SQuAD questions with a fine-tuned model, write all_results.npy: the seed's run_squad_predict.py",
     ),
     "npy2json": (
-        "squad",
+        "tasks.squad.task",
         "Npy2JsonConfig",
         "run_npy2json",
         "turn all_results.npy into predictions.json and nbest_predictions.json: the seed's npy2json.py",
     ),
     "ask": (
-        "qa",
+        "serve.qa",
         "AskConfig",
         "run_ask",
         "answer a question about a text (or a jsonl file of them) with a SQuAD model",
     ),
-    "serve": ("serve", "ServeConfig", "run", "serve a SQuAD model over HTTP: POST /answer, GET /health, /docs"),
+    "serve": ("serve.http", "ServeConfig", "run", "serve a SQuAD model over HTTP: POST /answer, GET /health, /docs"),
     "classify": (
-        "classify",
+        "tasks.glue.task",
         "ClassifyConfig",
         "run",
         "fine-tune BERT on a GLUE task, evaluate, predict: Google's and OneFlow's run_classifier.py",
     ),
     "create-glue-data": (
-        "glue",
+        "tasks.glue.data",
         "CreateGlueDataConfig",
         "run_create_glue_data",
         "GLUE tsv files -> classifier records: OneFlow's OFRecord part files or Google's TFRecords",
@@ -240,11 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bertkit {ns.command}: error: {e}", file=sys.stderr)
         return 2
     # a signal stopped training after a snapshot: 143 / 130, as a scheduler expects
-    except _loaded("dist", "Stopped") as e:
+    except _loaded("runtime.dist", "Stopped") as e:
         if str(e):
             print(f"bertkit {ns.command}: {e}", file=sys.stderr)
         return e.exit_code
-    except _loaded("runner", "Failed") as e:  # a rank failed: one line naming it
+    except _loaded("train.runner", "Failed") as e:  # a rank failed: one line naming it
         print(f"bertkit {ns.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:  # Ctrl-C outside training (data creation, prediction, the demo between stages)

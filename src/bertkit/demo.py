@@ -92,7 +92,7 @@ def demo_vocab(texts: list[str], size: int, out: Path) -> int:
     """
     from collections import Counter
 
-    from bertkit.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
+    from bertkit.data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
 
     tok = WordPieceTokenizer()
     counts = Counter(i for ids in tok.encode_batch(texts) for i in ids)

@@ -1,0 +1,1 @@
+"""checkpoint layer (see src/bertkit/LAYERS.md)."""

@@ -1,0 +1,1 @@
+"""data layer (see src/bertkit/LAYERS.md)."""

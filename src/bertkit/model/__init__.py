@@ -1,0 +1,1 @@
+"""model layer (see src/bertkit/LAYERS.md)."""

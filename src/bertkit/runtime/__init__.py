@@ -1,0 +1,1 @@
+"""runtime layer (see src/bertkit/LAYERS.md)."""

@@ -1,0 +1,1 @@
+"""serve layer (see src/bertkit/LAYERS.md)."""

@@ -1,0 +1,1 @@
+"""tasks/glue layer (see src/bertkit/LAYERS.md)."""

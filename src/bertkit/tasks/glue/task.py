@@ -1,0 +1,503 @@
+"""GLUE sentence and sentence-pair classification: the command `bertkit classify`.
+
+References: google-research/bert `run_classifier.py` @ eedf5716 (its flags and defaults; create_model: dropout and
+a linear layer on the pooled [CLS] output, mean cross-entropy; num_train_steps = int(examples / train_batch_size x
+epochs), warmup = int(steps x warmup_proportion); eval_results.txt; test_results.tsv) and OneFlow-Benchmark
+`LanguageModeling/BERT/run_classifier.py` (OFRecord inputs --train_data_dir / --eval_data_dir with part-file
+prefixes, --num_epochs, iter_num = ceil(train_example_num / global batch) x epochs). STS-B, a regression, as
+Hugging Face's run_glue does it: one output, mean squared error. The data, features and metrics are `glue`'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from bertkit.checkpoint import formats as checkpoint
+from bertkit.checkpoint.snapshot import check_writable, existing_snapshots, load_snapshot
+from bertkit.data.loader import ArrayLoader
+from bertkit.data.tokenizer import WordPieceTokenizer
+from bertkit.data.vocab import default_vocab_path
+from bertkit.model.bert import BertForSequenceClassification, num_parameters
+from bertkit.model.config import BertConfig
+from bertkit.runtime import dist
+from bertkit.tasks.glue import data as glue
+from bertkit.train import runner
+from bertkit.train.loop import autocast, fit, log_final_eval
+
+# --- losses ----------------------------------------------------------------------------------------------------
+# Every batch is full (the loader wraps around epochs) and every example weighs the same, so each rank's batch
+# mean is the mean over the global batch once DDP averages the gradients over ranks: no count to all-reduce.
+
+
+def classification_loss(model: nn.Module, b: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Google's loss: mean cross-entropy of logits (B, C) against label_ids (B,), in fp32 whatever the autocast."""
+    logits = model(b["input_ids"], b["segment_ids"], b["input_mask"])
+    loss = F.cross_entropy(logits.float(), b["label_ids"])
+    return loss, {"total_loss": loss}
+
+
+def regression_loss(model: nn.Module, b: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """STS-B: mean squared error of the one output (B, 1) against the score label_ids (B,) float, in fp32."""
+    scores = model(b["input_ids"], b["segment_ids"], b["input_mask"])
+    loss = F.mse_loss(scores.float().squeeze(-1), b["label_ids"].float())
+    return loss, {"total_loss": loss}
+
+
+class ClassifyLoader(ArrayLoader):
+    """Endless shuffled batches {input_ids, input_mask, segment_ids (B, T'), int64; label_ids (B,), int64 or
+    float32}, T' the batch's longest example: padding columns are cut, which changes no logit (the [CLS] output
+    attends to real tokens only; tested). Epochs, rank sharding and the resumable position are ArrayLoader's."""
+
+    def next_batch(self) -> dict[str, Tensor]:
+        idx = self.next_indices()
+        L = int(self.arrays["input_mask"][idx].astype(bool).sum(1).max())
+        batch = {k: torch.from_numpy(self.arrays[k][idx, :L].astype(np.int64))
+                 for k in ("input_ids", "input_mask", "segment_ids")}  # fmt: skip
+        labels = self.arrays["label_ids"][idx]
+        batch["label_ids"] = torch.from_numpy(labels.astype(np.float32 if labels.dtype.kind == "f" else np.int64))
+        return batch
+
+
+# --- the config: Google's flags and OneFlow's, each declared once ---------------------------------------------------
+
+
+@dataclass
+class ClassifyConfig(runner.SeedConfig):
+    """Fine-tune BERT on a GLUE task, evaluate on its dev set, predict its test set: Google's run_classifier.py
+    and OneFlow's.
+
+    Google's form reads GLUE's tsv files in --data_dir; OneFlow's reads record part files (--train_data_dir,
+    --eval_data_dir; `bertkit create-glue-data` writes them). --do_eval writes OUTPUT_DIR/eval_results.txt,
+    --do_predict Google's test_results.tsv and GLUE's submission file (RTE.tsv, ...). --iter_num defaults to the
+    epochs' steps, --warmup_batches to --warmup_proportion of them.
+    """
+
+    # the seed's pretraining flags that classification takes (its command lines carry them) but never uses
+    cli_hidden: ClassVar[frozenset[str]] = frozenset({"max_predictions_per_seq", "data_part_num", "use_boxing_v2"})
+
+    task_name: str | None = field(default=None, metadata={"help": glue.TASK_HELP})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "the task's GLUE folder: train.tsv, dev.tsv, test.tsv (MNLI: dev_matched...)"}
+    )
+    vocab_file: str | None = field(
+        default=None, metadata={"help": "vocab.txt of the model (default: the checkpoint's, else bert-base-uncased)"}
+    )
+    do_lower_case: bool = field(default=True, metadata={"help": "lowercase and strip accents: True for uncased models"})
+    init_checkpoint: str | None = field(
+        default=None, metadata={"help": "Google's name for --model_load_dir: bertkit, HF, Google TF or OneFlow"}
+    )
+    do_train: bool | None = field(
+        default=None, metadata={"help": "fine-tune on the train set (default: when --train_data_dir is given)"}
+    )
+    do_eval: bool | None = field(
+        default=None, metadata={"help": "score the dev set, write eval_results.txt (default: with --eval_data_dir)"}
+    )
+    do_predict: bool = field(default=False, metadata={"help": "predict the test set; write GLUE's submission file"})
+    max_seq_length: int | None = field(
+        default=None, metadata={"help": "tokens per example, cut or padded (default: 128)"}
+    )
+    seq_length: int | None = field(default=None, metadata={"help": "OneFlow's name for --max_seq_length"})
+    train_batch_size: int | None = field(
+        default=None, metadata={"help": "Google's global batch: --batch_size_per_device = it / processes (default: 32)"}
+    )
+    eval_batch_size: int = field(default=8, metadata={"help": "Google's global evaluation batch"})
+    predict_batch_size: int = field(default=8, metadata={"help": "Google's global prediction batch"})
+    eval_batch_size_per_device: int | None = field(
+        default=None,
+        metadata={"help": "OneFlow's evaluation batch per process (default: --eval_batch_size / processes)"},
+    )
+    num_train_epochs: float | None = field(default=None, metadata={"help": "passes over the train set (default: 3)"})
+    num_epochs: float | None = field(default=None, metadata={"help": "OneFlow's name for --num_train_epochs"})
+    warmup_proportion: float = field(default=0.1, metadata={"help": "warmup steps as a fraction of --iter_num"})
+    output_dir: str = field(
+        default="classify_output", metadata={"help": "folder for eval_results.txt, test_results.tsv and <TASK>.tsv"}
+    )
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "replace result files and snapshots"})
+    # Google's run_classifier keeps everything in --output_dir, the fine-tuned model included: so do these defaults
+    model_save_dir: str | None = field(
+        default=None, metadata={"help": "directory for snapshots (default: --output_dir)"}
+    )
+    log_dir: str | None = field(default=None, metadata={"help": "metrics.jsonl goes here (default: --output_dir)"})
+    save_last_snapshot: bool = field(
+        default=True, metadata={"help": "keep the fine-tuned model: model_save_dir/last_snapshot at the end"}
+    )
+    train_data_dir: str | None = field(
+        default=None, metadata={"help": "OneFlow: folder of training part files (or one record file)"}
+    )
+    train_data_prefix: str = field(default="train.of_record-", metadata={"help": "training part files: prefix + i"})
+    train_data_part_num: int = field(default=0, metadata={"help": "training part files read (0: all there)"})
+    train_example_num: int | None = field(
+        default=None,
+        metadata={
+            "help": "OneFlow's count of training examples (a note when the data holds another count: all of it is used)"
+        },
+    )
+    eval_data_dir: str | None = field(
+        default=None, metadata={"help": "OneFlow: folder of evaluation part files (or one record file)"}
+    )
+    eval_data_prefix: str = field(default="eval.of_record-", metadata={"help": "evaluation part files: prefix + i"})
+    eval_data_part_num: int = field(default=0, metadata={"help": "evaluation part files read (0: all there)"})
+    eval_example_num: int | None = field(
+        default=None,
+        metadata={
+            "help": "OneFlow's count of evaluation examples (a note when the data holds another count: all of it is used)"
+        },
+    )
+    num_nodes: int | None = field(default=None, metadata={"help": "OneFlow's later name for --node_num"})
+    node_ips: str | None = field(default=None, metadata={"help": "OneFlow's later name for --node_list"})
+    # Fine-tuning defaults that differ from pretraining's (Google's run_classifier.py and OneFlow's):
+    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate"})
+    batch_size_per_device: int | None = field(
+        default=None, metadata={"help": "OneFlow's examples per process per micro-step (default: --train_batch_size)"}
+    )
+    iter_num: int | None = field(
+        default=None,
+        metadata={"help": "optimizer steps (default: Google's int(examples / batch x epochs) for tsv, OneFlow's "
+                          "ceil(examples / batch) x epochs for records)"},
+    )  # fmt: skip
+    warmup_batches: int | None = field(
+        default=None, metadata={"help": "linear warmup steps (default: --warmup_proportion x --iter_num)"}
+    )
+
+    def __post_init__(self) -> None:
+        self.reconcile_node_names(self.num_nodes, self.node_ips)
+        self.num_nodes, self.node_ips = self.node_num, self.node_list
+        self.check_dist_flags()
+        if not self.task_name:
+            raise ValueError(f"--task_name is required: one of {', '.join(t.name for t in glue.TASKS.values())}")
+        glue.get_task(self.task_name)  # an unknown name fails here, listing the known ones
+        self.model_save_dir = self.model_save_dir or self.output_dir
+        self.log_dir = self.log_dir or self.output_dir
+        one = runner.one_of
+        self.model_load_dir = self.init_checkpoint = one(
+            ("model_load_dir", "init_checkpoint"), self.model_load_dir, self.init_checkpoint
+        )
+        self.max_seq_length = self.seq_length = one(
+            ("max_seq_length", "seq_length"), self.max_seq_length, self.seq_length, 128
+        )
+        self.num_train_epochs = self.num_epochs = one(
+            ("num_train_epochs", "num_epochs"), self.num_train_epochs, self.num_epochs, 3.0
+        )
+        processes = self.world_size
+        tbs, per = self.train_batch_size, self.batch_size_per_device
+        if tbs is not None:
+            if tbs <= 0 or tbs % processes:
+                raise ValueError(f"--train_batch_size {tbs} must be a positive multiple of the {processes} processes")
+            if per is not None and per != tbs // processes:
+                raise ValueError(f"--train_batch_size {tbs} is {tbs // processes} per process for {processes} "
+                                 f"processes, but --batch_size_per_device is {per}; give one")  # fmt: skip
+            self.batch_size_per_device = tbs // processes
+        elif per is None:  # Google's default global batch
+            if 32 % processes:
+                raise ValueError(f"the default --train_batch_size 32 does not split over {processes} processes; "
+                                 "give --train_batch_size or --batch_size_per_device")  # fmt: skip
+            self.batch_size_per_device = 32 // processes
+        self.train_batch_size = self.batch_size_per_device * processes
+        for name in ("eval_batch_size", "predict_batch_size", "max_seq_length", "num_train_epochs"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+        self.eval_batch_size_per_device = self.eval_batch_size_per_device or math.ceil(self.eval_batch_size / processes)
+        if self.eval_batch_size_per_device <= 0:
+            raise ValueError(f"--eval_batch_size_per_device must be positive, got {self.eval_batch_size_per_device}")
+        if self.max_seq_length < 3:
+            raise ValueError(f"--max_seq_length must be at least 3 ([CLS] text [SEP]), got {self.max_seq_length}")
+        if not 0 <= self.warmup_proportion <= 1:
+            raise ValueError(f"--warmup_proportion must be in [0, 1], got {self.warmup_proportion}")
+        if self.do_train is None:  # OneFlow's form: record files given are used
+            self.do_train = bool(self.train_data_dir)
+        if self.do_eval is None:
+            self.do_eval = bool(self.eval_data_dir)
+        if not (self.do_train or self.do_eval or self.do_predict):
+            raise ValueError("nothing to do: pass at least one of --do_train, --do_eval, --do_predict")
+        if self.do_train and not (self.train_data_dir or self.data_dir):
+            raise ValueError("--do_train needs --data_dir (GLUE tsv files) or --train_data_dir (record files)")
+        if self.do_eval and not (self.eval_data_dir or self.data_dir):
+            raise ValueError("--do_eval needs --data_dir (GLUE tsv files) or --eval_data_dir (record files)")
+        if self.do_predict and not self.data_dir:
+            raise ValueError(f"--do_predict needs --data_dir holding {self.task.name}'s test file")
+        for flag, split, records in (("do_train", "train", self.train_data_dir), ("do_eval", "dev", self.eval_data_dir),
+                                     ("do_predict", "test", None)):  # fmt: skip
+            if getattr(self, flag) and not records and self.task.file(split) is None:
+                raise ValueError(f"--{flag}: {self.task.missing(split)}")
+        self.validate_before_derived()
+
+    @property
+    def task(self) -> glue.GlueTask:
+        return glue.get_task(self.task_name)
+
+    def outputs(self) -> list[Path]:
+        """The result files this run writes."""
+        out = Path(self.output_dir)
+        names = (["eval_results.txt"] if self.do_eval else []) + (
+            ["test_results.tsv", f"{self.task.name}.tsv"] if self.do_predict else []
+        )
+        return [out / n for n in names]
+
+
+# --- data: tsv files (Google) or record part files (OneFlow) ----------------------------------------------------
+
+
+def tsv_examples(cfg: ClassifyConfig, split: str) -> list[glue.InputExample]:
+    """The examples of a split of --data_dir, every label checked (ValueError naming file and line)."""
+    examples = glue.read_examples(cfg.task, cfg.data_dir, split)
+    glue.check_labels(cfg.task, examples)
+    if not examples:
+        raise ValueError(f"--data_dir {cfg.data_dir}: {cfg.task.file(split)} holds no examples")
+    return examples
+
+
+def record_files(cfg: ClassifyConfig, which: str) -> list[Path]:
+    """The part files of --train_data_dir or --eval_data_dir (`which`: train or eval)."""
+    return glue.part_files(getattr(cfg, f"{which}_data_dir"), getattr(cfg, f"{which}_data_prefix"),
+                           getattr(cfg, f"{which}_data_part_num"), which)  # fmt: skip
+
+
+def load_features(cfg: ClassifyConfig, which: str, tokenizer: WordPieceTokenizer, env: dist.DistEnv,
+                  say: Callable[[str], None]) -> tuple[glue.Features, list[glue.InputExample] | None]:  # fmt: skip
+    """(features, examples) of train, eval or predict: from records when --{which}_data_dir is given, else from
+    --data_dir's tsv file (then the examples too). Every rank builds the same features (deterministic)."""
+    records = {"train": cfg.train_data_dir, "eval": cfg.eval_data_dir}.get(which)
+    if records:
+        feats = glue.read_record_features(record_files(cfg, which), cfg.max_seq_length, cfg.task.is_regression,
+                                          progress=env.is_main)  # fmt: skip
+        n, real = len(feats), feats.real()
+        if len(real) < n:
+            say(f"{which}: {n - len(real)} padding records (is_real_example 0) left out")
+        given = getattr(cfg, f"{which}_example_num")
+        if given is not None and given != len(real):
+            say(f"note: --{which}_example_num is {given}; the records hold {len(real)} examples, all used")
+        return real, None
+    examples = tsv_examples(cfg, {"train": "train", "eval": "dev", "predict": "test"}[which])
+    return glue.convert_examples_to_features(examples, cfg.task, cfg.max_seq_length, tokenizer), examples
+
+
+def check_ids(feats: glue.Features, bert_cfg: BertConfig, what: str) -> None:
+    """Token ids within the model's vocabulary (a larger vocab.txt than the model's would index past it)."""
+    top = int(feats.input_ids.max(initial=0))
+    if top >= bert_cfg.vocab_size:
+        raise ValueError(f"{what}: token id {top} is beyond the model's vocab_size {bert_cfg.vocab_size}: is "
+                         "--vocab_file the model's vocabulary?")  # fmt: skip
+
+
+# --- the model, evaluation and prediction ----------------------------------------------------------------------
+
+
+def build_model(cfg: ClassifyConfig, env: dist.DistEnv, say: Callable[[str], None]
+                ) -> tuple[BertForSequenceClassification, BertConfig, dict | None]:  # fmt: skip
+    """(model on the device, its config, the train state when resuming)."""
+    labels = cfg.task.num_labels
+    if cfg.resume:
+        weights, bert_cfg, resume_state = load_snapshot(cfg.resume)
+        model = BertForSequenceClassification(bert_cfg, labels)
+        model.load_state_dict(weights)
+        say(f"Resuming from {cfg.resume} at iter {resume_state['step']}.")
+        return model.to(env.device), bert_cfg, resume_state
+    bert_cfg, source = cfg.model_config()
+    torch.manual_seed(cfg.seed)  # the new head's draws (and a random model's) follow --seed
+    model = BertForSequenceClassification(bert_cfg, labels)
+    c = bert_cfg
+    say(f"{runner.model_source(source)}: {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, "
+        f"{labels} output(s), {num_parameters(model) / 1e6:.1f}M parameters")  # fmt: skip
+    if cfg.model_load_dir:
+        say(f"Restoring model from {checkpoint.load_into(model, cfg.model_load_dir)}")
+    else:
+        say("Init model on demand (random weights)")
+    return model.to(env.device), bert_cfg, None
+
+
+def tokenizer_vocab_path(tokenizer: WordPieceTokenizer) -> str:
+    """The vocab.txt the tokenizer read (the bundled bert-base-uncased one when it was given none): what snapshots
+    carry, so that a fine-tuned snapshot tokenizes as its training did."""
+    path = Path(str(tokenizer.vocab_file))
+    return str(path) if path.is_file() else default_vocab_path()
+
+
+def vocab_file(cfg: ClassifyConfig) -> str | None:
+    """--vocab_file, else the vocab.txt beside --init_checkpoint (also when resuming: the snapshot's), else
+    None: bert-base-uncased's."""
+    source = cfg.resume or cfg.model_load_dir
+    if cfg.vocab_file or not source:
+        return cfg.vocab_file
+    path = Path(source)
+    vocab = (path if path.is_dir() else path.parent) / "vocab.txt"
+    return str(vocab) if vocab.is_file() else None
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, feats: glue.Features, batch_size: int, env: dist.DistEnv,
+                   precision: str = "fp32", progress: bool = False) -> np.ndarray:  # fmt: skip
+    """Logits (N, num_labels) float32 of every example, on every rank.
+
+    Examples are sorted by length, longest first, and each batch runs cut to its longest example (the logits do
+    not depend on padding columns: tested against the padded run). Rank r runs batches r, r + W, ...; the rows
+    are gathered by a sum over ranks of zero-initialised arrays.
+    """
+    n = len(feats)
+    lengths = feats.input_mask.astype(bool).sum(1)
+    order = np.argsort(-lengths, kind="stable")
+    out = np.zeros((n, model.classifier.out_features), np.float32)  # (N, C); zeros: a sum over ranks gathers rows
+    model.eval()
+    for i in tqdm(range(env.rank * batch_size, n, batch_size * env.world_size), desc="eval", unit="batch",
+                  disable=not (progress and sys.stderr.isatty()), leave=False):  # fmt: skip
+        idx = order[i : i + batch_size]
+        L = int(lengths[idx].max())
+        ids, types, mask = (torch.from_numpy(a[idx, :L].astype(np.int64)).to(env.device)
+                            for a in (feats.input_ids, feats.segment_ids, feats.input_mask))  # fmt: skip
+        with autocast(precision, env.device):
+            logits = model(ids, types, mask).float().cpu().numpy()  # (B, C)
+        out[idx] = logits
+    if env.world_size > 1:
+        out = dist.all_reduce_sum(torch.from_numpy(out).to(env.device), env).cpu().numpy()
+    return out
+
+
+def evaluate(model: nn.Module, cfg: ClassifyConfig, feats: glue.Features, env: dist.DistEnv,
+             progress: bool = False) -> dict[str, float]:  # fmt: skip
+    """The task's metrics on labelled features, plus eval_loss (the mean loss per example, as Google's)."""
+    return _evaluate(model, cfg, feats, env, progress)[0]
+
+
+def _evaluate(model: nn.Module, cfg: ClassifyConfig, feats: glue.Features, env: dist.DistEnv,
+              progress: bool = False) -> tuple[dict[str, float], torch.Tensor]:  # fmt: skip
+    """(`evaluate`'s metrics, the loss of every example (N,) in file order)."""
+    logits = predict_logits(model, feats, cfg.eval_batch_size_per_device, env, cfg.precision, progress)
+    t = torch.from_numpy(logits)
+    if cfg.task.is_regression:
+        loss = F.mse_loss(t[:, 0], torch.from_numpy(feats.label_ids.astype(np.float32)), reduction="none")
+    else:
+        loss = F.cross_entropy(t, torch.from_numpy(feats.label_ids.astype(np.int64)), reduction="none")
+    return {**glue.glue_metrics(cfg.task, logits, feats.label_ids), "loss": float(loss.mean())}, loss
+
+
+def mean_batch_loss(example_loss: torch.Tensor, batch_size: int) -> float:
+    """The mean over batches of `batch_size` examples in file order (the last one short) of each batch's mean loss:
+    the `loss` Google's Estimator writes beside eval_loss (equal to it when batch_size divides the examples)."""
+    return float(torch.stack([b.mean() for b in example_loss.split(batch_size)]).mean())
+
+
+def write_eval_results(path: Path, metrics: dict[str, float], step: int, batch_loss: float | None = None) -> list[str]:
+    """Google's eval_results.txt: `key = value` lines, keys sorted (eval_accuracy, eval_loss, global_step, loss).
+    Returns the lines (Google logs them too)."""
+    result = {f"eval_{k}": v for k, v in metrics.items()} | {"global_step": step}
+    if batch_loss is not None:
+        result["loss"] = batch_loss
+    lines = [f"{k} = {result[k]}" for k in sorted(result)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return lines
+
+
+# --- the command -------------------------------------------------------------------------------------------------
+
+
+def _check(cfg: ClassifyConfig) -> None:
+    """Every user error before any worker starts: inputs there and well-formed, outputs not about to be replaced."""
+    for flag in ("data_dir", "model_load_dir", "bert_config_file", "vocab_file"):
+        value = getattr(cfg, flag)
+        if value and not Path(value).exists():
+            raise ValueError(f"--{flag} {value}: no such file or directory")
+    bert_cfg, source = cfg.model_config()
+    if cfg.max_seq_length > bert_cfg.max_position_embeddings:
+        raise ValueError(f"--max_seq_length {cfg.max_seq_length} exceeds the model's max_position_embeddings "
+                         f"{bert_cfg.max_position_embeddings} ({source})")  # fmt: skip
+    # Rows, columns and labels of every tsv file used (reading is quick; tokenizing waits for the workers).
+    for wanted, which, split, records in ((cfg.do_train, "train", "train", cfg.train_data_dir),
+                                          (cfg.do_eval, "eval", "dev", cfg.eval_data_dir),
+                                          (cfg.do_predict, "predict", "test", None)):  # fmt: skip
+        if wanted and records:
+            record_files(cfg, which)
+        elif wanted:
+            tsv_examples(cfg, split)
+    outputs = cfg.outputs()
+    save_dir = Path(cfg.model_save_dir)
+    if cfg.do_train and not cfg.resume:
+        outputs += existing_snapshots(save_dir)
+    existing = [str(p) for p in outputs if p.exists()]
+    if existing and not cfg.overwrite_output_dir:
+        one = len(existing) == 1
+        raise ValueError(f"{', '.join(existing)} already {'exists' if one else 'exist'}; "
+                         f"pass --overwrite_output_dir to replace {'it' if one else 'them'}")  # fmt: skip
+    if cfg.do_train:
+        check_writable(cfg.model_save_dir)
+        runner.check_resume(cfg)
+
+
+def run(cfg: ClassifyConfig) -> dict | None:
+    return runner.run(cfg, _run, check=_check)
+
+
+def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
+    say = print if env.is_main else (lambda *a, **k: None)
+    say(runner.banner(cfg))
+    task = cfg.task
+    model, bert_cfg, resume_state = build_model(cfg, env, say)
+    tokenizer = WordPieceTokenizer(vocab_file(cfg), cfg.do_lower_case)
+    say(f"vocabulary: {tokenizer.vocab_file} ({len(tokenizer.vocab)} pieces), do_lower_case {cfg.do_lower_case}")
+    dev = None
+    if cfg.do_eval:  # built first, so that a bad dev file fails before training, not after
+        dev, _ = load_features(cfg, "eval", tokenizer, env, say)
+        check_ids(dev, bert_cfg, "dev set")
+    summary, metrics, step = None, None, resume_state["step"] if resume_state else 0
+    if cfg.do_train:
+        train, _ = load_features(cfg, "train", tokenizer, env, say)
+        check_ids(train, bert_cfg, "train set")
+        n = len(train)
+        global_batch = cfg.batch_size_per_device * env.world_size * cfg.num_accumulation_steps
+        if cfg.iter_num is None:
+            if cfg.train_data_dir:  # OneFlow: whole batches per epoch, times the epochs
+                cfg.iter_num = max(1, math.ceil(math.ceil(n / global_batch) * cfg.num_train_epochs))
+            else:  # Google: int(len(train_examples) / train_batch_size * num_train_epochs)
+                cfg.iter_num = max(1, int(n / global_batch * cfg.num_train_epochs))
+        if cfg.warmup_batches is None:
+            cfg.warmup_batches = int(cfg.iter_num * cfg.warmup_proportion)
+        cfg.validate()
+        say(f"training {task.name}: {n} examples, global batch {global_batch}, iter_num {cfg.iter_num}, "
+            f"warmup_batches {cfg.warmup_batches}")  # fmt: skip
+        loader = ClassifyLoader({k: v for k, v in train.arrays().items() if k != "is_real_example"},
+                                cfg.batch_size_per_device, rank=env.rank, world_size=env.world_size,
+                                seed=cfg.seed)  # fmt: skip
+
+        def eval_fn(m: nn.Module) -> dict[str, float]:
+            return evaluate(m, cfg, dev, env)
+
+        loss_fn = regression_loss if task.is_regression else classification_loss
+        extras = {"vocab_file": tokenizer_vocab_path(tokenizer), "do_lower_case": cfg.do_lower_case,
+                  "run_config": dataclasses.asdict(cfg)}  # fmt: skip
+        summary = fit(model, bert_cfg, loss_fn, loader, cfg, env, eval_fn if dev is not None else None,
+                      resume_state, say, snapshot_extras=extras)  # fmt: skip
+        step = summary["step"]
+        if not cfg.save_last_snapshot and step % cfg.model_save_every_n_iter:
+            say("note: the fine-tuned model is not kept (--save_last_snapshot False)")
+    out = Path(cfg.output_dir)
+    if dev is not None:
+        metrics, example_loss = _evaluate(model, cfg, dev, env, progress=env.is_main)
+        if env.is_main:
+            batch_loss = mean_batch_loss(example_loss, cfg.eval_batch_size)
+            lines = write_eval_results(out / "eval_results.txt", metrics, step, batch_loss)
+            say(f"***** Eval results ({task.name} dev, {len(dev)} examples) *****")
+            for line in lines:  # as Google logs them
+                say(f"  {line}")
+            say(f"wrote {out / 'eval_results.txt'}")
+            if summary is not None:  # trained in this run: its log ends with the closing evaluation
+                log_final_eval(cfg.log_dir, step, metrics)
+    if cfg.do_predict:
+        test, examples = load_features(cfg, "predict", tokenizer, env, say)
+        check_ids(test, bert_cfg, "test set")
+        logits = predict_logits(model, test, math.ceil(cfg.predict_batch_size / env.world_size), env,
+                                cfg.precision, env.is_main)  # fmt: skip
+        if env.is_main:
+            paths = glue.write_predictions(task, examples, logits, out)
+            say(f"wrote {', '.join(str(p) for p in paths)} ({len(examples)} test examples)")
+    return {"train": summary, "eval": metrics}

@@ -1,0 +1,1 @@
+"""tasks/pretrain layer (see src/bertkit/LAYERS.md)."""

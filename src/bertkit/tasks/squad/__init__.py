@@ -1,0 +1,1 @@
+"""tasks/squad layer (see src/bertkit/LAYERS.md)."""

@@ -1,0 +1,1 @@
+"""train layer (see src/bertkit/LAYERS.md)."""

@@ -1,0 +1,304 @@
+"""The one way every task runs: check, then one process or many, then one exit status.
+
+    bertkit <task> ...  ->  run(cfg, body, check)
+        check(cfg)                    once, in the launching process, before any worker starts: every user error
+                                      (a flag, a file, an existing output) is a ValueError here, printed once, exit 2
+        one process:  body(cfg, env)  in this process
+        many:         dist.launch -> each worker: dist.setup, body(cfg, env), dist.teardown
+                      (the workers receive the typed config object, never a re-parsed command line)
+
+Exit status, the same for one process and many: 0 done; 2 a user error (printed once); 128 + signal when a
+SIGTERM/SIGINT stopped training after a snapshot (143 / 130); 1 when a rank crashed or was killed, with one line
+naming the rank. Under `torchrun` the environment is already set and each process just runs its rank's part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from bertkit.checkpoint import formats as checkpoint
+from bertkit.checkpoint import snapshot
+from bertkit.model.config import BertConfig
+from bertkit.runtime import dist
+from bertkit.train.loop import TrainConfig, check_world_size
+
+Body = Callable[[object, dist.DistEnv], object]
+
+
+class Failed(Exception):
+    """Some rank failed; the message has been printed, the command exits with exit_code."""
+
+    def __init__(self, exit_code: int, message: str = ""):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def one_of(names: tuple[str, str], a, b, default=None):
+    """The value of a flag that has two names (the seed's and Google's); both may be given only when they agree."""
+    if a is not None and b is not None and a != b:
+        raise ValueError(f"--{names[0]} {a} and --{names[1]} {b} name the same thing; give one")
+    return a if a is not None else b if b is not None else default
+
+
+@dataclass
+class SeedConfig(TrainConfig, dist.DistConfig):
+    """The flags every one of the seed's scripts takes: training, processes, data and model size."""
+
+    data_dir: str | None = field(
+        default=None, metadata={"help": "OFRecord dir (part-N), TFRecord file(s)/glob, or shards"}
+    )
+    data_part_num: int = field(default=32, metadata={"help": "number of part-N files used from an OFRecord data_dir"})
+    eval_data_dir: str | None = field(default=None, metadata={"help": "held-out data for MLM/NSP accuracy"})
+    use_boxing_v2: bool | None = field(
+        default=None, metadata={"help": "accepted for the seed's command lines; no effect"}
+    )
+    bert_config_file: str | None = field(
+        default=None, metadata={"help": "Google bert_config.json (instead of size flags)"}
+    )
+    seq_length: int = field(default=512, metadata={"help": "tokens per sequence in the records"})
+    max_predictions_per_seq: int = field(default=80, metadata={"help": "masked slots per sequence in the records"})
+    num_hidden_layers: int = field(default=24, metadata={"help": "encoder layers"})
+    num_attention_heads: int = field(default=16, metadata={"help": "attention heads per layer"})
+    max_position_embeddings: int = field(default=512, metadata={"help": "longest sequence the model takes"})
+    type_vocab_size: int = field(default=2, metadata={"help": "token types (segments)"})
+    vocab_size: int = field(default=30522, metadata={"help": "WordPiece vocabulary size"})
+    attention_probs_dropout_prob: float = field(default=0.1, metadata={"help": "dropout on attention weights"})
+    hidden_dropout_prob: float = field(default=0.1, metadata={"help": "dropout on embeddings and layer outputs"})
+    hidden_size_per_head: int = field(default=64, metadata={"help": "hidden size = heads x this; FFN = 4 x hidden"})
+
+    def reconcile_node_names(self, num_nodes: int | None, node_ips: str | None) -> None:
+        """The fine-tuning scripts' later names --num_nodes / --node_ips for --node_num / --node_list."""
+        if num_nodes is not None:  # --node_num has a default (1), so only a different value disagrees
+            self.node_num = one_of(("node_num", "num_nodes"), None if self.node_num == 1 else self.node_num, num_nodes)
+        self.node_list = one_of(("node_list", "node_ips"), self.node_list, node_ips)
+
+    def validate_before_derived(self) -> None:
+        """TrainConfig.validate while --iter_num and --warmup_batches may still be None (derived later from the
+        data), standing in as valid."""
+        iter_num, warmup = self.iter_num, self.warmup_batches
+        self.iter_num, self.warmup_batches = iter_num or 1, warmup or 0
+        try:
+            self.validate()
+        finally:
+            self.iter_num, self.warmup_batches = iter_num, warmup
+
+    def bert_config(self) -> BertConfig:
+        """--bert_config_file, else the seed's size flags."""
+        if self.bert_config_file:
+            return BertConfig.from_json_file(self.bert_config_file)
+        return BertConfig.from_head_size(
+            self.num_attention_heads,
+            self.hidden_size_per_head,
+            num_hidden_layers=self.num_hidden_layers,
+            max_position_embeddings=self.max_position_embeddings,
+            type_vocab_size=self.type_vocab_size,
+            vocab_size=self.vocab_size,
+            attention_probs_dropout_prob=self.attention_probs_dropout_prob,
+            hidden_dropout_prob=self.hidden_dropout_prob,
+        )
+
+    def model_config(self) -> tuple[BertConfig, str]:
+        """The fine-tuning model's config: --bert_config_file, else the config the checkpoint at --model_load_dir
+        carries (Hugging Face's config.json, a snapshot's, OneFlow's), else the seed's size flags; and which of the
+        three it was (for `model_source`)."""
+        if self.bert_config_file:
+            return BertConfig.from_json_file(self.bert_config_file), "--bert_config_file"
+        if self.model_load_dir:
+            path = Path(self.model_load_dir)
+            own = checkpoint.own_config(path, checkpoint.detect_format(path))
+            if own is not None:
+                return own, "the checkpoint's config"
+        return self.bert_config(), SIZE_FLAGS
+
+
+SIZE_FLAGS = "the size flags"
+
+
+def model_source(source: str) -> str:
+    """`model from <source>` for the log, saying when the size flags printed in the banner are not the model's."""
+    return f"model from {source}" + ("" if source == SIZE_FLAGS else "; the size flags above are not used")
+
+
+# The seed prints its arguments in this order; bertkit's additions follow.
+SEED_ORDER = (
+    "gpu_num_per_node node_num node_list learning_rate weight_decay_rate batch_size_per_device iter_num "
+    "warmup_batches log_every_n_iter data_dir data_part_num use_fp16 use_boxing_v2 loss_print_every_n_iter "
+    "model_save_every_n_iter model_save_dir save_last_snapshot model_load_dir log_dir seq_length "
+    "max_predictions_per_seq num_hidden_layers num_attention_heads max_position_embeddings type_vocab_size "
+    "vocab_size attention_probs_dropout_prob hidden_dropout_prob hidden_size_per_head"
+).split()
+
+
+def banner(cfg) -> str:
+    """The seed's banner: every argument as `name = value`, the seed's first, then a time stamp. Flags a command
+    accepts only so that the seed's command lines parse (its `cli_hidden`) are left out."""
+    hidden = getattr(cfg, "cli_hidden", frozenset())
+    names = [f.name for f in dataclasses.fields(cfg) if f.name not in hidden]
+    ordered = [n for n in SEED_ORDER if n in names] + [n for n in names if n not in SEED_ORDER]
+    lines = [
+        "=" * 66,
+        f"Running bert: num_gpu_per_node = {cfg.gpu_num_per_node}, num_nodes = {cfg.node_num}.",
+        "=" * 66,
+    ]
+    lines += [f"{n} = {getattr(cfg, n)}" for n in ordered]
+    lines += ["-" * 66, f"Time stamp: {datetime.now().strftime('%Y-%m-%d-%H:%M:%S')}"]
+    return "\n".join(lines)
+
+
+def check_resume(cfg: TrainConfig) -> None:
+    """Resolve `--resume latest` and refuse a snapshot written by another number of processes, before launch."""
+    if not cfg.resume:
+        return
+    if cfg.resume == "latest":
+        try:
+            cfg.resume = str(snapshot.latest_snapshot(cfg.model_save_dir))
+        except ValueError:
+            print(f"--resume latest: no snapshot in {cfg.model_save_dir} yet; starting from the beginning")
+            cfg.resume = None
+            return
+        print(f"--resume latest: {cfg.resume}")
+    state_file = Path(cfg.resume) / "train_state.pt"
+    if not state_file.is_file():
+        raise ValueError(f"--resume {cfg.resume}: not a bertkit snapshot (train_state.pt is missing)")
+    snapshot.verify_snapshot(cfg.resume)  # every file against the manifest, once, before any worker loads it
+    try:
+        state = torch.load(state_file, mmap=True, weights_only=True, map_location="cpu")
+    except Exception as e:
+        raise ValueError(f"--resume {cfg.resume}: train_state.pt cannot be read ({type(e).__name__}: {e})") from None
+    check_world_size(state, cfg.world_size, cfg.resume)
+    saved = snapshot.snapshot_extras(cfg.resume)[2]
+    if saved:  # flags that differ from the run that wrote it: refused (sizes, ...) or said which value wins
+        for line in snapshot.compare_flags(saved, dataclasses.asdict(cfg)):
+            print(line)
+
+
+def check_fresh_save_dir(cfg: TrainConfig) -> None:
+    """A run without --resume must not silently train over snapshots of another run (a scheduler's re-launch
+    passes --resume latest)."""
+    d = Path(cfg.model_save_dir)
+    found = [p.name for p in snapshot.existing_snapshots(d)]
+    if found:
+        raise ValueError(
+            f"--model_save_dir {d} already holds {', '.join(found[:3])}{' ...' if len(found) > 3 else ''} of an "
+            f"earlier run: continue it with --resume latest, or give another --model_save_dir"
+        )
+
+
+def run(cfg: dist.DistConfig, body: Body, check: Callable[[object], None] | None = None):
+    """Check, then run body(cfg, env) here or in cfg.world_size workers; returns body's result (None when launched).
+
+    Raises ValueError (user error), dist.Stopped (signal; snapshot written) or Failed (a rank failed).
+    """
+    if check is not None:  # under torchrun every rank checks alike (reads only), so every rank fails alike
+        check(cfg)
+    if cfg.world_size > 1 and not dist.is_launched_worker():
+        _launch(cfg, body)
+        return None
+    return _in_process(cfg, body)
+
+
+def _in_process(cfg, body: Body):
+    stop = dist.StopRequest().install()
+    env = dist.setup(cfg.device, cfg.num_threads)
+    try:
+        result = body(cfg, env)
+    finally:
+        stop.uninstall()
+        dist.teardown()
+    if stop.signum:  # a signal after training (while predicting, say): the work is done, but say it was stopped
+        raise dist.Stopped(stop.signum, f"stopped by signal {stop.signum} after the work was done")
+    return result
+
+
+def _launch(cfg, body: Body) -> None:
+    node_list = cfg.node_list.split(",") if cfg.node_list else None
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    with tempfile.TemporaryDirectory(prefix="bertkit-ranks-") as err_dir:
+        try:
+            dist.launch(_worker, (cfg, body, err_dir), cfg.gpu_num_per_node, cfg.node_num, node_list,
+                        cfg.node_rank, cfg.master_port, cfg.shutdown_timeout)  # fmt: skip
+        except SignalException as e:  # the agent forwarded it and waited for the workers' snapshot
+            signum = int(e.sigval)
+            raise dist.Stopped(signum, "") from None
+        except ChildFailedError as e:
+            raise _failure(e, Path(err_dir)) from None
+
+
+def _failure(e, err_dir: Path) -> Exception:
+    """One exception for the launcher from the workers' exit codes and the lines they left in err_dir.
+
+    The root cause comes first: a rank killed by a signal, else the earliest failure. A Python error's traceback
+    (saved by the worker) is printed for the root cause only; the ranks that merely lost their peer say nothing.
+    """
+    order = sorted(e.failures.items(), key=lambda kv: (kv[1].exitcode >= 0, kv[1].timestamp, kv[0]))
+    codes = {rank: f.exitcode for rank, f in order}
+    if all(c > 128 for c in codes.values()):  # every rank stopped on the signal; rank 0 printed where to resume
+        return dist.Stopped(max(codes.values()) - 128, "")
+    lines = {int(p.stem[5:]): p.read_text(encoding="utf-8").strip() for p in err_dir.glob("rank-*.txt")}
+    if all(c == 2 for c in codes.values()) and lines:
+        return Failed(2, "\n".join(sorted(set(lines.values()))))  # a user error on every rank alike: said once
+    # torch reports the first failure it sees, which may be a rank that only lost its peer; a rank that started
+    # and left neither an error nor a finish mark was killed from outside (SIGKILL, the out-of-memory killer).
+    started = {int(p.name[5:].split(".")[0]) for p in err_dir.glob("rank-*.started")}
+    ended = set(lines) | {int(p.name[5:].split(".")[0]) for p in err_dir.glob("rank-*.done")}
+    killed = sorted(r for r in started - ended if codes.get(r, -1) < 0)
+    root = killed[0] if killed else order[0][0]
+    code = codes.get(root, -int(signal.SIGKILL))
+    if root in killed and root not in codes:
+        head = f"rank {root} was killed (it ended without an error of its own: SIGKILL or the out-of-memory killer)"
+    elif code < 0:
+        head = f"rank {root} was killed by {signal.Signals(-code).name}"
+    elif root in lines:
+        head = f"rank {root} failed: {lines[root]}"
+    else:
+        head = f"rank {root} exited with status {code}"
+    trace = err_dir / f"rank-{root}.trace"
+    if code >= 0 and trace.is_file():
+        print(trace.read_text(encoding="utf-8"), file=sys.stderr, end="")
+    others = len(started | set(codes)) - 1
+    return Failed(2 if code == 2 else 1, head + (f" ({others} other rank(s) stopped with it)" if others else ""))
+
+
+def _worker(cfg, body: Body, err_dir: str):
+    """One launched process: join, run, and leave an exit status the launcher can read (never a traceback page)."""
+    stop = dist.StopRequest(hard_timeout=max(1, cfg.shutdown_timeout - 5)).install()
+    rank = int(os.environ.get("RANK", "0"))
+    Path(err_dir, f"rank-{rank}.started").touch()
+    code, line = 0, None
+    try:
+        env = dist.setup(cfg.device, cfg.num_threads)
+        body(cfg, env)
+        code = 128 + stop.signum if stop.signum else 0  # signalled after training: done, but stopped
+    except dist.Stopped as e:
+        code = e.exit_code
+    except ValueError as e:
+        code, line = 2, str(e)
+    except Exception as e:  # a bug or a lost peer: the launcher prints the root cause's traceback and one line
+        Path(err_dir, f"rank-{rank}.trace").write_text(traceback.format_exc(), encoding="utf-8")
+        code, line = 1, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    finally:
+        stop.uninstall()
+        if code == 0:
+            dist.teardown()
+    if line is not None:
+        Path(err_dir, f"rank-{rank}.txt").write_text(line, encoding="utf-8")
+    else:
+        Path(err_dir, f"rank-{rank}.done").touch()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code:
+        os._exit(code)  # no destroy_process_group with peers gone: it could wait on them
+    return None
