@@ -43,12 +43,12 @@ from bertkit.checkpoint.convert import to_hf
 from bertkit.model.bert import BertForQuestionAnswering, BertForSequenceClassification
 from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
+from bertkit.runtime.precision import autocast
 from bertkit.tasks.glue.data import Features, convert_examples_to_features, get_task, read_examples
 from bertkit.tasks.glue.task import classification_loss, predict_logits
 from bertkit.tasks.squad.data import convert_examples_to_features as squad_features
 from bertkit.tasks.squad.data import read_squad_examples, squad_tokenizer
 from bertkit.tasks.squad.task import squad_loss
-from bertkit.train.loop import autocast
 from bertkit.train.optim import build_optimizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -38,8 +38,9 @@ import torch
 from bertkit.model.bert import BertForPreTraining
 from bertkit.model.config import BertConfig
 from bertkit.runtime.dist import DistEnv
+from bertkit.runtime.precision import autocast
 from bertkit.tasks.pretrain.task import SyntheticData, pretrain_step_loss, random_batch
-from bertkit.train.loop import TrainConfig, autocast, fit
+from bertkit.train.loop import TrainConfig, fit
 
 CONFIGS = {
     "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, batch=32),

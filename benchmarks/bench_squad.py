@@ -72,9 +72,9 @@ def bench_predict(args) -> list[dict]:
     from bertkit.model.bert import BertForQuestionAnswering
     from bertkit.model.config import BertConfig
     from bertkit.runtime import dist
+    from bertkit.runtime.precision import autocast
     from bertkit.tasks.squad.data import convert_examples_to_features, read_squad_examples, squad_tokenizer
     from bertkit.tasks.squad.predict import predict_logits
-    from bertkit.train.loop import autocast
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -34,8 +34,9 @@ import torch
 from bertkit.model.bert import BertForPreTraining
 from bertkit.model.config import BertConfig
 from bertkit.runtime.dist import DistEnv
+from bertkit.runtime.precision import autocast
 from bertkit.tasks.pretrain.task import SyntheticData, masked_count, pretrain_step_loss, pretraining_loss, random_batch
-from bertkit.train.loop import TrainConfig, autocast, fit
+from bertkit.train.loop import TrainConfig, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "src" / "bertkit" / "data" / "demo"

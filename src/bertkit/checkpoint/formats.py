@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from bertkit.checkpoint import convert
 from bertkit.checkpoint.snapshot import verify_snapshot
 from bertkit.checkpoint.tf_bundle import TFCheckpoint, is_tf_checkpoint
+from bertkit.data.vocab import recorded_casing
 from bertkit.model.bert import BertForPreTraining, BertForQuestionAnswering
 from bertkit.model.config import BertConfig
 from bertkit.runtime.atomic import atomic_output
@@ -307,15 +308,6 @@ def _load(
     report.vocab_file = str(vocab) if vocab.is_file() else None
     report.do_lower_case = recorded_casing(_checkpoint_dir(path))
     return state, cfg, fmt, report
-
-
-def recorded_casing(d: Path) -> bool | None:
-    """do_lower_case from tokenizer_config.json (bertkit snapshots and Hugging Face directories write it)."""
-    try:
-        value = json.loads((d / TOKENIZER_CONFIG).read_text(encoding="utf-8")).get("do_lower_case")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, bool) else None
 
 
 def _check_shapes(source: Mapping, shapes: Mapping[str, tuple], fmt: str, cfg: BertConfig) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bertkit.runtime.atomic import atomic_output
 
-DATA_META, VOCAB = "bertkit_data.json", "vocab.txt"
+DATA_META, VOCAB, TOKENIZER_CONFIG = "bertkit_data.json", "vocab.txt", "tokenizer_config.json"
 MIN_PIECES = 1000  # a vocabulary with fewer alphabetic pieces and no capital is too small to call uncased
 
 
@@ -129,6 +129,50 @@ def check_vocab(vocab_file: str | os.PathLike, checkpoint_vocab: str | os.PathLi
         return (f"warning: --vocab_file {vocab_file} has {len(mine):,} tokens, the model's vocab_size is "
                 f"{vocab_size:,}: {vocab_size - len(mine):,} embedding rows are never used")  # fmt: skip
     return ""
+
+
+def recorded_casing(d: Path) -> bool | None:
+    """do_lower_case from a checkpoint directory's tokenizer_config.json (bertkit snapshots and Hugging Face
+    directories write it); None when absent or unreadable."""
+    try:
+        value = json.loads((Path(d) / TOKENIZER_CONFIG).read_text(encoding="utf-8")).get("do_lower_case")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, bool) else None
+
+
+def choose_tokenizer(
+    vocab_file: str | None,
+    do_lower_case: bool | None,
+    checkpoint: str | os.PathLike | None = None,
+    vocab_size: int | None = None,
+    check: bool = True,
+) -> tuple[str | None, bool, str]:
+    """The one vocabulary and casing policy: (vocab.txt or None for bert-base-uncased's, do_lower_case, a warning
+    or ""), decided before any work.
+
+    The vocabulary: `vocab_file` (--vocab_file), else the checkpoint's own vocab.txt. The casing: `do_lower_case`
+    when given, else the checkpoint's recorded casing (tokenizer_config.json), else its vocabulary's capitals, else
+    cased/uncased in its name, else True. ValueError when --vocab_file differs from the checkpoint's vocab.txt or
+    outgrows vocab_size, and (with `check`, i.e. not --check_casing False) when --do_lower_case contradicts the
+    model (`check_casing`).
+    """
+    own_vocab = own_lower = None
+    if checkpoint:
+        d = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+        own_vocab = str(d / VOCAB) if (d / VOCAB).is_file() else None
+        own_lower = recorded_casing(d)
+    vocab = vocab_file or own_vocab
+    note = check_vocab(vocab_file, own_vocab, vocab_size) if vocab_file and vocab_size else ""
+    if do_lower_case is not None:
+        if check:
+            check_casing(do_lower_case, vocab or default_vocab_path(), (checkpoint,), own_lower)
+        return vocab, do_lower_case, note
+    if own_lower is not None:
+        return vocab, own_lower, note
+    cased = casing_of(read_vocab(vocab))[0] if vocab else None
+    cased = casing_from_name(checkpoint) if cased is None and checkpoint else cased
+    return vocab, not cased, note
 
 
 # --- what data was made with ----------------------------------------------------------------------------------

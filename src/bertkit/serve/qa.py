@@ -40,11 +40,11 @@ from tqdm import tqdm
 from bertkit.checkpoint import formats as checkpoint
 from bertkit.checkpoint.snapshot import snapshot_extras
 from bertkit.data.tokenizer import WordPieceTokenizer
+from bertkit.data.vocab import choose_tokenizer
 from bertkit.model.bert import BertForQuestionAnswering
 from bertkit.runtime import dist
 from bertkit.tasks.squad.data import SquadExample, convert_examples_to_features, split_paragraph, squad_tokenizer
 from bertkit.tasks.squad.predict import RawResults, answer_example, predict_logits, span_text
-from bertkit.tasks.squad.task import SquadFlags
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ class QuestionAnswerer:
 
         `vocab_file` (default: the checkpoint's vocab.txt, else bert-base-uncased's) and `do_lower_case` (default:
         the checkpoint's tokenizer_config.json, else its vocabulary's capitals, else its name) are chosen and
-        checked as squad-predict does (`squad.SquadFlags.tokenizer_setup`). `device`: auto, cpu or cuda. Other
+        checked as squad-predict does (`data.vocab.choose_tokenizer`). `device`: auto, cpu or cuda. Other
         keyword arguments go to the constructor; max_seq_length, doc_stride and max_query_length not given are a
         bertkit snapshot's own (its run_config.json: the windows it was fine-tuned on). Warns when the checkpoint
         has no QA head (a pretraining checkpoint: its answers would be random).
@@ -154,9 +154,9 @@ class QuestionAnswerer:
                 "first (bertkit squad --do_train ...)",
                 stacklevel=2,
             )
-        # squad-predict's choice of vocabulary and casing, and its checks (squad.SquadFlags.tokenizer_setup)
-        flags = SquadFlags(vocab_file=None if vocab_file is None else str(vocab_file), do_lower_case=do_lower_case)
-        vocab, lower, note = flags.tokenizer_setup(str(path), cfg.vocab_size)
+        # the one vocabulary and casing policy (data/vocab.py), as squad-predict applies it
+        vocab_arg = None if vocab_file is None else str(vocab_file)
+        vocab, lower, note = choose_tokenizer(vocab_arg, do_lower_case, str(path), cfg.vocab_size)
         if note:
             warnings.warn(note, stacklevel=2)
         tokenizer = squad_tokenizer(vocab, lower)

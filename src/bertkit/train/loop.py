@@ -32,6 +32,7 @@ from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
 from bertkit.runtime.atomic import atomic_output
 from bertkit.runtime.dist import DistEnv
+from bertkit.runtime.precision import autocast, no_autocast
 from bertkit.train.optim import build_optimizer, learning_rate, set_lr
 
 LossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
@@ -204,20 +205,6 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         if isinstance(cuda, list | tuple):  # snapshots before per-rank states held every device's
             cuda = cuda[device.index or 0]
         torch.cuda.set_rng_state(cuda, device)
-
-
-def autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def no_autocast(precision: str, device: torch.device):
-    """Autocast off inside an autocast context. fit opens one autocast context around a step's micro-steps
-    (autocast keeps its bf16/fp16 copies of the weights until the outermost context exits, so with
-    --num_accumulation_steps k the weights are cast once a step, not k times) and runs each backward in this, as
-    it would run outside the context. Tested bit-equal to a context per micro-step, with fewer casts."""
-    return contextlib.nullcontext() if precision == "fp32" else torch.autocast(device.type, enabled=False)
 
 
 def resume_ranks(resume_state: dict) -> list[dict]:

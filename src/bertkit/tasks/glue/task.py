@@ -32,9 +32,10 @@ from bertkit.data.vocab import default_vocab_path
 from bertkit.model.bert import BertForSequenceClassification, num_parameters
 from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
+from bertkit.runtime.precision import autocast
 from bertkit.tasks.glue import data as glue
 from bertkit.train import runner
-from bertkit.train.loop import autocast, fit, log_final_eval
+from bertkit.train.loop import fit, log_final_eval
 
 # --- losses ----------------------------------------------------------------------------------------------------
 # Every batch is full (the loader wraps around epochs) and every example weighs the same, so each rank's batch

@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 from bertkit.data.tokenizer import WordPieceTokenizer
 from bertkit.runtime import dist
+from bertkit.runtime.precision import autocast
 from bertkit.tasks.squad.data import SquadExample, SquadFeatures
-from bertkit.train.loop import autocast
 
 # --- all_results.npy ------------------------------------------------------------------------------------------
 

@@ -27,12 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.checkpoint import formats as checkpoint
-from bertkit.checkpoint.formats import recorded_casing
 from bertkit.checkpoint.snapshot import check_writable, existing_snapshots, load_snapshot, snapshot_extras
 from bertkit.data.loader import ArrayLoader, id_limits, read_dataset
 from bertkit.data.records import squad_features
 from bertkit.data.tokenizer import WordPieceTokenizer
-from bertkit.data.vocab import casing_from_name, casing_of, check_casing, check_vocab, default_vocab_path, read_vocab
+from bertkit.data.vocab import choose_tokenizer, default_vocab_path
 from bertkit.model.bert import BertForQuestionAnswering, num_parameters
 from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
@@ -160,22 +159,7 @@ class SquadFlags:
         True. ValueError when --vocab_file differs from the checkpoint's vocab.txt or outgrows vocab_size, and (unless
         --check_casing False) when --do_lower_case contradicts the model (vocab.check_casing).
         """
-        own_vocab = own_lower = None
-        if checkpoint:
-            d = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
-            own_vocab = str(d / "vocab.txt") if (d / "vocab.txt").is_file() else None
-            own_lower = recorded_casing(d)
-        vocab = self.vocab_file or own_vocab
-        note = check_vocab(self.vocab_file, own_vocab, vocab_size) if self.vocab_file and vocab_size else ""
-        if self.do_lower_case is not None:
-            if self.check_casing:
-                check_casing(self.do_lower_case, vocab or default_vocab_path(), (checkpoint,), own_lower)
-            return vocab, self.do_lower_case, note
-        if own_lower is not None:
-            return vocab, own_lower, note
-        cased = casing_of(read_vocab(vocab))[0] if vocab else None
-        cased = casing_from_name(checkpoint) if cased is None and checkpoint else cased
-        return vocab, not cased, note
+        return choose_tokenizer(self.vocab_file, self.do_lower_case, checkpoint, vocab_size, self.check_casing)
 
     def tokenizer(
         self, checkpoint_vocab: str | None = None, vocab_size: int | None = None, say: Callable[[str], None] = print
