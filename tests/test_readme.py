@@ -1,4 +1,5 @@
-"""Every `bertkit ...` command in the README parses: the subcommand exists and takes every flag shown."""
+"""Every `bertkit ...` command in the README and in the documents it links (docs/*.md, benchmarks/README.md)
+parses: the subcommand exists and takes every flag shown."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import pytest
 
 from bertkit.cli import build_parser
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "README.md"]
 
 
-def readme_commands() -> list[str]:
-    text = README.read_text(encoding="utf-8")
+def readme_commands(paths: list[Path] = DOCS) -> list[str]:
+    text = "\n".join(p.read_text(encoding="utf-8") for p in paths if p.is_file())
     spans = re.findall(r"```bash\n(.*?)```", text, flags=re.S) + re.findall(r"`([^`\n]+)`", text)
     commands = []
     for span in spans:
@@ -26,6 +29,9 @@ def readme_commands() -> list[str]:
 
 
 def test_readme_has_the_commands():
+    """The front page shows the main commands; the guide shows every seed script's."""
+    front = {c.split()[1] for c in readme_commands([README])}
+    assert {"demo", "pretrain", "create-pretraining-data", "squad", "classify", "ask", "serve", "convert"} <= front
     cmds = readme_commands()
     for sub in ("pretrain", "squad", "squad-predict", "npy2json", "convert", "squad-evaluate",
                 "create-pretraining-data", "demo"):  # fmt: skip
@@ -34,6 +40,7 @@ def test_readme_has_the_commands():
 
 @pytest.mark.parametrize("command", readme_commands())
 def test_readme_command_parses(command):
+    """Each command (README and docs) parses with the real parser, and --help with its flags succeeds."""
     argv = shlex.split(command)[1:]
     if argv[0].startswith("-"):
         return  # `bertkit --help` and the like
