@@ -4,9 +4,11 @@ One explicit table per foreign format. Each row pairs a bertkit name with the fo
 from; `{i}` stands for the layer index. A row with several foreign names is a fusion: bertkit's QKV
 projection is Hugging Face's query, key and value weights concatenated along the output dimension (dim 0).
 
-Hugging Face names follow transformers' `BertForPreTraining`, `BertForQuestionAnswering` and
+Hugging Face names follow transformers' `BertForPreTraining`, `BertForMaskedLM`, `BertForQuestionAnswering` and
 `BertForSequenceClassification` (the decoder weight `cls.predictions.decoder.weight` is tied to the word
-embeddings and `cls.predictions.decoder.bias` to `cls.predictions.bias`, so bertkit keeps one copy of each).
+embeddings and `cls.predictions.decoder.bias` to `cls.predictions.bias`, so bertkit keeps one copy of each);
+`map_hf` states the rule for every other key a file may hold (BertModel's unprefixed keys, legacy LayerNorm
+gamma/beta, buffers, an untied decoder): a key no rule covers is the loader's error, never silently dropped.
 Google TensorFlow (read) and OneFlow-Benchmark (read and write) tables follow below the Hugging Face one; their
 rows also say how the foreign tensor is laid out (TF and OneFlow store dense kernels transposed). The files
 themselves are read and written by `bertkit.checkpoint.formats`; here are only names, layouts and pure functions.
@@ -61,11 +63,27 @@ HF_TABLE: list[tuple[str, tuple[str, ...]]] = [
     ("classifier.bias", ("classifier.bias",)),
 ]
 
-# Hugging Face keys that duplicate a tied tensor; written on export, ignored on import.
+# Hugging Face keys that duplicate a tied tensor: written on export (pytorch_model.bin), checked on import.
 HF_TIED = {
     "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
     "cls.predictions.decoder.bias": "cls.predictions.bias",
 }
+HF_DECODER, HF_DECODER_BIAS = "cls.predictions.decoder.weight", "cls.predictions.decoder.bias"
+# Not a bertkit parameter: an untied MLM decoder (`tie_word_embeddings: false`) read under this name, so that the
+# loader can refuse it where the MLM head is used (bertkit's decoder is the word embeddings, as Google's) and drop
+# it, by the rule for heads a model lacks, where it is not (a classifier or QA model fine-tuned from it).
+UNTIED_DECODER = "mlm.decoder.weight"
+# Buffers transformers registers in BertEmbeddings and some versions save: arange(P) and zeros, recomputed here.
+HF_BUFFERS = {
+    "bert.embeddings.position_ids": "a buffer (0, 1, ..., P-1): positions are computed",
+    "bert.embeddings.token_type_ids": "a buffer (zeros): the default token types are computed",
+}
+# pytorch-pretrained-bert's LayerNorm names, which google-bert/bert-base-uncased's own pytorch_model.bin still has;
+# transformers renames them on load (modeling_utils), and so does `hf_name`.
+HF_LEGACY_SUFFIXES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
+# transformers' BertModel (an encoder alone, as sentence-transformers saves it) drops BertFor*'s "bert." prefix.
+HF_BASE_PREFIX = "bert."
+HF_BASE_PARTS = ("embeddings.", "encoder.", "pooler.")
 
 
 def expand_table(table: list[tuple], num_layers: int) -> list[tuple]:
@@ -78,18 +96,88 @@ def expand_table(table: list[tuple], num_layers: int) -> list[tuple]:
     return rows
 
 
-def from_hf(hf_state: dict[str, Tensor], num_layers: int) -> tuple[dict[str, Tensor], list[str]]:
-    """Hugging Face state dict -> bertkit names. Returns (state, foreign keys left unused)."""
-    out, used = {}, set(HF_TIED)
+def hf_name(key: str) -> str:
+    """A saved Hugging Face key as BertFor* names it today: "bert." added to BertModel's keys, legacy LayerNorm
+    gamma/beta read as weight/bias."""
+    if key.startswith(HF_BASE_PARTS):
+        key = HF_BASE_PREFIX + key
+    for old, new in HF_LEGACY_SUFFIXES.items():
+        if key.endswith(old):
+            return key[: -len(old)] + new
+    return key
+
+
+def hf_names(keys: Iterable[str], source: str = "checkpoint") -> dict[str, str]:
+    """{name as BertFor* names it: saved key}; ValueError when two saved keys name one tensor (gamma and weight)."""
+    out: dict[str, str] = {}
+    for key in keys:
+        name = hf_name(key)
+        if name in out:
+            raise ValueError(f"{source}: {out[name]!r} and {key!r} are both {name}: which one is meant is ambiguous")
+        out[name] = key
+    return out
+
+
+def from_hf(hf_state: Mapping[str, Tensor], num_layers: int) -> tuple[dict[str, Tensor], list[str]]:
+    """Hugging Face state dict -> bertkit names. Returns (state, keys no rule covers). See `map_hf`."""
+    state, _, unknown = map_hf(hf_state, num_layers)
+    return state, unknown
+
+
+def map_hf(hf_state: Mapping[str, Tensor], num_layers: int) -> tuple[dict[str, Tensor], dict[str, str], list[str]]:
+    """Hugging Face state dict (any of BertModel's and BertFor*'s key forms) -> (state in bertkit names, {key: why
+    it is not loaded} for the keys an explicit rule drops, keys no rule covers).
+
+    The rules: buffers (`HF_BUFFERS`); a decoder weight or bias equal to the tensor it is tied to. A lone
+    `cls.predictions.decoder.bias` is the MLM bias. A decoder bias unlike `cls.predictions.bias` is an error (the
+    two are one parameter in transformers; Google has one output_bias); a decoder weight unlike the word embeddings
+    comes back as `UNTIED_DECODER`. Raises ValueError for part of a fused QKV row.
+    """
+    names = hf_names(hf_state)
+    out: dict[str, Tensor] = {}
+    used: set[str] = set()
     for ours, theirs in expand_table(HF_TABLE, num_layers):
-        if all(t in hf_state for t in theirs):
-            parts = [hf_state[t] for t in theirs]
+        present = [t in names for t in theirs]
+        if all(present):
+            parts = [hf_state[names[t]] for t in theirs]
             out[ours] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
             used.update(theirs)
-        elif any(t in hf_state for t in theirs):
-            missing = [t for t in theirs if t not in hf_state]
+        elif any(present):
+            missing = [t for t, p in zip(theirs, present, strict=True) if not p]
             raise ValueError(f"Hugging Face checkpoint has part of {ours} but lacks {missing}")
-    return out, sorted(k for k in hf_state if k not in used)
+    rules = {names[k]: why for k, why in HF_BUFFERS.items() if k in names}
+    if HF_DECODER_BIAS in names:
+        bias = hf_state[names[HF_DECODER_BIAS]]
+        if "mlm.bias" not in out:  # a file that kept only the decoder's name for the one bias
+            out["mlm.bias"] = bias
+        elif torch.equal(bias, out["mlm.bias"]):
+            rules[names[HF_DECODER_BIAS]] = "tied to cls.predictions.bias (equal)"
+        else:
+            raise ValueError(
+                f"{HF_DECODER_BIAS} differs from cls.predictions.bias: transformers holds them as one "
+                "parameter and which one it loads is ambiguous; Google's MLM has one output_bias"
+            )
+        used.add(HF_DECODER_BIAS)
+    if HF_DECODER in names:
+        dec, word = hf_state[names[HF_DECODER]], out.get("bert.emb.word.weight")
+        if word is not None and dec.shape == word.shape and torch.equal(dec, word):
+            rules[names[HF_DECODER]] = "tied to the word embeddings (equal)"
+        else:
+            out[UNTIED_DECODER] = dec
+        used.add(HF_DECODER)
+    unknown = sorted(saved for name, saved in names.items() if name not in used and saved not in rules)
+    return out, rules, unknown
+
+
+def untied_decoder_error(state: Mapping[str, Tensor]) -> str:
+    """The one line that refuses an untied MLM decoder where the MLM head would use it."""
+    dec, word = state[UNTIED_DECODER], state.get("bert.emb.word.weight")
+    how = f"up to {float((dec - word).abs().max()):.3g}" if word is not None and dec.shape == word.shape else "shape"
+    return (
+        f"{HF_DECODER} differs from the word embeddings ({how}; an untied decoder, tie_word_embeddings false): "
+        "bertkit's MLM decoder is the word embeddings, as Google's, so its MLM logits would differ; refused. "
+        "Fine-tuning (classify, squad) drops the MLM head and may load it"
+    )
 
 
 def to_hf(state: dict[str, Tensor], num_layers: int) -> dict[str, Tensor]:
@@ -308,22 +396,17 @@ def training_state(fmt: str, names: Iterable[str]) -> tuple[list[str], list[str]
     return [], []
 
 
-# --- Hugging Face directories -----------------------------------------------------------------------------
-# transformers' BertModel (an encoder alone, as sentence-transformers saves it) drops BertFor*'s "bert."
-# prefix; its config.json is Google's keys plus its own bookkeeping.
-HF_BASE_PREFIX = "bert."
-HF_HEAD_PREFIXES = ("cls.", "qa_outputs.", "classifier.")
+# --- Hugging Face configs --------------------------------------------------------------------------------
 HF_ARCHITECTURES = {
     "pretraining": "BertForPreTraining",
     "qa": "BertForQuestionAnswering",
     "classifier": "BertForSequenceClassification",
     "encoder": "BertModel",
 }
-
-
-def hf_full_name(key: str) -> str:
-    """A saved Hugging Face key as BertFor* names it (BertModel's keys lack the "bert." prefix)."""
-    return key if key.startswith((HF_BASE_PREFIX, *HF_HEAD_PREFIXES)) else HF_BASE_PREFIX + key
+# What `architectures` may name on import: these heads are bertkit's (BertForMaskedLM is BertForPreTraining without
+# the pooler and NSP). Others reuse the names for another meaning (BertForTokenClassification's `classifier` is per
+# token, BertLMHeadModel is a causal decoder), so they are refused rather than misread.
+HF_READ_ARCHITECTURES = (*HF_ARCHITECTURES.values(), "BertForMaskedLM", "BertForNextSentencePrediction")
 
 
 def config_from_hf(d: dict, source: str) -> dict:
@@ -332,6 +415,12 @@ def config_from_hf(d: dict, source: str) -> dict:
         raise ValueError(f"{source}: model_type is {d['model_type']!r}, not 'bert'")
     if d.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(f"{source}: position_embedding_type {d['position_embedding_type']!r} is not supported")
+    if d.get("is_decoder") or d.get("add_cross_attention"):
+        raise ValueError(f"{source}: a causal decoder (is_decoder / add_cross_attention); bertkit's BERT is an encoder")
+    other = [a for a in d.get("architectures") or [] if a not in HF_READ_ARCHITECTURES]
+    if other:
+        raise ValueError(f"{source}: architectures {other}: bertkit reads {', '.join(HF_READ_ARCHITECTURES)}; "
+                         "another head would be misread")  # fmt: skip
     keep = {f.name for f in dataclasses.fields(BertConfig)}
     return {k: v for k, v in d.items() if k in keep}
 

@@ -5,41 +5,39 @@ bertkit's format is a directory (read by `load_state`, written by `save_pretrain
     model.safetensors    the state dict under bertkit's names (model.py)
     bert_config.json     Google's keys (config.py)
     vocab.txt            the WordPiece vocabulary, when known
+    labels.txt           a classifier's label names in output order, when known
 
 `load_state` also reads, detecting which it is given:
 
-    Hugging Face         config.json + model.safetensors (or pytorch_model.bin, unpickled with weights_only=True)
-    Google TensorFlow    a V2 checkpoint directory or prefix (tf_checkpoint.py), bert_config.json beside it
-    OneFlow-Benchmark    a snapshot directory: one folder per variable holding `out` (raw little-endian values)
-                         and, from OneFlow's own saver, `meta` (shape and dtype); without `meta`, shapes come
-                         from the config, as in the snapshots OneFlow-Benchmark's convert_tf_ckpt_to_of.py writes
+    Hugging Face         config.json + model.safetensors, pytorch_model.bin or their shards (hf.py)
+    Google TensorFlow    a V2 checkpoint directory or prefix (tf_bundle.py), bert_config.json beside it
+    OneFlow-Benchmark    a snapshot directory: a folder per variable holding `out` (oneflow.py)
 
 Foreign names are mapped by the tables in convert.py. Reading is lazy and row by row, so a conversion holds the
-output state plus one tensor, not two copies of the model. Every output directory is written under a temporary
-name and renamed when complete, and an existing one is replaced only when asked to (`--force`).
+output state plus one tensor, not two copies of the model. The load report accounts for every tensor of the
+checkpoint once (`LoadReport.fate`): loaded, ignored by a named rule, or skipped (optimizer state); a Hugging Face
+tensor no rule covers is an error. Every output directory is written under a temporary name and renamed when
+complete, and an existing one is replaced only when asked to (`--force`).
 
 Reference for the CLI: OneFlow-Benchmark's convert_tf_ckpt_to_of.py (`--tf_checkpoint_path`, `--of_dump_path`).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import pickle
-import re
-import shutil
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from bertkit.checkpoint import convert
+from bertkit.checkpoint import convert, hf
+from bertkit.checkpoint.files import LABELS, SafetensorsFile, copy_vocab, read_labels, state_of, write_labels
+from bertkit.checkpoint.hf import save_hf
+from bertkit.checkpoint.oneflow import OF_DATA, OneFlowSnapshot, is_oneflow_dir, save_oneflow
 from bertkit.checkpoint.snapshot import verify_snapshot
 from bertkit.checkpoint.tf_bundle import TFCheckpoint, is_tf_checkpoint
 from bertkit.data.vocab import recorded_casing
@@ -49,17 +47,8 @@ from bertkit.runtime.atomic import atomic_output
 
 FORMATS = ("bertkit", "hf", "tf", "oneflow")
 WEIGHTS, CONFIG, VOCAB = "model.safetensors", "bert_config.json", "vocab.txt"
-HF_CONFIG, HF_BIN, TOKENIZER_CONFIG = "config.json", "pytorch_model.bin", "tokenizer_config.json"
-OF_DATA, OF_META, OF_DONE = "out", "meta", "snapshot_done"
-# OneFlow's DataType enum names (oneflow/core/common/data_type.proto), as its `meta` text files spell them.
-OF_DTYPES = {
-    torch.float32: "kFloat",
-    torch.float64: "kDouble",
-    torch.int32: "kInt32",
-    torch.int64: "kInt64",
-    torch.float16: "kFloat16",
-    torch.bfloat16: "kBFloat16",
-}
+HF_CONFIG = hf.HF_CONFIG
+__all__ = ["LABELS", "LoadReport", "load_into", "load_state", "save_hf", "save_oneflow", "save_pretrained"]
 
 
 @dataclass
@@ -70,11 +59,13 @@ class LoadReport:
     format: str
     loaded: list[str] = field(default_factory=list)  # bertkit names taken from the checkpoint
     new: list[str] = field(default_factory=list)  # parameters the checkpoint lacks: they keep their init
-    ignored: list[str] = field(default_factory=list)  # checkpoint entries nothing uses
+    ignored: list[str] = field(default_factory=list)  # checkpoint entries nothing uses, each by a rule (`fate`)
     skipped: list[str] = field(default_factory=list)  # optimizer slots and step counters, recognised and dropped
+    fate: dict[str, str] = field(default_factory=dict)  # every checkpoint tensor once: what became of it
     global_step: int | None = None
     vocab_file: str | None = None
     do_lower_case: bool | None = None  # the casing it was trained with (tokenizer_config.json), when it says
+    labels: list[str] | None = None  # a classifier's label names in output order, when the checkpoint names them
 
     def __str__(self) -> str:
         parts = [f"{self.format} checkpoint {self.path}: {len(self.loaded)} tensors loaded"]
@@ -87,6 +78,10 @@ class LoadReport:
         if self.global_step is not None:
             parts.append(f"global_step {self.global_step}")
         return "; ".join(parts)
+
+    def lines(self) -> list[str]:
+        """One line per checkpoint tensor, in the checkpoint's order of names: `name -> what became of it`."""
+        return [f"{name} -> {what}" for name, what in sorted(self.fate.items())]
 
 
 def _short(names: list[str], n: int = 6) -> str:
@@ -103,108 +98,6 @@ def expected_shapes(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for m in models for k, v in m.state_dict().items()}
 
 
-# --- readers: each a lazy mapping, foreign name -> tensor, read when looked up ------------------------------
-
-
-class SafetensorsFile(Mapping[str, Tensor]):
-    """A .safetensors file, optionally renamed (saved key -> the name the table expects)."""
-
-    def __init__(self, path: str | os.PathLike, rename=lambda k: k):
-        self.path = str(path)
-        try:
-            with safe_open(self.path, framework="pt") as f:
-                self._keys = {rename(k): k for k in f.keys()}
-                self.shapes = {k: tuple(f.get_slice(saved).get_shape()) for k, saved in self._keys.items()}
-        except Exception as e:  # safetensors' own SafetensorError: a truncated or damaged header
-            if isinstance(e, OSError):
-                raise
-            raise ValueError(f"{self.path}: damaged safetensors file ({str(e).strip()[:200]})") from None
-
-    def __getitem__(self, name: str) -> Tensor:
-        # Opened per tensor: the file is memory-mapped, and the pages read would stay resident until it closes.
-        with safe_open(self.path, framework="pt") as f:
-            return f.get_tensor(self._keys[name])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-
-class OneFlowSnapshot(Mapping[str, Tensor]):
-    """A OneFlow snapshot: `<dir>/<variable>/out` holds raw little-endian values.
-
-    Shape and dtype come from the variable's `meta` file when present, else from `shapes` (float32; the step
-    counter int64), else the values come back flat.
-    """
-
-    def __init__(self, path: str | os.PathLike, shapes: Mapping[str, tuple[int, ...]]):
-        self.path = Path(path)
-        self._vars = sorted(d.name for d in self.path.iterdir() if (d / OF_DATA).is_file())
-        self.shapes, self.dtypes = {}, {}
-        for name in self._vars:
-            meta = self.path / name / OF_META
-            if meta.is_file():
-                self.shapes[name], self.dtypes[name] = _parse_of_meta(meta)
-            elif name.startswith(convert.OF_STEP_PREFIX):
-                self.shapes[name], self.dtypes[name] = (1,), torch.int64
-            else:
-                self.shapes[name], self.dtypes[name] = shapes.get(name), torch.float32
-            self._check_size(name)
-
-    def _check_size(self, name: str) -> None:
-        shape, dtype = self.shapes[name], self.dtypes[name]
-        have = (self.path / name / OF_DATA).stat().st_size
-        if shape is None:
-            if have % dtype.itemsize:
-                raise ValueError(f"OneFlow variable {name}: {have} bytes is not a whole number of {dtype} values")
-            return
-        want = int(np.prod(shape)) * dtype.itemsize
-        if have != want:
-            raise ValueError(
-                f"OneFlow variable {name}: expected shape {list(shape)} ({dtype}, {want} bytes), found a file of "
-                f"{have} bytes ({have // dtype.itemsize} values): the snapshot does not match the config"
-            )
-
-    def __getitem__(self, name: str) -> Tensor:
-        if name not in self.shapes:
-            raise KeyError(name)
-        values = torch.from_numpy(np.fromfile(self.path / name / OF_DATA, dtype=np.uint8))
-        values = values.view(self.dtypes[name])  # uint8 first: numpy has no bfloat16
-        return values if self.shapes[name] is None else values.reshape(self.shapes[name])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._vars)
-
-    def __len__(self) -> int:
-        return len(self._vars)
-
-
-def _parse_of_meta(path: Path) -> tuple[tuple[int, ...], torch.dtype]:
-    """A VariableMetaInfo text proto: `shape { dim: 2 dim: 128 } data_type: kFloat`."""
-    text = path.read_text()
-    dtype_name = re.search(r"data_type:\s*(\w+)", text)
-    by_name = {v: k for k, v in OF_DTYPES.items()}
-    if not dtype_name or dtype_name.group(1) not in by_name:
-        raise ValueError(f"{path}: unreadable data_type (expected one of {', '.join(by_name)})")
-    return tuple(int(d) for d in re.findall(r"dim:\s*(-?\d+)", text)), by_name[dtype_name.group(1)]
-
-
-def _open_hf(path: Path) -> Mapping[str, Tensor]:
-    if (path / WEIGHTS).is_file():
-        return SafetensorsFile(path / WEIGHTS, rename=convert.hf_full_name)
-    # Never unpickle arbitrary objects: weights_only admits tensors and plain containers only.
-    try:
-        try:
-            state = torch.load(path / HF_BIN, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # the pre-1.6 non-zip format cannot be memory-mapped
-            state = torch.load(path / HF_BIN, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{path / HF_BIN}: refused to unpickle it: it holds more than tensors ({e})") from None
-    return {convert.hf_full_name(k): v for k, v in state.items()}
-
-
 # --- detection and loading ----------------------------------------------------------------------------------
 
 
@@ -214,16 +107,16 @@ def detect_format(path: str | os.PathLike) -> str:
     if p.is_dir():
         if (p / WEIGHTS).is_file() and (p / CONFIG).is_file() and not (p / HF_CONFIG).is_file():
             return "bertkit"
-        if (p / HF_CONFIG).is_file() and ((p / WEIGHTS).is_file() or (p / HF_BIN).is_file()):
+        if hf.is_hf_dir(p):
             return "hf"
-        if any((d / OF_DATA).is_file() for d in p.iterdir()):
+        if is_oneflow_dir(p):
             return "oneflow"
     if is_tf_checkpoint(p):
         return "tf"
     raise ValueError(
         f"{path}: no checkpoint bertkit can read. Expected a bertkit directory ({WEIGHTS} + {CONFIG}), a Hugging "
-        f"Face directory ({HF_CONFIG} + {WEIGHTS} or {HF_BIN}), a TensorFlow checkpoint (PREFIX.index + "
-        f"PREFIX.data-00000-of-0000N, or their directory) or a OneFlow snapshot (a folder per variable holding "
+        f"Face directory ({HF_CONFIG} + one of {', '.join(hf.WEIGHT_FILES)}), a TensorFlow checkpoint (PREFIX.index"
+        f" + PREFIX.data-00000-of-0000N, or their directory) or a OneFlow snapshot (a folder per variable holding "
         f"`{OF_DATA}`)"
     )
 
@@ -235,11 +128,19 @@ def _checkpoint_dir(path: Path) -> Path:
 
 def own_config(path: Path, fmt: str) -> BertConfig | None:
     """The BertConfig a checkpoint carries (bert_config.json or HF config.json), or None when it has none."""
-    d = _checkpoint_dir(path)
+    d = _checkpoint_dir(Path(path))
     if fmt == "hf":
-        raw = json.loads((d / HF_CONFIG).read_text())
-        return BertConfig.from_dict(convert.config_from_hf(raw, str(d / HF_CONFIG)), source=str(d / HF_CONFIG))
+        return hf.bert_config(d)
     return BertConfig.from_json_file(d / CONFIG) if (d / CONFIG).is_file() else None
+
+
+def own_labels(path: Path, fmt: str) -> list[str] | None:
+    """A classifier's label names in output order, as the checkpoint records them (HF config.json's id2label, a
+    bertkit directory's labels.txt), or None."""
+    d = _checkpoint_dir(Path(path))
+    if fmt == "hf":
+        return hf.labels_from_config(hf.read_config(d), str(d / HF_CONFIG))
+    return read_labels(d)
 
 
 def _as_config(config: BertConfig | str | os.PathLike) -> BertConfig:
@@ -258,7 +159,7 @@ def _open(path: Path, fmt: str, shapes: Mapping[str, tuple[int, ...]]) -> Mappin
         verify_snapshot(path)  # a snapshot's manifest, when it has one: a flipped bit is refused, not loaded
         return SafetensorsFile(path / WEIGHTS)
     if fmt == "hf":
-        return _open_hf(path)
+        return hf.open_weights(path)
     if fmt == "tf":
         return TFCheckpoint(path)
     return OneFlowSnapshot(path, shapes)
@@ -291,10 +192,15 @@ def _load(
         raise ValueError(f"{path}: the {fmt} checkpoint lacks {_short(missing)}, which the config requires")
 
     # Convert, one table row (one tensor, or the three of a fused QKV) at a time.
+    rules: dict[str, str] = {}
     if fmt == "bertkit":
         state, unused = {k: source[k] for k in source}, []
     elif fmt == "hf":
-        state, unused = convert.from_hf(source, layers)
+        state, rules, unknown = convert.map_hf(source, layers)
+        if unknown:
+            raise ValueError(f"{path}: {len(unknown)} tensor(s) no rule of bertkit's covers: {_short(unknown)} "
+                             f"(it reads {', '.join(convert.HF_READ_ARCHITECTURES)})")  # fmt: skip
+        unused = list(rules)
     else:
         state, unused = convert.from_table(table, source, layers)
 
@@ -302,11 +208,20 @@ def _load(
     report = LoadReport(str(path), fmt, loaded=sorted(state), skipped=slots + steps)
     report.ignored = [n for n in unused if n not in report.skipped]
     report.new = [n for n in expected if n not in state and not n.startswith("qa.")]  # as BertForPreTraining
+    for ours in state:  # every tensor once: where it went, why it was left
+        for t in rows.get(ours, (convert.HF_DECODER,) if ours == convert.UNTIED_DECODER else (ours,)):
+            report.fate[t] = ours
+    if "mlm.bias" in state and fmt == "hf" and "cls.predictions.bias" not in source:
+        report.fate.pop("cls.predictions.bias", None)
+        report.fate[convert.HF_DECODER_BIAS] = "mlm.bias"  # the lone decoder bias is the MLM bias
+    report.fate |= {n: f"ignored: {rules.get(n, 'not a variable of the model')}" for n in report.ignored}
+    report.fate |= {n: "skipped: optimizer state or step counter" for n in report.skipped}
     if steps:
         report.global_step = int(source[steps[0]].reshape(-1)[0])
     vocab = _checkpoint_dir(path) / VOCAB
     report.vocab_file = str(vocab) if vocab.is_file() else None
     report.do_lower_case = recorded_casing(_checkpoint_dir(path))
+    report.labels = own_labels(path, fmt)
     return state, cfg, fmt, report
 
 
@@ -340,9 +255,13 @@ def load_state(
 
     `config` (a BertConfig or a bert_config.json path) overrides the checkpoint's own and is required for those
     that carry none. `fmt` forces a format instead of detecting it. Raises ValueError, naming the variable, for a
-    missing encoder variable or a shape that disagrees with the config.
+    missing encoder variable, a shape that disagrees with the config, a Hugging Face tensor no rule covers, and an
+    untied MLM decoder (bertkit's is the word embeddings; `load_into` a model without the MLM head drops it).
     """
-    return _load(path, config, fmt)
+    state, cfg, fmt, report = _load(path, config, fmt)
+    if convert.UNTIED_DECODER in state:
+        raise ValueError(f"{path}: {convert.untied_decoder_error(state)}")
+    return state, cfg, fmt, report
 
 
 def load_into(
@@ -350,11 +269,15 @@ def load_into(
 ) -> LoadReport:
     """Load a checkpoint of any format into `model`; returns a LoadReport (loaded / new / ignored names).
 
-    A checkpoint without a config (a OneFlow snapshot) is read with the model's. Raises ValueError listing every
-    parameter whose shape disagrees, before changing the model.
+    A checkpoint without a config (a OneFlow snapshot) is read with the model's. Heads the model lacks are dropped
+    (ignored, by that rule): a pretraining checkpoint fine-tunes a classifier. Raises ValueError listing every
+    parameter whose shape disagrees, and for an untied MLM decoder when the model has the MLM head, before changing
+    the model.
     """
     state, _, _, report = _load(path, config, None, default_config=getattr(model, "cfg", None))
     own = model.state_dict()
+    if convert.UNTIED_DECODER in state and "mlm.bias" in own:
+        raise ValueError(f"{path}: {convert.untied_decoder_error(state)}")
     bad = [
         f"{k}: model {list(own[k].shape)}, checkpoint {list(v.shape)}"
         for k, v in state.items()
@@ -364,27 +287,16 @@ def load_into(
         raise ValueError(f"{path}: {len(bad)} parameters disagree in shape with the model:\n  " + "\n  ".join(bad))
     report.loaded = [k for k in own if k in state]
     report.new = [k for k in own if k not in state]
-    report.ignored = report.ignored + [k for k in state if k not in own]
+    dropped = [k for k in state if k not in own]
+    report.ignored = report.ignored + dropped
+    for name, what in report.fate.items():
+        if what in dropped:
+            report.fate[name] = f"ignored: {type(model).__name__} has no {what.split('.')[0]} (was {what})"
     model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
     return report
 
 
 # --- writers ------------------------------------------------------------------------------------------------
-
-
-def _writing(out_dir: str | os.PathLike, overwrite: bool):
-    """A temporary directory beside `out_dir`, renamed into place only when the body succeeds (atomic.py)."""
-    return atomic_output(out_dir, overwrite=overwrite)
-
-
-def _state_of(model_or_state: nn.Module | Mapping[str, Tensor]) -> dict[str, Tensor]:
-    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
-    return {k: v.detach().cpu() for k, v in state.items()}
-
-
-def _copy_vocab(vocab_file: str | os.PathLike | None, out: Path) -> None:
-    if vocab_file is not None:
-        shutil.copyfile(vocab_file, out / VOCAB)
 
 
 def save_pretrained(
@@ -393,69 +305,23 @@ def save_pretrained(
     out_dir: str | os.PathLike,
     vocab_file: str | os.PathLike | None = None,
     *,
+    labels: list[str] | tuple[str, ...] | None = None,
+    do_lower_case: bool | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write bertkit's format: model.safetensors, bert_config.json and, if given, vocab.txt."""
-    state = _state_of(model_or_state)
-    with _writing(out_dir, overwrite) as tmp:
+    """Write bertkit's format: model.safetensors, bert_config.json and, if given, vocab.txt, labels.txt (a
+    classifier's label names in output order) and tokenizer_config.json (the casing)."""
+    state = state_of(model_or_state)
+    if convert.UNTIED_DECODER in state:
+        raise ValueError(convert.untied_decoder_error(state))
+    with atomic_output(out_dir, overwrite=overwrite) as tmp:
         tmp.mkdir()
         save_file({k: v.contiguous() for k, v in state.items()}, tmp / WEIGHTS, metadata={"format": "pt"})
         cfg.to_json_file(tmp / CONFIG)
-        _copy_vocab(vocab_file, tmp)
-    return Path(out_dir)
-
-
-def save_hf(
-    model_or_state: nn.Module | Mapping[str, Tensor],
-    cfg: BertConfig,
-    out_dir: str | os.PathLike,
-    vocab_file: str | os.PathLike | None = None,
-    *,
-    overwrite: bool = False,
-) -> Path:
-    """Write a Hugging Face directory that transformers' BertFor*.from_pretrained loads."""
-    state = _state_of(model_or_state)
-    hf = {k: v.contiguous() for k, v in convert.to_hf(state, cfg.num_hidden_layers).items()}
-    for dup in convert.HF_TIED:  # safetensors refuses shared tensors; transformers re-ties them on load
-        hf.pop(dup, None)
-    heads = (("classifier", "classifier.weight"), ("qa", "qa.weight"), ("pretraining", "mlm.bias"))
-    kind = next((kind for kind, key in heads if key in state), "encoder")
-    config = convert.config_to_hf(cfg, convert.HF_ARCHITECTURES[kind])
-    if kind == "classifier":
-        config["num_labels"] = state["classifier.weight"].shape[0]
-    with _writing(out_dir, overwrite) as tmp:
-        tmp.mkdir()
-        save_file(hf, tmp / WEIGHTS, metadata={"format": "pt"})
-        (tmp / HF_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        _copy_vocab(vocab_file, tmp)
-    return Path(out_dir)
-
-
-def save_oneflow(
-    model_or_state: nn.Module | Mapping[str, Tensor],
-    cfg: BertConfig,
-    out_dir: str | os.PathLike,
-    vocab_file: str | os.PathLike | None = None,
-    *,
-    overwrite: bool = False,
-) -> Path:
-    """Write a OneFlow-Benchmark snapshot: `<variable>/out` and `<variable>/meta` each, plus bert_config.json.
-
-    OneFlow's loader reads only folders holding `out`, so the config and vocabulary beside them are harmless
-    and let the snapshot be read back without flags.
-    """
-    state = _state_of(model_or_state)
-    with _writing(out_dir, overwrite) as tmp:
-        tmp.mkdir()
-        for name, t in convert.to_oneflow(state, cfg.num_hidden_layers).items():
-            (tmp / name).mkdir()
-            with open(tmp / name / OF_DATA, "wb") as fh:  # a kernel's transposed copy lives only this long
-                fh.write(t.contiguous().reshape(-1).view(torch.uint8).numpy())
-            dims = "".join(f"  dim: {d}\n" for d in t.shape)
-            (tmp / name / OF_META).write_text(f"shape {{\n{dims}}}\ndata_type: {OF_DTYPES[t.dtype]}\n")
-        (tmp / OF_DONE).touch()
-        cfg.to_json_file(tmp / CONFIG)
-        _copy_vocab(vocab_file, tmp)
+        copy_vocab(vocab_file, tmp)
+        write_labels(labels, tmp)
+        if do_lower_case is not None:
+            (tmp / hf.TOKENIZER_CONFIG).write_text(f'{{"do_lower_case": {str(do_lower_case).lower()}}}\n')
     return Path(out_dir)
 
 
@@ -470,7 +336,13 @@ class ConvertConfig:
     """Convert a BERT checkpoint between Google TF, Hugging Face, OneFlow and bertkit formats.
 
     The seed's form, `--tf_checkpoint_path DIR --of_dump_path OUT`, writes a OneFlow snapshot. The general form is
-    `--input PATH --output DIR [--from tf|hf|oneflow|bertkit] [--to bertkit|hf|oneflow]`.
+    `--input PATH --output DIR [--from tf|hf|oneflow|bertkit] [--to bertkit|hf|oneflow]`. Hugging Face input: every
+    form transformers reads for BERT (BertModel, BertForPreTraining, BertForMaskedLM, BertForSequenceClassification,
+    BertForQuestionAnswering; .safetensors or .bin, sharded or not; legacy LayerNorm gamma/beta); a tensor no rule
+    covers is an error. Where transformers is ambiguous bertkit follows Google and refuses: an MLM decoder unlike the
+    word embeddings (Google's decoder is the embeddings; transformers would use either, by tie_word_embeddings), a
+    decoder bias unlike cls.predictions.bias, id2label and label2id that disagree. A classifier's labels travel:
+    id2label/label2id <-> labels.txt.
     """
 
     tf_checkpoint_path: str = field(
@@ -495,6 +367,9 @@ class ConvertConfig:
     )
     vocab_file: str = field(default="", metadata={"help": "vocab.txt to copy into the output, if not beside the input"})
     force: bool = field(default=False, metadata={"help": "replace an existing output directory"})
+    list_tensors: bool = field(
+        default=False, metadata={"help": "print every tensor of the input once, with what became of it"}
+    )
 
     def __post_init__(self) -> None:
         if self.tf_checkpoint_path:
@@ -525,10 +400,15 @@ def run(cfg: ConvertConfig) -> LoadReport:
             fmt=None if cfg.from_format == "auto" else cfg.from_format,
         )
         vocab = cfg.vocab_file or report.vocab_file
-        WRITERS[cfg.to_format](state, bert_cfg, cfg.output, vocab, overwrite=cfg.force)
+        WRITERS[cfg.to_format](state, bert_cfg, cfg.output, vocab, labels=report.labels,
+                               do_lower_case=report.do_lower_case, overwrite=cfg.force)  # fmt: skip
     except (ValueError, OSError) as e:
         sys.exit(f"bertkit convert: error: {e}")
     report.loaded = sorted(state)
+    if cfg.list_tensors:
+        print("\n".join(report.lines()))
+    if report.labels:
+        print(f"labels (output order): {', '.join(report.labels)}")
     print(
         f"{report}\nwrote {cfg.to_format} checkpoint {cfg.output} ({sum(v.numel() for v in state.values()):,} values)"
     )
