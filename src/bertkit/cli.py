@@ -143,7 +143,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "fine-tune BERT on a GLUE task, evaluate, predict: Google's and OneFlow's run_classifier.py",
     ),
     "create-glue-data": (
-        "tasks.glue.data",
+        "tasks.glue.records",
         "CreateGlueDataConfig",
         "run_create_glue_data",
         "GLUE tsv files -> classifier records: OneFlow's OFRecord part files or Google's TFRecords",

@@ -16,14 +16,8 @@ from bertkit.model.bert import BertForSequenceClassification
 from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
 from bertkit.tasks.glue import data as glue
-from bertkit.tasks.glue.task import (
-    ClassifyConfig,
-    ClassifyLoader,
-    classification_loss,
-    mean_batch_loss,
-    predict_logits,
-    regression_loss,
-)
+from bertkit.tasks.glue.evaluate import mean_batch_loss, predict_logits
+from bertkit.tasks.glue.task import ClassifyConfig, ClassifyLoader, classification_loss, regression_loss
 
 WORDS = "yes no the cat dog sat ran on a mat rug and then it was red blue big small".split()
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

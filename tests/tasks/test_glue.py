@@ -13,6 +13,7 @@ import pytest
 from bertkit.data.records import read_ofrecord, read_tfrecord
 from bertkit.data.tokenizer import WordPieceTokenizer
 from bertkit.tasks.glue import data as glue
+from bertkit.tasks.glue import records, results
 
 # --- small files in each task's GLUE format ----------------------------------------------------------------------
 
@@ -214,7 +215,7 @@ def test_ax_is_glues_diagnostic_set_answered_with_mnlis_labels(tmp_path):
     ex = glue.read_examples(task, tmp_path, "test")
     assert [(e.guid, e.text_a, e.text_b) for e in ex] == [(str(i), a, b) for i, (a, b) in enumerate(PAIRS)]
     assert task.labels == glue.get_task("MNLI").labels  # an MNLI model's outputs, in its order
-    glue.write_predictions(task, ex, np.eye(3), tmp_path)
+    results.write_predictions(task, [e.guid for e in ex], np.eye(3), tmp_path)
     assert (tmp_path / "AX.tsv").read_text() == "index\tprediction\n0\tcontradiction\n1\tentailment\n2\tneutral\n"
     with pytest.raises(ValueError, match="AX has no train file: GLUE's diagnostic set is test only"):
         glue.read_examples(task, tmp_path, "train")
@@ -238,37 +239,41 @@ def test_metrics_equal_scikit_learn_and_scipy():
     for n, k in [(50, 2), (1043, 2), (300, 3), (7, 2)]:
         label, pred = rng.integers(0, k, n), rng.integers(0, k, n)
         pred[: n // 2] = label[: n // 2]  # better than chance
-        assert glue.accuracy(pred, label) == pytest.approx(metrics.accuracy_score(label, pred), abs=1e-12)
-        assert glue.matthews_corrcoef(pred, label) == pytest.approx(metrics.matthews_corrcoef(label, pred), abs=1e-12)
+        assert results.accuracy(pred, label) == pytest.approx(metrics.accuracy_score(label, pred), abs=1e-12)
+        assert results.matthews_corrcoef(pred, label) == pytest.approx(
+            metrics.matthews_corrcoef(label, pred), abs=1e-12
+        )
         if k == 2:
-            assert glue.f1(pred, label) == pytest.approx(metrics.f1_score(label, pred), abs=1e-12)
+            assert results.f1(pred, label) == pytest.approx(metrics.f1_score(label, pred), abs=1e-12)
     # degenerate: one class predicted (MCC 0, as scikit-learn), no positive anywhere (F1 0)
     label = np.array([0, 1, 1, 0])
-    assert glue.matthews_corrcoef(np.ones(4, int), label) == metrics.matthews_corrcoef(label, np.ones(4, int)) == 0
-    assert glue.f1(np.zeros(4, int), np.zeros(4, int)) == 0.0
+    assert results.matthews_corrcoef(np.ones(4, int), label) == metrics.matthews_corrcoef(label, np.ones(4, int)) == 0
+    assert results.f1(np.zeros(4, int), np.zeros(4, int)) == 0.0
     # STS-B: scores with ties (rounded), Pearson and Spearman
     x = rng.normal(size=500)
     y = np.round(x + rng.normal(size=500), 1).astype(np.float32)
     xs = np.round(x, 1)
-    assert glue.pearson(xs, y) == pytest.approx(stats.pearsonr(xs, y)[0], abs=1e-9)
-    assert glue.spearman(xs, y) == pytest.approx(stats.spearmanr(xs, y)[0], abs=1e-9)
-    np.testing.assert_allclose(glue.average_ranks(xs), stats.rankdata(xs))
+    assert results.pearson(xs, y) == pytest.approx(stats.pearsonr(xs, y)[0], abs=1e-9)
+    assert results.spearman(xs, y) == pytest.approx(stats.spearmanr(xs, y)[0], abs=1e-9)
+    np.testing.assert_allclose(results.average_ranks(xs), stats.rankdata(xs))
 
 
 def test_glue_metrics_reports_each_tasks_metrics():
     logits = np.array([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0], [0.0, 1.0]])
     labels = np.array([0, 1, 1, 1])
-    assert glue.glue_metrics(glue.get_task("mrpc"), logits, labels) == {"accuracy": 0.75, "f1": 0.8}
-    assert set(glue.glue_metrics(glue.get_task("cola"), logits, labels)) == {"matthews_corrcoef", "accuracy"}
-    assert set(glue.glue_metrics(glue.get_task("rte"), logits, labels)) == {"accuracy"}
+    assert results.glue_metrics(glue.get_task("mrpc"), logits, labels) == {"accuracy": 0.75, "f1": 0.8}
+    assert set(results.glue_metrics(glue.get_task("cola"), logits, labels)) == {"matthews_corrcoef", "accuracy"}
+    assert set(results.glue_metrics(glue.get_task("rte"), logits, labels)) == {"accuracy"}
     scores = np.array([[0.5], [2.0], [3.0], [4.5]])
-    m = glue.glue_metrics(glue.get_task("sts-b"), scores, np.array([1.0, 2.0, 2.5, 5.0]))
+    m = results.glue_metrics(glue.get_task("sts-b"), scores, np.array([1.0, 2.0, 2.5, 5.0]))
     assert set(m) == {"pearson", "spearman"} and m["spearman"] == pytest.approx(1.0)
 
 
 def test_submission_files_use_glues_labels_and_indices(tmp_path):
     ex = [glue.InputExample(str(i), "a", "b", None, "") for i in (0, 1, 2)]
-    paths = glue.write_predictions(glue.get_task("rte"), ex, np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.5]]), tmp_path)
+    paths = results.write_predictions(
+        glue.get_task("rte"), [e.guid for e in ex], np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.5]]), tmp_path
+    )
     assert [p.name for p in paths] == ["test_results.tsv", "RTE.tsv"]
     assert (
         tmp_path / "RTE.tsv"
@@ -278,7 +283,9 @@ def test_submission_files_use_glues_labels_and_indices(tmp_path):
     first = (tmp_path / "test_results.tsv").read_text().splitlines()[0]
     assert all(str(np.float32(x)) == x for x in first.split("\t"))  # float32 as str() prints it, as Google's
     assert [float(x) for x in first.split("\t")] == pytest.approx([1 / (1 + np.exp(-2)), 1 / (1 + np.exp(2))], abs=1e-6)
-    glue.write_predictions(glue.get_task("sts-b"), ex, np.array([[4.12345], [0.5], [2.0]]), tmp_path)
+    results.write_predictions(
+        glue.get_task("sts-b"), [e.guid for e in ex], np.array([[4.12345], [0.5], [2.0]]), tmp_path
+    )
     assert (tmp_path / "STS-B.tsv").read_text().splitlines()[1] == "0\t4.123"
 
 
@@ -289,40 +296,40 @@ def test_submission_files_use_glues_labels_and_indices(tmp_path):
 def test_create_glue_data_writes_the_features_as_records(tmp_path, fmt, capsys):
     d = write_glue_files("mrpc", tmp_path / "MRPC", LABELS["mrpc"])
     out = tmp_path / "records"
-    cfg = glue.CreateGlueDataConfig(task_name="MRPC", data_dir=str(d), output_dir=str(out), max_seq_length=24,
+    cfg = records.CreateGlueDataConfig(task_name="MRPC", data_dir=str(d), output_dir=str(out), max_seq_length=24,
                                     output_format=fmt, part_num=2, splits="train,dev,test")  # fmt: skip
-    assert glue.run_create_glue_data(cfg) == {"train": 3, "dev": 3, "test": 3}
+    assert records.run_create_glue_data(cfg) == {"train": 3, "dev": 3, "test": 3}
     assert "MRPC train: 3 examples" in capsys.readouterr().out
     tok = WordPieceTokenizer()
     want = glue.convert_examples_to_features(glue.read_examples(glue.TASKS["mrpc"], d, "train"), glue.TASKS["mrpc"],
                                              24, tok)  # fmt: skip
     if fmt == "ofrecord":
         names = ["train.of_record-0", "train.of_record-1", "eval.of_record-0", "eval.of_record-1",
-                 "predict.of_record-0", "predict.of_record-1"]  # fmt: skip
+                 "predict.of_record-0", "predict.of_record-1", "predict_guids.txt"]  # fmt: skip
         assert sorted(p.name for p in out.iterdir() if p.suffix != ".sha256") == sorted(names)
-        files = glue.part_files(out, "train.of_record-", 0, "train")
+        files = records.part_files(out, "train.of_record-", 0, "train")
         first = next(read_ofrecord(files[0]))
         assert first["input_ids"].dtype == np.int32 and first["label_ids"].tolist() == [1]  # OneFlow's int32 lists
         assert sum(1 for f in files for _ in read_ofrecord(f)) == 3
     else:
         written = sorted(p.name for p in out.iterdir() if p.suffix != ".sha256")
-        assert written == ["eval.tf_record", "predict.tf_record", "train.tf_record"]
+        assert written == ["eval.tf_record", "predict.tf_record", "predict_guids.txt", "train.tf_record"]
         files = [out / "train.tf_record"]
         assert next(read_tfrecord(files[0]))["is_real_example"].tolist() == [1]
-    got = glue.read_record_features(files, 24, regression=False)
+    got = records.read_record_features(files, 24, regression=False)
     for k in glue.FEATURES:
         np.testing.assert_array_equal(getattr(got, k), getattr(want, k), err_msg=k)
     with pytest.raises(ValueError, match="already exist; remove them"):  # existing files are not replaced
-        glue.run_create_glue_data(cfg)
+        records.run_create_glue_data(cfg)
 
 
 def test_part_files_errors_name_the_flags(tmp_path):
     (tmp_path / "train.of_record-0").write_bytes(b"")
-    assert glue.part_files(tmp_path, "train.of_record-", 0, "train") == [tmp_path / "train.of_record-0"]
+    assert records.part_files(tmp_path, "train.of_record-", 0, "train") == [tmp_path / "train.of_record-0"]
     with pytest.raises(ValueError, match="train_data_part_num 2 needs train.of_record-0 ... train.of_record-1.*"
                                          "missing train.of_record-1"):  # fmt: skip
-        glue.part_files(tmp_path, "train.of_record-", 2, "train")
+        records.part_files(tmp_path, "train.of_record-", 2, "train")
     with pytest.raises(ValueError, match="--eval_data_dir .*: eval_data_part_num 0 needs .*found: none"):
-        glue.part_files(tmp_path, "eval.of_record-", 0, "eval")
+        records.part_files(tmp_path, "eval.of_record-", 0, "eval")
     with pytest.raises(ValueError, match="--eval_data_dir .*nope: no such file or directory"):
-        glue.part_files(tmp_path / "nope", "eval.of_record-", 0, "eval")
+        records.part_files(tmp_path / "nope", "eval.of_record-", 0, "eval")

@@ -8,6 +8,7 @@ A snapshot is a bertkit model directory plus what a resumed run and a later `squ
     vocab.txt               the WordPiece vocabulary it was trained with, when known
     tokenizer_config.json   {"do_lower_case": ...}, when known (Hugging Face's file and key)
     run_config.json         every flag of the run that wrote it, resolved
+    labels.txt              a classifier's label names in output order, when it has them
     manifest.json           {"files": {name: {"bytes": n, "sha256": hex}}} of every file above
 
 It is written through `atomic.atomic_output` (a hidden temporary sibling, fsynced, renamed; the free space is
@@ -39,6 +40,7 @@ from bertkit.runtime.atomic import OutputError
 SNAPSHOT_NAME = re.compile(r"^snapshot_(\d+)$")
 WEIGHTS, CONFIG, STATE = "model.safetensors", "bert_config.json", "train_state.pt"
 VOCAB, TOKENIZER, RUN_CONFIG, MANIFEST = "vocab.txt", "tokenizer_config.json", "run_config.json", "manifest.json"
+LABELS = "labels.txt"  # as checkpoint.files.LABELS
 FILES = (WEIGHTS, CONFIG, STATE)
 __all__ = ["OutputError", "SnapshotError", "save_snapshot", "load_snapshot", "verify_snapshot", "compare_flags"]
 
@@ -107,11 +109,12 @@ def save_snapshot(
     vocab_file: str | os.PathLike | bytes | None = None,
     do_lower_case: bool | None = None,
     run_config: Mapping | None = None,
+    labels: list[str] | tuple[str, ...] | None = None,
 ) -> None:
     """Write a snapshot at `path` (replacing one there only once the new one is whole).
 
-    `vocab_file` (a path, or the file's bytes), `do_lower_case` and `run_config` (every flag, JSON-serialisable) are
-    stored when given, so that
+    `vocab_file` (a path, or the file's bytes), `do_lower_case`, `run_config` (every flag, JSON-serialisable) and
+    `labels` (a classifier's label names in output order: labels.txt) are stored when given, so that
     prediction tokenizes as training did and `--resume` can say which flags changed. Raises OutputError (a
     ValueError, one line; DiskFullError when space runs out, checked before writing) and leaves the previous
     snapshot untouched and no partial directory behind.
@@ -139,6 +142,9 @@ def save_snapshot(
         if run_config is not None:
             text = json.dumps(dict(run_config), indent=2, sort_keys=True, default=str) + "\n"
             _write(tmp, RUN_CONFIG, lambda f: f.write(text.encode()), manifest)
+        if labels:
+            names = "".join(f"{label}\n" for label in labels)
+            _write(tmp, LABELS, lambda f: f.write(names.encode()), manifest)
         text = json.dumps({"bertkit_snapshot": 1, "files": manifest}, indent=2, sort_keys=True) + "\n"
         with atomic.open_for_write(tmp / MANIFEST) as f:
             f.write(text.encode())

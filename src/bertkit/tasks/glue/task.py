@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from bertkit.checkpoint import formats as checkpoint
 from bertkit.checkpoint.snapshot import check_writable, existing_snapshots, load_snapshot
@@ -32,8 +30,11 @@ from bertkit.data.vocab import default_vocab_path
 from bertkit.model.bert import BertForSequenceClassification, num_parameters
 from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
-from bertkit.runtime.precision import autocast
 from bertkit.tasks.glue import data as glue
+from bertkit.tasks.glue import labels
+from bertkit.tasks.glue.evaluate import check_ids, evaluate, mean_batch_loss, predict_logits, write_eval_results
+from bertkit.tasks.glue.records import load_features, record_files, tsv_examples
+from bertkit.tasks.glue.results import write_predictions
 from bertkit.train import runner
 from bertkit.train.loop import fit, log_final_eval
 
@@ -80,7 +81,10 @@ class ClassifyConfig(runner.SeedConfig):
     and OneFlow's.
 
     Google's form reads GLUE's tsv files in --data_dir; OneFlow's reads record part files (--train_data_dir,
-    --eval_data_dir; `bertkit create-glue-data` writes them). --do_eval writes OUTPUT_DIR/eval_results.txt,
+    --eval_data_dir, --predict_data_dir; `bertkit create-glue-data` writes them). A checkpoint that names its labels
+    (Hugging Face id2label/label2id, bertkit's labels.txt) is read in its own order, mapped onto the task's (the
+    mapping is printed); labels the task does not know are an error. Checkpoints that name none (Google's, and
+    transformers' placeholders LABEL_0, ...) are read in the task's order, as Google's run_classifier reads them. --do_eval writes OUTPUT_DIR/eval_results.txt,
     --do_predict Google's test_results.tsv and GLUE's submission file (RTE.tsv, ...). --iter_num defaults to the
     epochs' steps, --warmup_batches to --warmup_proportion of them.
     """
@@ -150,6 +154,14 @@ class ClassifyConfig(runner.SeedConfig):
     )
     eval_data_prefix: str = field(default="eval.of_record-", metadata={"help": "evaluation part files: prefix + i"})
     eval_data_part_num: int = field(default=0, metadata={"help": "evaluation part files read (0: all there)"})
+    predict_data_dir: str | None = field(
+        default=None, metadata={"help": "test part files (create-glue-data --splits test), or one record file"}
+    )
+    predict_data_prefix: str = field(default="predict.of_record-", metadata={"help": "test part files: prefix + i"})
+    predict_data_part_num: int = field(default=0, metadata={"help": "test part files read (0: all there)"})
+    predict_example_num: int | None = field(
+        default=None, metadata={"help": "the count of test examples (a note when the records hold another)"}
+    )
     eval_example_num: int | None = field(
         default=None,
         metadata={
@@ -226,10 +238,11 @@ class ClassifyConfig(runner.SeedConfig):
             raise ValueError("--do_train needs --data_dir (GLUE tsv files) or --train_data_dir (record files)")
         if self.do_eval and not (self.eval_data_dir or self.data_dir):
             raise ValueError("--do_eval needs --data_dir (GLUE tsv files) or --eval_data_dir (record files)")
-        if self.do_predict and not self.data_dir:
-            raise ValueError(f"--do_predict needs --data_dir holding {self.task.name}'s test file")
+        if self.do_predict and not (self.predict_data_dir or self.data_dir):
+            raise ValueError(f"--do_predict needs --data_dir holding {self.task.name}'s test file, or "
+                             "--predict_data_dir (record files)")  # fmt: skip
         for flag, split, records in (("do_train", "train", self.train_data_dir), ("do_eval", "dev", self.eval_data_dir),
-                                     ("do_predict", "test", None)):  # fmt: skip
+                                     ("do_predict", "test", self.predict_data_dir)):  # fmt: skip
             if getattr(self, flag) and not records and self.task.file(split) is None:
                 raise ValueError(f"--{flag}: {self.task.missing(split)}")
         self.validate_before_derived()
@@ -250,69 +263,35 @@ class ClassifyConfig(runner.SeedConfig):
 # --- data: tsv files (Google) or record part files (OneFlow) ----------------------------------------------------
 
 
-def tsv_examples(cfg: ClassifyConfig, split: str) -> list[glue.InputExample]:
-    """The examples of a split of --data_dir, every label checked (ValueError naming file and line)."""
-    examples = glue.read_examples(cfg.task, cfg.data_dir, split)
-    glue.check_labels(cfg.task, examples)
-    if not examples:
-        raise ValueError(f"--data_dir {cfg.data_dir}: {cfg.task.file(split)} holds no examples")
-    return examples
-
-
-def record_files(cfg: ClassifyConfig, which: str) -> list[Path]:
-    """The part files of --train_data_dir or --eval_data_dir (`which`: train or eval)."""
-    return glue.part_files(getattr(cfg, f"{which}_data_dir"), getattr(cfg, f"{which}_data_prefix"),
-                           getattr(cfg, f"{which}_data_part_num"), which)  # fmt: skip
-
-
-def load_features(cfg: ClassifyConfig, which: str, tokenizer: WordPieceTokenizer, env: dist.DistEnv,
-                  say: Callable[[str], None]) -> tuple[glue.Features, list[glue.InputExample] | None]:  # fmt: skip
-    """(features, examples) of train, eval or predict: from records when --{which}_data_dir is given, else from
-    --data_dir's tsv file (then the examples too). Every rank builds the same features (deterministic)."""
-    records = {"train": cfg.train_data_dir, "eval": cfg.eval_data_dir}.get(which)
-    if records:
-        feats = glue.read_record_features(record_files(cfg, which), cfg.max_seq_length, cfg.task.is_regression,
-                                          progress=env.is_main)  # fmt: skip
-        n, real = len(feats), feats.real()
-        if len(real) < n:
-            say(f"{which}: {n - len(real)} padding records (is_real_example 0) left out")
-        given = getattr(cfg, f"{which}_example_num")
-        if given is not None and given != len(real):
-            say(f"note: --{which}_example_num is {given}; the records hold {len(real)} examples, all used")
-        return real, None
-    examples = tsv_examples(cfg, {"train": "train", "eval": "dev", "predict": "test"}[which])
-    return glue.convert_examples_to_features(examples, cfg.task, cfg.max_seq_length, tokenizer), examples
-
-
-def check_ids(feats: glue.Features, bert_cfg: BertConfig, what: str) -> None:
-    """Token ids within the model's vocabulary (a larger vocab.txt than the model's would index past it)."""
-    top = int(feats.input_ids.max(initial=0))
-    if top >= bert_cfg.vocab_size:
-        raise ValueError(f"{what}: token id {top} is beyond the model's vocab_size {bert_cfg.vocab_size}: is "
-                         "--vocab_file the model's vocabulary?")  # fmt: skip
-
-
 # --- the model, evaluation and prediction ----------------------------------------------------------------------
 
 
 def build_model(cfg: ClassifyConfig, env: dist.DistEnv, say: Callable[[str], None]
                 ) -> tuple[BertForSequenceClassification, BertConfig, dict | None]:  # fmt: skip
     """(model on the device, its config, the train state when resuming)."""
-    labels = cfg.task.num_labels
+    num_labels = cfg.task.num_labels
     if cfg.resume:
         weights, bert_cfg, resume_state = load_snapshot(cfg.resume)
-        model = BertForSequenceClassification(bert_cfg, labels)
+        model = BertForSequenceClassification(bert_cfg, num_labels)
         model.load_state_dict(weights)
         say(f"Resuming from {cfg.resume} at iter {resume_state['step']}.")
         return model.to(env.device), bert_cfg, resume_state
     bert_cfg, source = cfg.model_config()
     torch.manual_seed(cfg.seed)  # the new head's draws (and a random model's) follow --seed
-    model = BertForSequenceClassification(bert_cfg, labels)
+    model = BertForSequenceClassification(bert_cfg, num_labels)
     c = bert_cfg
     say(f"{runner.model_source(source)}: {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, "
-        f"{labels} output(s), {num_parameters(model) / 1e6:.1f}M parameters")  # fmt: skip
+        f"{num_labels} output(s), {num_parameters(model) / 1e6:.1f}M parameters")  # fmt: skip
     if cfg.model_load_dir:
-        say(f"Restoring model from {checkpoint.load_into(model, cfg.model_load_dir)}")
+        path = cfg.model_load_dir
+        theirs = checkpoint.own_labels(path, checkpoint.detect_format(path))
+        perm = labels.label_order(cfg.task, theirs, f"--init_checkpoint {path}")  # before loading: a clear error
+        report = checkpoint.load_into(model, path)
+        say(f"Restoring model from {report}")
+        if theirs and "classifier.weight" in report.loaded and not cfg.task.is_regression:
+            say(labels.describe(cfg.task, theirs, perm))
+            if perm:
+                labels.reorder_classifier(model, perm)
     else:
         say("Init model on demand (random weights)")
     return model.to(env.device), bert_cfg, None
@@ -336,70 +315,6 @@ def vocab_file(cfg: ClassifyConfig) -> str | None:
     return str(vocab) if vocab.is_file() else None
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, feats: glue.Features, batch_size: int, env: dist.DistEnv,
-                   precision: str = "fp32", progress: bool = False) -> np.ndarray:  # fmt: skip
-    """Logits (N, num_labels) float32 of every example, on every rank.
-
-    Examples are sorted by length, longest first, and each batch runs cut to its longest example (the logits do
-    not depend on padding columns: tested against the padded run). Rank r runs batches r, r + W, ...; the rows
-    are gathered by a sum over ranks of zero-initialised arrays.
-    """
-    n = len(feats)
-    lengths = feats.input_mask.astype(bool).sum(1)
-    order = np.argsort(-lengths, kind="stable")
-    out = np.zeros((n, model.classifier.out_features), np.float32)  # (N, C); zeros: a sum over ranks gathers rows
-    model.eval()
-    for i in tqdm(range(env.rank * batch_size, n, batch_size * env.world_size), desc="eval", unit="batch",
-                  disable=not (progress and sys.stderr.isatty()), leave=False):  # fmt: skip
-        idx = order[i : i + batch_size]
-        L = int(lengths[idx].max())
-        ids, types, mask = (torch.from_numpy(a[idx, :L].astype(np.int64)).to(env.device)
-                            for a in (feats.input_ids, feats.segment_ids, feats.input_mask))  # fmt: skip
-        with autocast(precision, env.device):
-            logits = model(ids, types, mask).float().cpu().numpy()  # (B, C)
-        out[idx] = logits
-    if env.world_size > 1:
-        out = dist.all_reduce_sum(torch.from_numpy(out).to(env.device), env).cpu().numpy()
-    return out
-
-
-def evaluate(model: nn.Module, cfg: ClassifyConfig, feats: glue.Features, env: dist.DistEnv,
-             progress: bool = False) -> dict[str, float]:  # fmt: skip
-    """The task's metrics on labelled features, plus eval_loss (the mean loss per example, as Google's)."""
-    return _evaluate(model, cfg, feats, env, progress)[0]
-
-
-def _evaluate(model: nn.Module, cfg: ClassifyConfig, feats: glue.Features, env: dist.DistEnv,
-              progress: bool = False) -> tuple[dict[str, float], torch.Tensor]:  # fmt: skip
-    """(`evaluate`'s metrics, the loss of every example (N,) in file order)."""
-    logits = predict_logits(model, feats, cfg.eval_batch_size_per_device, env, cfg.precision, progress)
-    t = torch.from_numpy(logits)
-    if cfg.task.is_regression:
-        loss = F.mse_loss(t[:, 0], torch.from_numpy(feats.label_ids.astype(np.float32)), reduction="none")
-    else:
-        loss = F.cross_entropy(t, torch.from_numpy(feats.label_ids.astype(np.int64)), reduction="none")
-    return {**glue.glue_metrics(cfg.task, logits, feats.label_ids), "loss": float(loss.mean())}, loss
-
-
-def mean_batch_loss(example_loss: torch.Tensor, batch_size: int) -> float:
-    """The mean over batches of `batch_size` examples in file order (the last one short) of each batch's mean loss:
-    the `loss` Google's Estimator writes beside eval_loss (equal to it when batch_size divides the examples)."""
-    return float(torch.stack([b.mean() for b in example_loss.split(batch_size)]).mean())
-
-
-def write_eval_results(path: Path, metrics: dict[str, float], step: int, batch_loss: float | None = None) -> list[str]:
-    """Google's eval_results.txt: `key = value` lines, keys sorted (eval_accuracy, eval_loss, global_step, loss).
-    Returns the lines (Google logs them too)."""
-    result = {f"eval_{k}": v for k, v in metrics.items()} | {"global_step": step}
-    if batch_loss is not None:
-        result["loss"] = batch_loss
-    lines = [f"{k} = {result[k]}" for k in sorted(result)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-    return lines
-
-
 # --- the command -------------------------------------------------------------------------------------------------
 
 
@@ -416,7 +331,7 @@ def _check(cfg: ClassifyConfig) -> None:
     # Rows, columns and labels of every tsv file used (reading is quick; tokenizing waits for the workers).
     for wanted, which, split, records in ((cfg.do_train, "train", "train", cfg.train_data_dir),
                                           (cfg.do_eval, "eval", "dev", cfg.eval_data_dir),
-                                          (cfg.do_predict, "predict", "test", None)):  # fmt: skip
+                                          (cfg.do_predict, "predict", "test", cfg.predict_data_dir)):  # fmt: skip
         if wanted and records:
             record_files(cfg, which)
         elif wanted:
@@ -444,6 +359,7 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
     say(runner.banner(cfg))
     task = cfg.task
     model, bert_cfg, resume_state = build_model(cfg, env, say)
+    batch = cfg.eval_batch_size_per_device
     tokenizer = WordPieceTokenizer(vocab_file(cfg), cfg.do_lower_case)
     say(f"vocabulary: {tokenizer.vocab_file} ({len(tokenizer.vocab)} pieces), do_lower_case {cfg.do_lower_case}")
     dev = None
@@ -471,11 +387,11 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
                                 seed=cfg.seed)  # fmt: skip
 
         def eval_fn(m: nn.Module) -> dict[str, float]:
-            return evaluate(m, cfg, dev, env)
+            return evaluate(m, task, dev, batch, env, cfg.precision)[0]
 
         loss_fn = regression_loss if task.is_regression else classification_loss
         extras = {"vocab_file": tokenizer_vocab_path(tokenizer), "do_lower_case": cfg.do_lower_case,
-                  "run_config": dataclasses.asdict(cfg)}  # fmt: skip
+                  "run_config": dataclasses.asdict(cfg), "labels": task.labels or None}  # fmt: skip
         summary = fit(model, bert_cfg, loss_fn, loader, cfg, env, eval_fn if dev is not None else None,
                       resume_state, say, snapshot_extras=extras)  # fmt: skip
         step = summary["step"]
@@ -483,7 +399,7 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
             say("note: the fine-tuned model is not kept (--save_last_snapshot False)")
     out = Path(cfg.output_dir)
     if dev is not None:
-        metrics, example_loss = _evaluate(model, cfg, dev, env, progress=env.is_main)
+        metrics, example_loss = evaluate(model, task, dev, batch, env, cfg.precision, progress=env.is_main)
         if env.is_main:
             batch_loss = mean_batch_loss(example_loss, cfg.eval_batch_size)
             lines = write_eval_results(out / "eval_results.txt", metrics, step, batch_loss)
@@ -494,11 +410,11 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
             if summary is not None:  # trained in this run: its log ends with the closing evaluation
                 log_final_eval(cfg.log_dir, step, metrics)
     if cfg.do_predict:
-        test, examples = load_features(cfg, "predict", tokenizer, env, say)
+        test, guids = load_features(cfg, "predict", tokenizer, env, say)
         check_ids(test, bert_cfg, "test set")
         logits = predict_logits(model, test, math.ceil(cfg.predict_batch_size / env.world_size), env,
                                 cfg.precision, env.is_main)  # fmt: skip
         if env.is_main:
-            paths = glue.write_predictions(task, examples, logits, out)
-            say(f"wrote {', '.join(str(p) for p in paths)} ({len(examples)} test examples)")
+            paths = write_predictions(task, guids, logits, out)
+            say(f"wrote {', '.join(str(p) for p in paths)} ({len(guids)} test examples)")
     return {"train": summary, "eval": metrics}
