@@ -335,7 +335,9 @@ def convert_examples_to_features(
         q = len(query)
         tok_start = tok_end = -1
         if is_training and not example.is_impossible:
-            tok_start = int(orig_to_tok[example.start_position])
+            # Google indexes a list of one entry per word: a start in leading whitespace (word -1) is the last word
+            # there, and then starts after the end; kept so, as run_squad.py trains on it (orig_to_tok has W + 1).
+            tok_start = int(orig_to_tok[: len(example.doc_tokens)][example.start_position])
             tok_end = int(orig_to_tok[example.end_position + 1]) - 1  # the last word's last piece
             tok_start, tok_end = improve_answer_span(pieces, tok_start, tok_end, tokenizer, example.orig_answer_text)
         room = T - q - 3  # pieces of context a window holds; questions of one length share windows

@@ -449,7 +449,7 @@ def build_model(
     return model.to(env.device), bert_cfg, vocab, None
 
 
-WINDOWS_VERSION = 1  # bump when convert_examples_to_features changes what it makes: old caches are then ignored
+WINDOWS_VERSION = 2  # bump when convert_examples_to_features changes what it makes (2: answers in leading whitespace)
 
 
 def _cache_key(path: str | Path, tokenizer: WordPieceTokenizer, cfg: SquadFlags, training: bool) -> str:
