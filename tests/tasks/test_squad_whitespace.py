@@ -64,8 +64,8 @@ CASES = [  # (context, answer text, answer_start)
     ("   Paris", "Paris", 3),
     ("  the city of  Paris  is big", "Paris", 15),
     ("\tthe city\n\nof Paris", "city", 5),
-    (" x y z Paris", " x", 0),
-    (" the city  Paris ", " " * 11 + "P", 0),  # word -1 .. the last word, whose text holds the answer: kept  # word -1 .. 0: the slice doc_tokens[-1:1] is empty: Google skips it
+    (" x y z Paris", " x", 0),  # words -1 .. 0: the slice doc_tokens[-1:1] is empty, so Google skips it
+    (" the city  Paris ", " " * 11 + "P", 0),  # words -1 .. the last, whose text holds the answer: kept
     ("  Notre Dame  (1842)   by Father\u202fSorin ", "1842", 15),
     ("\n\nthe Broncos  defeated the Carolina Panthers 24–10 to earn their third Super Bowl title", "Broncos", 6),
     (" " * 3 + "a b c d e f g h i j k l m n o p q r s t u v w Paris", "Paris", 49),
