@@ -80,7 +80,7 @@ class LoadReport:
         return "; ".join(parts)
 
     def lines(self) -> list[str]:
-        """One line per checkpoint tensor, in the checkpoint's order of names: `name -> what became of it`."""
+        """One line per checkpoint tensor, sorted by name: `name -> what became of it`."""
         return [f"{name} -> {what}" for name, what in sorted(self.fate.items())]
 
 

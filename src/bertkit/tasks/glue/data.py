@@ -1,12 +1,10 @@
-"""GLUE data: the tasks' tsv files, Google's featurization, the metrics each task reports, GLUE's submission files,
-and the OFRecord / TFRecord form of the features (`bertkit create-glue-data`).
+"""GLUE data: the tasks (files, columns, labels), their tsv files and Google's featurization. The metrics and
+submission files are `results`', the record files `records`', a checkpoint's label order `labels`'.
 
 References: google-research/bert `run_classifier.py` @ eedf5716 (DataProcessor and its Xnli, Mnli, Mrpc and Cola
-processors; convert_single_example and _truncate_seq_pair; file_based_convert_examples_to_features, whose features
-are input_ids, input_mask, segment_ids, label_ids, is_real_example; test_results.tsv); Hugging Face transformers'
-`data/processors/glue.py` (the columns of SST-2, STS-B, QQP, QNLI, RTE, WNLI and MNLI-mismatched) and
-`data/metrics` (which metric each task reports); OneFlow-Benchmark `LanguageModeling/BERT/run_classifier.py`
-(OFRecord part files `train.of_record-<i>` / `eval.of_record-<i>` holding those five features as int32 lists).
+processors; convert_single_example and _truncate_seq_pair; the features input_ids, input_mask, segment_ids,
+label_ids, is_real_example); Hugging Face transformers' `data/processors/glue.py` (the columns of SST-2, STS-B, QQP,
+QNLI, RTE, WNLI and MNLI-mismatched).
 
 File quirks handled here: tsv files are split on tabs with no quote character (sentences hold unbalanced `"`);
 MRPC's header opens with a UTF-8 BOM; CoLA's train and dev files have no header (and its dev.tsv no final newline).
