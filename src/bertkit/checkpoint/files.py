@@ -74,6 +74,10 @@ class Renamed(Mapping[str, Tensor]):
     def __getitem__(self, name: str) -> Tensor:
         return self.inner[self._keys[name]]
 
+    def saved(self, name: str) -> str:
+        """The key `name` has in the file."""
+        return self._keys.get(name, name)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
 

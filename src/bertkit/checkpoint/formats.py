@@ -61,7 +61,8 @@ class LoadReport:
     new: list[str] = field(default_factory=list)  # parameters the checkpoint lacks: they keep their init
     ignored: list[str] = field(default_factory=list)  # checkpoint entries nothing uses, each by a rule (`fate`)
     skipped: list[str] = field(default_factory=list)  # optimizer slots and step counters, recognised and dropped
-    fate: dict[str, str] = field(default_factory=dict)  # every checkpoint tensor once: what became of it
+    # every checkpoint tensor once, under the name the file gives it: the bertkit name it went to, or why not
+    fate: dict[str, str] = field(default_factory=dict)
     global_step: int | None = None
     vocab_file: str | None = None
     do_lower_case: bool | None = None  # the casing it was trained with (tokenizer_config.json), when it says
@@ -216,6 +217,8 @@ def _load(
         report.fate[convert.HF_DECODER_BIAS] = "mlm.bias"  # the lone decoder bias is the MLM bias
     report.fate |= {n: f"ignored: {rules.get(n, 'not a variable of the model')}" for n in report.ignored}
     report.fate |= {n: "skipped: optimizer state or step counter" for n in report.skipped}
+    if hasattr(source, "saved"):  # listed under the names the file gives them (BertModel's, legacy gamma/beta)
+        report.fate = {source.saved(n): what for n, what in report.fate.items()}
     if steps:
         report.global_step = int(source[steps[0]].reshape(-1)[0])
     vocab = _checkpoint_dir(path) / VOCAB
