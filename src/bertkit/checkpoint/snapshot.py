@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
+from bertkit.checkpoint.files import LABELS
 from bertkit.model.config import BertConfig
 from bertkit.runtime import atomic
 from bertkit.runtime.atomic import OutputError
@@ -40,7 +41,6 @@ from bertkit.runtime.atomic import OutputError
 SNAPSHOT_NAME = re.compile(r"^snapshot_(\d+)$")
 WEIGHTS, CONFIG, STATE = "model.safetensors", "bert_config.json", "train_state.pt"
 VOCAB, TOKENIZER, RUN_CONFIG, MANIFEST = "vocab.txt", "tokenizer_config.json", "run_config.json", "manifest.json"
-LABELS = "labels.txt"  # as checkpoint.files.LABELS
 FILES = (WEIGHTS, CONFIG, STATE)
 __all__ = ["OutputError", "SnapshotError", "save_snapshot", "load_snapshot", "verify_snapshot", "compare_flags"]
 
