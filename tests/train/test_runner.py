@@ -290,7 +290,7 @@ def test_two_nodes_equal_one_process_with_two_accumulation_steps(tmp_path):
     """Two launchers, one process each, as two machines (--node_num 2): the losses of one process with two
     accumulation steps. In two network namespaces when they can be made (each node finds its own rank from the
     address it can bind); over loopback otherwise."""
-    from test_pretrain import make_ofrecord_dir, seed_flags  # the seed's tiny pretraining command line
+    from tasks.test_pretrain import make_ofrecord_dir, seed_flags  # tests/ is on sys.path (its conftest)
 
     data = make_ofrecord_dir(tmp_path / "data")
     nodrop = {"attention_probs_dropout_prob": 0.0, "hidden_dropout_prob": 0.0, "iter_num": 6}
@@ -318,7 +318,7 @@ def test_two_nodes_equal_one_process_with_two_accumulation_steps(tmp_path):
     one = subprocess.run([*BASE, *seed_flags(data, tmp_path / "one", num_accumulation_steps=2, **nodrop)],
                          capture_output=True, text=True)  # fmt: skip
     assert one.returncode == 0, one.stderr
-    from test_pretrain import metrics as seed_metrics
+    from tasks.test_pretrain import metrics as seed_metrics
 
     m2, m1 = seed_metrics(tmp_path / "node0"), seed_metrics(tmp_path / "one")
     assert len(m1) == len(m2) == 6
