@@ -89,7 +89,7 @@ def test_training_flags_are_accepted_but_hidden_in_squad_predict_help(capsys):
     assert ns.learning_rate == 3e-5  # the seed's command lines still parse
 
 
-def test_flags_that_disagree_are_one_line_and_unknown_flags_get_the_usage(capsys):
+def test_flags_that_disagree_and_unknown_flags_are_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         main(["squad-evaluate", "a.json", "b.json", "--squad_version", "1.1", "--na_prob_file", "n.json"])
     err = capsys.readouterr().err
@@ -98,7 +98,33 @@ def test_flags_that_disagree_are_one_line_and_unknown_flags_get_the_usage(capsys
     with pytest.raises(SystemExit) as e:
         main(["squad-evaluate", "a.json", "b.json", "--squad_versoin", "1.1"])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and err.startswith("usage: bertkit squad-evaluate")
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(
+        "bertkit squad-evaluate: error: unrecognized arguments: --squad_versoin (did you mean --squad_version?)"
+    ) and err.rstrip().endswith("(see bertkit squad-evaluate --help)")
+
+
+@pytest.mark.parametrize(
+    "command, flag, meant",
+    [
+        ("squad", "--lr", "--learning_rate"),
+        ("squad", "--model_name_or_path", "--init_checkpoint or --model_load_dir"),
+        ("pretrain", "--model_name_or_path", "--model_load_dir"),
+        ("squad", "--per_device_train_batch_size", "--batch_size_per_device"),
+        ("pretrain", "--num_train_epochs", "--iter_num"),
+        ("pretrain", "--output_dir", "--model_save_dir"),
+        ("pretrain", "--max_steps", "--iter_num"),
+        ("pretrain", "--warmup_steps", "--warmup_batches"),
+        ("classify", "--gradient_accumulation_steps", "--num_accumulation_steps"),
+        ("pretrain", "--input_file", "--data_dir"),
+    ],
+)
+def test_hugging_face_and_google_flag_names_get_bertkits(capsys, command, flag, meant):
+    with pytest.raises(SystemExit) as e:
+        main([command, flag, "1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    assert f"{flag} (did you mean {meant}?)" in err, err
 
 
 @pytest.mark.parametrize(
@@ -108,6 +134,15 @@ def test_flags_that_disagree_are_one_line_and_unknown_flags_get_the_usage(capsys
         (["squad-evaluate", "{d}/dev.json", "{d}/all_results.npy"], "{d}/all_results.npy: the predictions file is "
                                                                    "not UTF-8 JSON text (byte 0"),
         (["pretrain", "--data_dir={d}/nodata"], "--data_dir {d}/nodata: no such file or directory"),
+        (["squad", "--data_dir={d}/nodata"], "--data_dir {d}/nodata: no such file or directory"),
+        (["squad", "--train_data_dir={d}/nodata"], "--train_data_dir {d}/nodata: no such file or directory"),
+        (["squad", "--do_predict", "--eval_data_dir={d}/nodata"], "--eval_data_dir {d}/nodata: no such file"),
+        (["squad", "--train_file={d}/dev.json", "--init_checkpoint={d}/ckpt"], "--init_checkpoint {d}/ckpt: no such"),
+        (["squad", "--train_file={d}/dev.json", "--model_load_dir={d}/ckpt"], "--model_load_dir {d}/ckpt: no such"),
+        (["squad-predict", "--data_dir={d}/nodata"], "--data_dir {d}/nodata: no such file or directory"),
+        (["convert", "--tf_checkpoint_path={d}/uncased", "--of_dump_path={d}/of"],
+         "--tf_checkpoint_path {d}/uncased: no such file or directory"),
+        (["convert", "--input={d}/uncased", "--output={d}/of"], "--input {d}/uncased: no such file or directory"),
         (["npy2json", "--all_results_file={d}/all_results.npy", "--predict_file={d}/dev.json"],
          "{d}/all_results.npy: cannot read all_results (its header says shape (1099511627776, 2400)"),
     ],

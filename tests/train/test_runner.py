@@ -339,3 +339,100 @@ def test_node_rank_is_found_by_binding_each_nodes_own_address():
     finally:
         _drop_netns(names)
     assert found == ["0", "1"]
+
+
+# --- no silent traps (issue 29): a finished run, a checkpoint's own size, a GPU asked for and absent --------------
+
+
+def tiny_pretrain(d: Path, out: Path, **kw) -> list[str]:
+    """A 6-step pretraining run on 8 random records (seq 16, vocab 99), in one process."""
+    from bertkit.data.records import write_ofrecord
+    from bertkit.tasks.pretrain.task import random_batch
+
+    data = d / "data"
+    if not data.exists():
+        data.mkdir(parents=True)
+        b = random_batch(8, 16, 3, 99, generator=torch.Generator().manual_seed(0))
+        write_ofrecord(data / "part-0", [
+            {k: v[i].numpy().astype("float32" if k == "masked_lm_weights" else "int32").reshape(-1)
+             for k, v in b.items()} for i in range(8)
+        ])  # fmt: skip
+    flags = {
+        "data_dir": data, "data_part_num": 1, "batch_size_per_device": 4, "iter_num": 6, "warmup_batches": 1,
+        "seq_length": 16, "max_predictions_per_seq": 3, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "hidden_size_per_head": 8, "vocab_size": 99, "max_position_embeddings": 32, "loss_print_every_n_iter": 3,
+        "model_save_dir": out / "save", "log_dir": out / "log", "save_last_snapshot": True, "device": "cpu",
+        "model_save_every_n_iter": 4,
+    }  # fmt: skip
+    flags.update(kw)
+    return ["pretrain", *(f"--{k}={v}" for k, v in flags.items())]
+
+
+def test_resume_latest_on_a_finished_run_says_so_and_trains_nothing(tmp_path, capsys):
+    assert main(tiny_pretrain(tmp_path, tmp_path / "o")) == 0
+    before = (tmp_path / "o" / "log" / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(tiny_pretrain(tmp_path, tmp_path / "o", resume="latest")) == 0
+    out = capsys.readouterr().out
+    assert "is finished" in out and "last_snapshot at iter 6 of 6" in out and "nothing to train" in out, out
+    assert "iter " not in out.split("nothing to train")[1] and "Saving model" not in out
+    assert (tmp_path / "o" / "log" / "metrics.jsonl").read_text() == before  # not a step redone
+    # The same command without --resume: refused, and not pointed at a retrain.
+    assert main(tiny_pretrain(tmp_path, tmp_path / "o")) == 2
+    err = capsys.readouterr().err
+    assert "already holds a finished run (last_snapshot at iter 6)" in err and "another --model_save_dir" in err
+    # A larger --iter_num continues from last_snapshot (newer than snapshot_4), not from snapshot_4.
+    assert main(tiny_pretrain(tmp_path, tmp_path / "o", resume="latest", iter_num=8)) == 0
+    out = capsys.readouterr().out
+    assert f"--resume latest: {tmp_path / 'o' / 'save' / 'last_snapshot'}" in out and "at iter 6." in out
+
+
+def test_pretrain_from_a_checkpoint_takes_its_config_not_the_size_flags(tmp_path, capsys):
+    assert main(tiny_pretrain(tmp_path, tmp_path / "a", num_hidden_layers=2)) == 0
+    capsys.readouterr()
+    # The size flags say 24 layers (the defaults); the checkpoint's bert_config.json says 2: its config is used.
+    argv = [a for a in tiny_pretrain(tmp_path, tmp_path / "b") if not a.startswith("--num_hidden_layers")]
+    assert main([*argv, f"--model_load_dir={tmp_path / 'a' / 'save' / 'last_snapshot'}"]) == 0
+    out = capsys.readouterr().out
+    assert "the checkpoint's config; the size flags above are not used" in out
+    assert json.loads((tmp_path / "b" / "save" / "last_snapshot" / "bert_config.json").read_text())[
+        "num_hidden_layers"] == 2  # fmt: skip
+    assert main([*argv, f"--model_load_dir={tmp_path / 'nothing'}"]) == 2
+    assert f"--model_load_dir {tmp_path / 'nothing'}: no such file or directory" in capsys.readouterr().err
+
+
+def test_gpus_asked_for_on_a_machine_without_one_is_said_in_one_line(monkeypatch, capsys):
+    from bertkit.tasks.pretrain.task import PretrainConfig
+    from bertkit.train import runner
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runner, "_launch", lambda cfg, body: None)  # the line comes before any process starts
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    for n in (2, 4):
+        runner.run(PretrainConfig(data_dir="x", gpu_num_per_node=n), body=None)
+        out = capsys.readouterr().out
+        assert out == f"--gpu_num_per_node {n}: no GPU on this machine; {n} CPU processes are used instead\n"
+    runner.run(PretrainConfig(data_dir="x", gpu_num_per_node=2, device="cpu"), body=None)  # asked for the CPU
+    assert capsys.readouterr().out == ""
+
+
+def test_squad_into_a_pretraining_folder_keeps_it_and_says_where_its_snapshot_goes(tmp_path, capsys, monkeypatch):
+    """The tutorial's run_squad.py line writes into the folder its pretraining line used (and no --output_dir: nothing
+    is written in the working folder, the windows' cache included)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(tiny_pretrain(tmp_path, tmp_path / "o", model_save_dir=tmp_path / "of", log_dir=tmp_path / "of")) == 0
+    pretrained = (tmp_path / "of" / "last_snapshot" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    write_inputs(tmp_path)
+    argv = squad_argv(tmp_path, tmp_path / "squad", gpus=1, iter_num=2, model_save_dir=tmp_path / "of",
+                      log_dir=tmp_path / "of", output_dir=None)  # fmt: skip
+    for n, sub in ((1, "squad"), (2, "squad-2")):  # a second SQuAD run goes beside the first, too
+        assert main(argv) == 0, n
+        out = capsys.readouterr().out
+        assert f"--model_save_dir and --log_dir {tmp_path / 'of'} hold another run's " in out
+        assert f"kept; this run's snapshots go beside them, in {tmp_path / 'of' / sub}" in out
+        assert (tmp_path / "of" / sub / "last_snapshot" / "model.safetensors").is_file()
+        assert list((tmp_path / "of" / sub / "cache").glob("squad-windows-*.npz"))
+    assert not (tmp_path / "squad_output").exists()
+    assert (tmp_path / "of" / "last_snapshot" / "model.safetensors").read_bytes() == pretrained
+    assert '"mlm_loss"' in (tmp_path / "of" / "metrics.jsonl").read_text()  # pretraining's log is kept too

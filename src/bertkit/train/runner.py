@@ -14,6 +14,7 @@ naming the rank. Under `torchrun` the environment is already set and each proces
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -156,17 +157,58 @@ def banner(cfg) -> str:
     return "\n".join(lines)
 
 
+class Finished(Exception):
+    """`--resume latest` found the run already finished: nothing to train; the message says so (exit 0)."""
+
+
+def snapshot_step(path: Path) -> int | None:
+    """The step a complete bertkit snapshot was written at (its train_state.pt), or None when `path` is not one."""
+    if not snapshot.is_snapshot(path):
+        return None
+    try:
+        return int(torch.load(path / "train_state.pt", mmap=True, weights_only=True, map_location="cpu")["step"])
+    except Exception:  # unreadable: check_resume's own checks say why if it is chosen
+        return None
+
+
+def finished_run(cfg: TrainConfig) -> tuple[Path, int, int] | None:
+    """(last_snapshot, its step, the run's iter_num) when model_save_dir's last_snapshot ends the run: written at
+    or past --iter_num (or, while --iter_num is still to be derived from the data, the iter_num it was run with)."""
+    last = Path(cfg.model_save_dir) / "last_snapshot"
+    step = snapshot_step(last)
+    if step is None:
+        return None
+    target = cfg.iter_num
+    if target is None:
+        target = (snapshot.snapshot_extras(last)[2] or {}).get("iter_num")
+    return (last, step, target) if target is not None and step >= target else None
+
+
 def check_resume(cfg: TrainConfig) -> None:
-    """Resolve `--resume latest` and refuse a snapshot written by another number of processes, before launch."""
+    """Resolve `--resume latest` and refuse a snapshot written by another number of processes, before launch.
+
+    `latest` is the newest complete snapshot (snapshot_N or last_snapshot, by step); Finished when last_snapshot
+    already ends the run, so a finished run is said to be finished instead of trained again."""
     if not cfg.resume:
         return
     if cfg.resume == "latest":
-        try:
-            cfg.resume = str(snapshot.latest_snapshot(cfg.model_save_dir))
-        except ValueError:
+        done = finished_run(cfg)
+        if done is not None:
+            last, step, target = done
+            raise Finished(f"--resume latest: the run in {cfg.model_save_dir} is finished ({last} at iter {step} "
+                           f"of {target}); nothing to train. To train further give a larger --iter_num; to start "
+                           f"again, another --model_save_dir")  # fmt: skip
+        found = []
+        with contextlib.suppress(ValueError):
+            found.append(snapshot.latest_snapshot(cfg.model_save_dir))
+        last = Path(cfg.model_save_dir) / "last_snapshot"
+        if snapshot_step(last) is not None:
+            found.append(last)
+        if not found:
             print(f"--resume latest: no snapshot in {cfg.model_save_dir} yet; starting from the beginning")
             cfg.resume = None
             return
+        cfg.resume = str(max(found, key=lambda p: snapshot_step(p) or 0))
         print(f"--resume latest: {cfg.resume}")
     state_file = Path(cfg.resume) / "train_state.pt"
     if not state_file.is_file():
@@ -188,11 +230,43 @@ def check_fresh_save_dir(cfg: TrainConfig) -> None:
     passes --resume latest)."""
     d = Path(cfg.model_save_dir)
     found = [p.name for p in snapshot.existing_snapshots(d)]
-    if found:
-        raise ValueError(
-            f"--model_save_dir {d} already holds {', '.join(found[:3])}{' ...' if len(found) > 3 else ''} of an "
-            f"earlier run: continue it with --resume latest, or give another --model_save_dir"
-        )
+    if not found:
+        return
+    done = finished_run(cfg)
+    if done is not None:  # --resume latest would only say so: name what does something
+        raise ValueError(f"--model_save_dir {d} already holds a finished run ({done[0].name} at iter {done[1]}): "
+                         f"give another --model_save_dir, or --resume latest with a larger --iter_num to train "
+                         f"further")  # fmt: skip
+    raise ValueError(
+        f"--model_save_dir {d} already holds {', '.join(found[:3])}{' ...' if len(found) > 3 else ''} of an "
+        f"earlier, unfinished run: continue it with --resume latest, or give another --model_save_dir"
+    )
+
+
+def same_task(run_config: dict | None, cfg) -> bool:
+    """Whether a snapshot's run_config.json was written by a run of cfg's command (the same flags)."""
+    return run_config is not None and set(run_config) == {f.name for f in dataclasses.fields(cfg)}
+
+
+def beside_other_tasks(cfg, task: str) -> None:
+    """When --model_save_dir holds another command's snapshots (the tutorial runs SQuAD into its pretraining folder),
+    this run's snapshots and log go beside them, in <dir>/<task> (or <task>-2, ... when that is taken): what is
+    there is kept, and the line printed says where the new ones go."""
+    d = Path(cfg.model_save_dir)
+    found = snapshot.existing_snapshots(d)
+    if not found or any(same_task(snapshot.snapshot_extras(p)[2], cfg) for p in found):
+        return  # empty, or this command's own snapshots: the usual refusal / --resume applies
+    n, sub = 1, d / task
+    while snapshot.existing_snapshots(sub):
+        n += 1
+        sub = d / f"{task}-{n}"
+    moved = ["--model_save_dir"]
+    if Path(cfg.log_dir) == d:
+        cfg.log_dir = str(sub)
+        moved.append("--log_dir")
+    cfg.model_save_dir = str(sub)
+    print(f"{' and '.join(moved)} {d} hold{'s' if len(moved) == 1 else ''} another run's "
+          f"{', '.join(p.name for p in found[:3])}, kept; this run's snapshots go beside them, in {sub}")  # fmt: skip
 
 
 def run(cfg: dist.DistConfig, body: Body, check: Callable[[object], None] | None = None):
@@ -201,11 +275,23 @@ def run(cfg: dist.DistConfig, body: Body, check: Callable[[object], None] | None
     Raises ValueError (user error), dist.Stopped (signal; snapshot written) or Failed (a rank failed).
     """
     if check is not None:  # under torchrun every rank checks alike (reads only), so every rank fails alike
-        check(cfg)
+        try:
+            check(cfg)
+        except Finished as e:
+            print(e)
+            return None
+    if cfg.world_size > 1 and not dist.is_launched_worker() and no_gpu(cfg):
+        print(f"--gpu_num_per_node {cfg.gpu_num_per_node}: no GPU on this machine; {cfg.world_size} CPU processes "
+              f"are used instead")  # fmt: skip
     if cfg.world_size > 1 and not dist.is_launched_worker():
         _launch(cfg, body)
         return None
     return _in_process(cfg, body)
+
+
+def no_gpu(cfg) -> bool:
+    """Whether GPUs were asked for (--device auto, the seed's --gpu_num_per_node) on a machine without one."""
+    return getattr(cfg, "device", "auto") == "auto" and not torch.cuda.is_available()
 
 
 def _in_process(cfg, body: Body):

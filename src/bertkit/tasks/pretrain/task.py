@@ -173,10 +173,11 @@ def check(cfg: PretrainConfig) -> None:
     resolve_inputs(cfg.data_dir, data_part_num=cfg.data_part_num, flag="--data_dir")
     if cfg.eval_data_dir:
         resolve_inputs(cfg.eval_data_dir, data_part_num=cfg.data_part_num, flag="--eval_data_dir")
-    if cfg.bert_config_file:
-        cfg.bert_config()
+    if cfg.model_load_dir and not Path(cfg.model_load_dir).exists():
+        raise ValueError(f"--model_load_dir {cfg.model_load_dir}: no such file or directory")
+    bert_cfg = cfg.model_config()[0]  # reads --bert_config_file or the checkpoint's config: errors now, not later
     check_writable(cfg.model_save_dir)
-    note = pretrain_vocab(cfg.vocab_file, cfg.data_dir, cfg.bert_config().vocab_size)[2]
+    note = pretrain_vocab(cfg.vocab_file, cfg.data_dir, bert_cfg.vocab_size)[2]
     if note:
         print(note)
     runner.check_resume(cfg)
@@ -190,11 +191,16 @@ def run(cfg: PretrainConfig) -> dict | None:
 
 def _run(cfg: PretrainConfig, env: dist.DistEnv) -> dict:
     say = print if env.is_main else (lambda *a, **k: None)
-    bert_cfg = cfg.bert_config()
+    # like squad and classify: --bert_config_file, else the config of the checkpoint at --model_load_dir, else the
+    # size flags (a checkpoint of another size would otherwise be built from the flags and refused at loading)
+    bert_cfg, source = cfg.model_config()
     resume_state = None
     if cfg.resume:
         weights, bert_cfg, resume_state = load_snapshot(cfg.resume, verify=False)  # verified by check()
+        source = cfg.resume
     say(runner.banner(cfg))
+    if source != runner.SIZE_FLAGS:
+        say(runner.model_source(source))
     torch.manual_seed(cfg.seed)
     model = BertForPreTraining(bert_cfg)
     if resume_state is not None:

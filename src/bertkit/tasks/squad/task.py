@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from bertkit.checkpoint import formats as checkpoint
 from bertkit.checkpoint.snapshot import check_writable, existing_snapshots, load_snapshot, snapshot_extras
-from bertkit.data.loader import ArrayLoader, id_limits, read_dataset
+from bertkit.data.loader import ArrayLoader, id_limits, read_dataset, resolve_inputs
 from bertkit.data.records import squad_features
 from bertkit.data.tokenizer import WordPieceTokenizer
 from bertkit.data.vocab import choose_tokenizer, default_vocab_path
@@ -209,6 +209,10 @@ class SquadModelConfig(runner.SeedConfig, SquadFlags):
     def _check_model_flags(self, default_output_dir: str) -> None:
         self.check_squad_flags(default_output_dir)
         self.check_dist_flags()
+        # the name the user typed, for errors (the two names are one value from here on)
+        self.checkpoint_flag = (
+            "--init_checkpoint" if self.init_checkpoint and not self.model_load_dir else "--model_load_dir"
+        )
         self.model_load_dir = self.init_checkpoint = runner.one_of(
             ("model_load_dir", "init_checkpoint"), self.model_load_dir, self.init_checkpoint
         )
@@ -297,7 +301,11 @@ class SquadConfig(SquadModelConfig):
         default=None, metadata={"help": "Google's global prediction batch: sets --eval_batch_size_per_device"}
     )
     features_cache_dir: str | None = field(
-        default=None, metadata={"help": "cache of windows built from json, by file hash (default: OUTPUT_DIR/cache)"}
+        default=None,
+        metadata={
+            "help": "cache of windows built from json, by file hash (default: OUTPUT_DIR/cache with --do_predict, else "
+            "LOG_DIR/cache)"
+        },
     )
     model: str = field(default="SQuAD", metadata={"help": "the seed's run name, printed in the banner"})
     num_nodes: int | None = field(default=None, metadata={"help": "the seed's later name for --node_num"})
@@ -645,7 +653,13 @@ def check_inputs(cfg: SquadModelConfig) -> None:
     for flag in ("train_file", "predict_file", "model_load_dir", "bert_config_file", "vocab_file", "resume"):
         value = getattr(cfg, flag, None)
         if value and value != "latest" and not Path(value).exists():
-            raise ValueError(f"--{flag} {value}: no such file or directory")
+            name = cfg.checkpoint_flag if flag == "model_load_dir" else f"--{flag}"
+            raise ValueError(f"{name} {value}: no such file or directory")
+    typed = "--data_dir" if cfg.data_dir else None  # the tutorial's name, set alongside the longer ones
+    for flag in ("train_data_dir", "eval_data_dir"):
+        if getattr(cfg, flag, None):
+            name = typed if getattr(cfg, flag) == cfg.data_dir else f"--{flag}"
+            resolve_inputs(getattr(cfg, flag), data_part_num=0, flag=name)
     checkpoint = cfg.resume if cfg.resume and cfg.resume != "latest" else cfg.model_load_dir or cfg.init_checkpoint
     if checkpoint or cfg.vocab_file:  # vocabulary and casing against the model's, before any work (vocab.py)
         own = Path(cfg.resume or "") / "bert_config.json"
@@ -657,6 +671,8 @@ def check(cfg: SquadConfig) -> None:
     """Every user error before any worker starts; nothing of the user's is replaced unless asked."""
     check_inputs(cfg)
     outputs = prediction_outputs(cfg, with_json=bool(cfg.predict_file)) if cfg.do_predict else []
+    if cfg.do_train and not cfg.resume and not cfg.overwrite_output_dir:
+        runner.beside_other_tasks(cfg, "squad")  # the tutorial's run into its pretraining folder keeps what is there
     save_dir = Path(cfg.model_save_dir)
     if cfg.do_train and not cfg.resume:
         outputs += existing_snapshots(save_dir)
@@ -683,7 +699,8 @@ def _run(cfg: SquadConfig, env: dist.DistEnv) -> dict:
             say(f"note: --eval_example_num is {cfg.eval_example_num}; the data holds {len(es.unique_id)} windows")
     if cfg.do_train:
         if cfg.train_file:
-            cache = cfg.features_cache_dir or Path(cfg.output_dir) / "cache"
+            # in a folder this run writes anyway: no squad_output/ left behind by a run that predicts nothing
+            cache = cfg.features_cache_dir or Path(cfg.output_dir if cfg.do_predict else cfg.log_dir) / "cache"
             examples, feats, notes = json_windows(cfg.train_file, cfg, tokenizer, True, cache, env)
             arrays = {"input_ids": feats.input_ids, "input_mask": feats.input_mask, "segment_ids": feats.segment_ids,
                       "start_positions": feats.start_position, "end_positions": feats.end_position}  # fmt: skip
