@@ -212,3 +212,30 @@ def test_commands_that_do_not_train_start_without_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", help_probe.replace("squad-evaluate", "pretrain")],
                          capture_output=True, text=True, check=True)  # fmt: skip
     assert out.stdout.strip() == "True"
+
+
+def test_help_table_is_what_the_configs_generate():
+    """`--help` is printed from src/bertkit/help.json: it must say exactly what the dataclasses declare."""
+    from bertkit import cli
+
+    for name in cli.COMMANDS:
+        real = cli._subparser(cli.build_parser(name), name).format_help()
+        assert cli.help_parser(name).format_help() == real, (
+            f"src/bertkit/help.json is stale for `{name}`: python -c 'import bertkit.cli as c; c.write_help_table()'"
+        )
+
+
+def test_every_commands_help_answers_without_importing_torch():
+    """`bertkit <command> --help` for every command, in one process: no task module, no torch (issue 29: 14-21 s
+    on a busy machine when it imported torch)."""
+    probe = (
+        "import sys, contextlib, io\nfrom bertkit.cli import main, COMMANDS\n"
+        "for name in COMMANDS:\n"
+        "    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
+        "        main([name, '--help'])\n"
+        "    assert out.getvalue().startswith('usage: bertkit ' + name), name\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('bertkit.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['bertkit.cli']", out.stdout

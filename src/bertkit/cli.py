@@ -11,12 +11,14 @@ import argparse
 import dataclasses
 import difflib
 import importlib
+import json
 import os
 import sys
 import types
 import typing
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from bertkit import __version__
 
@@ -177,6 +179,52 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# `bertkit <command> --help` is answered from this table of every command's flags, so that it imports no task module
+# (a training command's imports torch: seconds on a busy machine). The configs stay the one declaration: the table is
+# derived from them (`write_help_table`) and tests/test_cli.py fails when it differs from what they generate.
+HELP_TABLE = Path(__file__).with_name("help.json")
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+
+
+def help_table() -> dict:
+    """{command: {"description", "arguments": [{"flags", "dest", "help", "default", "metavar", "choices",
+    "nargs"}]}}: what argparse needs to print each command's --help, as the configs declare it."""
+    table = {}
+    for name in COMMANDS:
+        p = _subparser(build_parser(name), name)
+        args = [
+            {"flags": a.option_strings, "dest": a.dest, "help": a.help, "metavar": a.metavar, "nargs": a.nargs,
+             "default": a.default if isinstance(a.default, str | int | float | bool | None) else str(a.default),
+             "choices": list(a.choices) if a.choices else None}
+            for a in p._actions if not isinstance(a, argparse._HelpAction)
+        ]  # fmt: skip
+        table[name] = {"description": p.description, "arguments": args}
+    return table
+
+
+def write_help_table() -> None:
+    """Regenerate src/bertkit/help.json after changing a config: python -c 'import bertkit.cli as c; c.write_help_table()'"""
+    HELP_TABLE.write_text(json.dumps(help_table(), indent=1) + "\n", encoding="utf-8")
+
+
+def help_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of one command as HELP_TABLE records it: prints the same --help, imports nothing."""
+    spec = json.loads(HELP_TABLE.read_text(encoding="utf-8"))[name]
+    p = Parser(prog=f"bertkit {name}", description=spec["description"])
+    for a in spec["arguments"]:
+        kw = {k: a[k] for k in ("help", "metavar", "nargs", "choices", "default") if a[k] is not None}
+        if kw.get("help") == argparse.SUPPRESS:
+            kw["help"] = argparse.SUPPRESS  # argparse tests it by identity, not equality
+        if a["flags"]:
+            p.add_argument(*a["flags"], dest=a["dest"], **kw)
+        else:
+            p.add_argument(a["dest"], **kw)
+    return p
+
+
 def _chosen(argv: Sequence[str]) -> str | None:
     """The subcommand named on a command line (the first word that is one), or None."""
     return next((a for a in argv if a in COMMANDS), None)
@@ -286,6 +334,9 @@ def _plain_warnings() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     _plain_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = _chosen(argv)
+    if chosen and {"-h", "--help"} & set(argv[argv.index(chosen) :]) and HELP_TABLE.is_file():
+        help_parser(chosen).parse_args(["--help"])  # prints the help and exits, no task module imported
     parser = build_parser(_chosen(argv) or "")  # "": no command named, so no command's flags (nor its import)
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     ns, unknown = parser.parse_known_args(argv)
