@@ -107,6 +107,12 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run",
         "raw text -> masked-LM / next-sentence records: Google's create_pretraining_data.py",
     ),
+    "create-squad-data": (
+        "tasks.squad.records",
+        "CreateSquadDataConfig",
+        "run",
+        "SQuAD json -> the seed's SQuAD OFRecord windows (its tutorial's train-v1.1/, dev-v1.1/ folders)",
+    ),
     "squad-evaluate": (
         "tasks.squad.evaluate",
         "EvaluateConfig",

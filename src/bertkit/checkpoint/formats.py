@@ -172,6 +172,8 @@ def _load(
     default_config: BertConfig | None = None,
 ) -> tuple[dict[str, Tensor], BertConfig, str, LoadReport]:
     path = Path(path)
+    if fmt is None and _oneflow_over_snapshot(path):
+        return _load_merged(path, config, default_config)
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
         raise ValueError(f"unknown checkpoint format {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -225,6 +227,27 @@ def _load(
     report.do_lower_case = recorded_casing(_checkpoint_dir(path))
     report.labels = own_labels(path, fmt)
     return state, cfg, fmt, report
+
+
+def _oneflow_over_snapshot(path: Path) -> bool:
+    """A bertkit or Hugging Face directory (model.safetensors) that also holds OneFlow variable folders: the OneFlow
+    tutorial's merge (`cp -R --remove-destination oneflow_model/* squadModel/`), never to be read as one or the other."""
+    return path.is_dir() and (path / WEIGHTS).is_file() and any((d / OF_DATA).is_file() for d in path.iterdir())
+
+
+def _load_merged(
+    path: Path, config: BertConfig | str | os.PathLike | None, default_config: BertConfig | None
+) -> tuple[dict[str, Tensor], BertConfig, str, LoadReport]:
+    """The tutorial's "partial initialisation": each OneFlow variable copied in replaces the tensor of the same name
+    in model.safetensors (the pretrained encoder over a fresh SQuAD model); the rest (the QA head) is kept. The
+    snapshot's manifest is not checked: the copy replaced bert_config.json and vocab.txt it lists."""
+    state, cfg, _, report = _load(path, config, "oneflow", default_config)
+    base = SafetensorsFile(path / WEIGHTS)
+    kept = sorted(k for k in base if k not in state)
+    state = {**{k: base[k] for k in kept}, **state}
+    report.format = f"OneFlow variables ({len(state) - len(kept)}) copied over {WEIGHTS} ({len(kept)} kept from it)"
+    report.loaded = sorted(state)
+    return state, cfg, "oneflow", report
 
 
 def _check_shapes(source: Mapping, shapes: Mapping[str, tuple], fmt: str, cfg: BertConfig) -> None:
