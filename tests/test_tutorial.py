@@ -128,6 +128,14 @@ def test_the_tutorial_runs_in_order_as_written(shared_data, tmp_path, monkeypatc
     assert "--gpu_num_per_node 2: no GPU on this machine; 2 CPU processes are used instead" in finetune
     assert re.search(r"OneFlow variables \(\d+\) copied over model.safetensors \(2 kept from it\)", finetune)
     assert "global_step 0)" in finetune and "average speed" in finetune
+    from bertkit.checkpoint.formats import load_state
+
+    merged = load_state(tmp_path / "squadModel")[0]
+    pretrained = load_state(tmp_path / "uncased_L-12_H-768_A-12")[0]
+    squad_init = load_state(of / "squad" / "last_snapshot")[0]
+    assert merged["bert.layers.1.mlp.fc2.weight"].equal(pretrained["bert.layers.1.mlp.fc2.weight"])
+    assert merged["qa.weight"].equal(squad_init["qa.weight"])
+    assert not merged["bert.emb.word.weight"].equal(squad_init["bert.emb.word.weight"])
     assert "results saved to all_results.npy" in predict and "squad_base/predictions.json" in npy2json
     scores = json.loads(evaluate.strip().splitlines()[-1])
     assert set(scores) == {"exact_match", "f1"}
