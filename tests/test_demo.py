@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bertkit.cli import main
 
 
@@ -11,7 +13,7 @@ def test_quick_demo_writes_everything_and_learns(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--pretrain_iters=12", f"--output_dir={out}"]) == 0
     printed = capsys.readouterr().out
-    for f in ("summary.json", "pretrain_curves.png", "pretrain/last_snapshot/model.safetensors",
+    for f in ("summary.json", "demo.png", "pretrain/last_snapshot/model.safetensors",
               "pretrain/log/metrics.jsonl", "squad/predictions.json", "squad/nbest_predictions.json",
               "squad_untrained/predictions.json"):  # fmt: skip
         assert (out / f).is_file(), f
@@ -28,6 +30,31 @@ def test_quick_demo_writes_everything_and_learns(tmp_path, capsys):
     assert "held-out EM / F1, untrained model" in printed and "Next, on real data" in printed
     assert printed.count("of 810 answered exactly") == 2
     assert "--quick is a smoke test of the pipeline" in printed and summary["smoke_test"] is True
+    # threads chosen for the machine's load, passed to every training stage; the closing lines say what was learned
+    assert "threads per process: " in printed and printed.count("--num_threads=") == 3
+    assert "What this run showed" in printed and "the masked-word loss went from" in printed
+    assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_threads_follow_the_machines_load(monkeypatch, capsys):
+    """Idle cores = cores - 1-minute load, at least 1: on a 2-core machine that other jobs keep busy, 1 thread (2
+    threads there made a step 2-7x slower); --num_threads overrides it."""
+    import os
+
+    from bertkit.demo import DemoConfig, idle_cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    for load, threads in ((0.1, 2), (0.8, 1), (2.5, 1), (9.0, 1)):
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+        assert idle_cores()[0] == threads, load
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.2, 0, 0))
+    assert idle_cores() == (13, "16 cores, load average 3.2")
+    assert DemoConfig(num_threads=3).num_threads == 3
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--num_threads", "-1"])
+    assert e.value.code == 2
+    assert "--num_threads must be 0" in capsys.readouterr().err
 
 
 def test_matplotlib_is_a_dependency_and_the_demo_folder_is_ignored():

@@ -94,3 +94,64 @@ def run(cfg: PlotConfig) -> Path:
     plt.close(fig)
     print(f"wrote {out}")
     return out
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """The running mean over the last `window` values (a noisy per-step loss made readable); same length."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def demo_figure(pretrain_log: Path, squad_log: Path, scores: dict[str, dict | None], vocab_size: int,
+                questions: int, out: Path) -> Path:  # fmt: skip
+    """The demo's one figure, for a reader who has never trained a model: (1) pretraining's two losses against what
+    guessing scores, (2) SQuAD fine-tuning's loss, (3) the held-out questions' exact match and F1 of each model in
+    `scores` ({label: {"exact_match", "f1"} or None}). Raises SystemExit without matplotlib (a base dependency)."""
+    import math
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("the demo's figure needs matplotlib, a dependency of bertkit: pip install matplotlib") from None
+    pre, squad = read_metrics(pretrain_log / "metrics.jsonl"), read_metrics(squad_log / "metrics.jsonl")
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.8))
+    for key, label, guess, color in (
+        ("mlm_loss", "masked words (MLM)", math.log(vocab_size), "tab:blue"),
+        ("nsp_loss", "next sentence (NSP)", math.log(2), "tab:orange"),
+    ):
+        steps, values = series(pre, key)
+        a.plot(steps, values, color=color, alpha=0.25)
+        a.plot(steps, smooth(values, 10), color=color, label=f"{label}, mean of 10 steps")
+        a.axhline(guess, color=color, ls=":", lw=1)
+        a.annotate(f"guessing ({label.split(' (')[0]}): {guess:.2f}", (steps[-1], guess), ha="right", va="bottom",
+                   fontsize=8, color=color)  # fmt: skip
+    a.set(title="1. Pretraining: fill in hidden words, tell real next sentences",
+          xlabel="training step", ylabel="loss (lower is better)")  # fmt: skip
+    a.legend(fontsize=8, loc="center right")
+    steps, values = series([r for r in squad if "total_loss" in r], "total_loss")
+    b.plot(steps, values, color="tab:green", alpha=0.25)
+    b.plot(steps, smooth(values, 10), color="tab:green", label="answer start/end loss, mean of 10 steps")
+    b.set(title="2. SQuAD fine-tuning: point at the answer in the paragraph",
+          xlabel="training step", ylabel="loss (lower is better)")  # fmt: skip
+    b.legend(fontsize=8)
+    labels = [k for k, v in scores.items() if v]
+    for i, metric in enumerate(("exact_match", "f1")):
+        xs = [j + (i - 0.5) * 0.38 for j in range(len(labels))]
+        ys = [scores[k][metric] for k in labels]
+        bars = c.bar(xs, ys, width=0.38, label="exact match" if metric == "exact_match" else "F1 (word overlap)")
+        c.bar_label(bars, fmt="%.1f", fontsize=8)
+    c.set_xticks(range(len(labels)), labels, fontsize=8)
+    c.set(title=f"3. {questions} held-out questions it never trained on", ylabel="score, % (higher is better)")
+    c.legend(fontsize=8)
+    for ax in (a, b, c):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
