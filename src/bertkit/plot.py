@@ -106,9 +106,9 @@ def smooth(values: list[float], window: int) -> list[float]:
 
 
 def demo_figure(pretrain_log: Path, squad_log: Path, scores: dict[str, dict | None], vocab_size: int,
-                questions: int, out: Path) -> Path:  # fmt: skip
+                frequency_loss: float, questions: int, out: Path) -> Path:  # fmt: skip
     """The demo's one figure, for a reader who has never trained a model: (1) pretraining's two losses against what
-    guessing scores, (2) SQuAD fine-tuning's loss, (3) the held-out questions' exact match and F1 of each model in
+    guessing scores and to predicting hidden words by their frequency alone (`frequency_loss`), (2) SQuAD fine-tuning's loss, (3) the held-out questions' exact match and F1 of each model in
     `scores` ({label: {"exact_match", "f1"} or None}). Raises SystemExit without matplotlib (a base dependency)."""
     import math
 
@@ -133,6 +133,9 @@ def demo_figure(pretrain_log: Path, squad_log: Path, scores: dict[str, dict | No
         a.axhline(guess, color=color, ls=":", lw=1)
         a.annotate(f"guessing ({label.split(' (')[0]}): {guess:.2f}", (steps[-1], guess), ha="right", va="bottom",
                    fontsize=8, color=color)  # fmt: skip
+    a.axhline(frequency_loss, color="tab:purple", ls="--", lw=1)
+    a.annotate(f"predicting hidden words by frequency alone: {frequency_loss:.2f}", (steps[-1], frequency_loss),
+               ha="right", va="top", fontsize=8, color="tab:purple")  # fmt: skip
     a.set(title="1. Pretraining: fill in hidden words, tell real next sentences",
           xlabel="training step", ylabel="loss (lower is better)")  # fmt: skip
     a.legend(fontsize=8, loc="center right")
