@@ -232,7 +232,7 @@ def _load(
 def _oneflow_over_snapshot(path: Path) -> bool:
     """A bertkit or Hugging Face directory (model.safetensors) that also holds OneFlow variable folders: the OneFlow
     tutorial's merge (`cp -R --remove-destination oneflow_model/* squadModel/`), never to be read as one or the other."""
-    return path.is_dir() and (path / WEIGHTS).is_file() and any((d / OF_DATA).is_file() for d in path.iterdir())
+    return path.is_dir() and (path / WEIGHTS).is_file() and is_oneflow_dir(path)
 
 
 def _load_merged(
