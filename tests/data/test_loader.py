@@ -361,7 +361,7 @@ def test_cache_key_follows_files_and_flags(data, tmp_path):
 def test_one_process_builds_the_others_wait(data, tmp_path, monkeypatch):
     """Callers at once (threads here: flock locks belong to open files, so they exclude each other like
     processes): one converts, every caller gets the same directory."""
-    import bertkit.data.loader as L
+    import bertkit.data.cache as L
 
     builds, real = [], L._write_shards
 
@@ -387,7 +387,7 @@ def test_one_process_builds_the_others_wait(data, tmp_path, monkeypatch):
 
 
 def _build_without_locks(args) -> str:
-    import bertkit.data.loader as L
+    import bertkit.data.cache as L
 
     real = L._write_shards
     L.fcntl = None

@@ -4,16 +4,16 @@ References: the seed's OneFlow BERT reader (an OFRecord `--data_dir` of `--data_
 batch per iteration for `--iter_num` iterations) and torch's `DistributedSampler` (a permutation seeded by seed and
 epoch, every rank taking its own stride of it).
 
-Inputs are directories of `part-<i>` files (OFRecord, or TFRecord: each file's format is sniffed), TFRecord files
-or globs (parsed by `records`), or a shard directory: one `<feature>.npy` (N, length) per feature plus `meta.json`,
-memory-mapped, which `convert_data` / `bertkit convert-data` writes so that the training loop never parses protobuf.
+Inputs (`data/shards.py` resolves them): directories of `part-<i>` files (OFRecord, or TFRecord: each file's format
+is sniffed) or of `part-<i>` shard directories, TFRecord files or globs, or a shard directory: one `<feature>.npy`
+(N, length) per feature plus `meta.json`, memory-mapped (`data/dataset.py` opens them), so that the training loop
+never parses protobuf.
 
 Memory per rank: record files parsed in each process cost every rank ~1.8 KB per sample (seq 128) of private
-memory. `cached_shards` instead converts them once into shards in a cache directory (keyed by the files' paths,
-sizes and mtimes and the features wanted; one process builds, the others wait) that every process memory-maps:
-the pages are the kernel's page cache, shared by all processes of a machine, and a rank's private memory no longer
-grows with the data set but for the epoch's sample order, 4 bytes per sample (`benchmarks/bench_memory.py`
-measures it).
+memory. `data/cache.py` instead converts them once into shards in a cache directory that every process
+memory-maps: the pages are the kernel's page cache, shared by all processes of a machine, and a rank's private
+memory no longer grows with the data set but for the epoch's sample order, 4 bytes per sample
+(`benchmarks/bench_memory.py` measures it). Shards written by create-pretraining-data need no cache.
 
 The loader: one global stream of samples, epoch e being a permutation of all N samples seeded by (seed, e), the
 epochs laid end to end (so no sample is skipped at an epoch's end). The stream is cut into batches of
@@ -26,493 +26,36 @@ saves restores every rank, and a resumed run sees exactly the samples it would h
 
 from __future__ import annotations
 
-import contextlib
-import glob
-import hashlib
-import json
-import os
 import queue
-import shutil
-import socket
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from numpy.lib.format import open_memmap
 from torch import Tensor
-from tqdm import tqdm
 
-from bertkit.data.records import Spec, atomic_output, count_records, pretraining_features, read_arrays, sniff_format
+# What callers import from here, whose homes are the modules beside this one.
+from bertkit.data.cache import CACHE_TIMEOUT_S, cache_key, cached_shards
+from bertkit.data.dataset import ConvertDataConfig, convert_data, open_dataset, read_dataset, run_convert_data
+from bertkit.data.records import pretraining_features
+from bertkit.data.shards import (
+    SHARDS_META,
+    ShardSet,
+    check_shards_output,
+    load_shards,
+    ofrecord_parts,
+    resolve_inputs,
+    shard_sources,
+    shards_meta,
+)
 
-try:
-    import fcntl
-except ImportError:  # not on Windows: the cache is then built without a lock (see cached_shards)
-    fcntl = None
-
-SHARDS_META = "meta.json"
-
-
-# --- inputs ---------------------------------------------------------------------------------------------------
-
-
-def ofrecord_parts(data_dir: str | Path, data_part_num: int = 0) -> list[Path]:
-    """`part-0 ... part-{data_part_num-1}` of an OFRecord directory (0: every part-<i> there)."""
-    d = Path(data_dir)
-    if not d.is_dir():
-        raise ValueError(f"--data_dir {d}: no such directory")
-    found = {p.name: p for p in d.iterdir() if p.name.startswith("part-") and p.name[5:].isdigit()}
-    if not found:
-        names = sorted(p.name for p in d.iterdir())
-        raise ValueError(f"--data_dir {d} holds no OFRecord part-<i> files (found: {', '.join(names) or 'nothing'})")
-    n = data_part_num or len(found)
-    missing = [f"part-{i}" for i in range(n) if f"part-{i}" not in found]
-    if missing:
-        have = sorted(found, key=lambda name: int(name[5:]))
-        raise ValueError(
-            f"--data_part_num {n} needs part-0 ... part-{n - 1} in {d}, but {', '.join(missing[:5])}"
-            f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''} "
-            f"{'is' if len(missing) == 1 else 'are'} missing; found {len(have)}: {', '.join(have[:10])}"
-            + (" ..." if len(have) > 10 else "")
-        )
-    return [found[f"part-{i}"] for i in range(n)]
-
-
-def resolve_inputs(
-    inputs: str | Path | Sequence[str | Path], input_format: str = "auto", data_part_num: int = 0, flag: str = "--input"
-) -> list[tuple[Path, str]]:
-    """(path, format) for each file or shard directory named by `inputs`.
-
-    `inputs` is a comma-separated string or a list of: data directories (part-<i> files, OFRecord as the seed
-    writes them or TFRecord), shard directories (holding meta.json), record files, or globs. `input_format` 'auto'
-    tells the kinds apart by looking at each file, in a directory as well as named. Errors name `flag`, the
-    user's flag for `inputs` (--data_dir for pretrain).
-    """
-    if input_format not in ("auto", "ofrecord", "tfrecord"):
-        raise ValueError(f"--input_format must be auto, ofrecord or tfrecord, got {input_format!r}")
-    items = str(inputs).split(",") if isinstance(inputs, str | Path) else [str(p) for p in inputs]
-    items = [s.strip() for s in items if s.strip()]
-    if not items:
-        raise ValueError(f"{flag} is empty: name an OFRecord directory, TFRecord file(s) or a shard directory")
-    out = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            if (p / SHARDS_META).is_file():
-                out.append((p, "shards"))
-            else:
-                parts = ofrecord_parts(p, data_part_num)
-                out += [(f, sniff_format(f) if input_format == "auto" else input_format) for f in parts]
-            continue
-        files = sorted(Path(f) for f in glob.glob(item)) if glob.has_magic(item) else [p]
-        if not files:
-            raise ValueError(f"{flag} {item}: no file matches")
-        for f in files:
-            if not f.is_file():
-                raise ValueError(f"{flag} {f}: no such file or directory")
-            out.append((f, sniff_format(f) if input_format == "auto" else input_format))
-    if any(fmt == "shards" for _, fmt in out) and len(out) > 1:
-        raise ValueError(f"{flag}: a shard directory must be the only input, got {len(out)} inputs")
-    return out
-
-
-# --- training shards and in-memory datasets ----------------------------------------------------------------
-
-
-def load_shards(shard_dir: str | Path, spec: dict[str, Spec] | None = None) -> dict[str, np.ndarray]:
-    """The memory-mapped (N, length) arrays of a shard directory, checked against `spec` when given."""
-    d = Path(shard_dir)
-    try:
-        meta = json.loads((d / SHARDS_META).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{d}: not a bertkit shard directory ({SHARDS_META}: {e})") from None
-    if meta.get("format") != "bertkit-shards":
-        raise ValueError(f"{d}: {SHARDS_META} does not describe bertkit shards (format {meta.get('format')!r})")
-    arrays = {}
-    for name, info in meta["features"].items():
-        try:
-            arrays[name] = np.load(d / f"{name}.npy", mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{d}: feature '{name}': {e}") from None
-        if arrays[name].shape != (meta["num_samples"], info["length"]):
-            raise ValueError(
-                f"{d}: {name}.npy has shape {arrays[name].shape}, meta.json says "
-                f"({meta['num_samples']}, {info['length']})"
-            )
-    for name, s in (spec or {}).items():
-        if name not in arrays:
-            raise ValueError(f"{d}: feature '{name}' missing (the shards have {', '.join(sorted(arrays))})")
-        length = arrays[name].shape[1]
-        if length != s.length:
-            want = f"but {s.flag} is {s.length}" if s.flag else f"expected {s.length}"
-            raise ValueError(f"{d}: feature '{name}' has {length} values per sample {want}")
-    return {name: arrays[name] for name in spec} if spec else arrays
-
-
-def shard_sources(shard_dir: str | Path) -> list[tuple[str, int]]:
-    """(file, samples) in sample order for the record files a shard directory was made from; [(shard_dir, N)]
-    when its meta.json does not count them (shards from text, or from an older bertkit)."""
-    meta = json.loads((Path(shard_dir) / SHARDS_META).read_text())
-    sources = meta.get("sources", [])
-    if sources and all("num_samples" in src for src in sources):
-        return [(src["path"], src["num_samples"]) for src in sources]
-    return [(str(shard_dir), meta["num_samples"])]
-
-
-def _fill(
-    sources: list[tuple[Path, str]],
-    spec: dict[str, Spec],
-    allocate: Callable[[int], dict[str, np.ndarray]],
-    progress: bool,
-) -> tuple[dict[str, np.ndarray], list[int]]:
-    """Parse every record of `sources` into arrays from allocate(N): one pass to count, one to fill.
-    Returns the arrays and the sample count of each source."""
-    counts = [count_records(path, fmt) for path, fmt in sources]
-    n = sum(counts)
-    if n == 0:
-        raise ValueError(f"--input: no records in {', '.join(str(p) for p, _ in sources)}")
-    arrays, i = allocate(n), 0
-    with tqdm(total=n, desc="records", unit="rec", disable=not (progress and sys.stderr.isatty())) as bar:
-        for path, fmt in sources:
-            for chunk in read_arrays(path, spec, fmt):
-                k = len(next(iter(chunk.values())))
-                for name, values in chunk.items():
-                    arrays[name][i : i + k] = values
-                i += k
-                bar.update(k)
-    return arrays, counts
-
-
-def open_dataset(
-    inputs: str | Path | Sequence[str | Path],
-    spec: dict[str, Spec],
-    input_format: str = "auto",
-    data_part_num: int = 0,
-    progress: bool = False,
-    cache_dir: str | Path | None = None,
-    build_cache: bool = True,
-    cache_timeout_s: float | None = None,
-) -> tuple[dict[str, np.ndarray], list[tuple[str, int]]]:
-    """The arrays (N, length) per feature of `spec` and the (file, samples) they came from, in order.
-
-    Shards are memory-mapped. Record files are converted once into cached shards under `cache_dir` and
-    memory-mapped from there (see `cached_shards`) or, with no `cache_dir`, parsed into this process's memory.
-    """
-    sources = resolve_inputs(inputs, input_format, data_part_num)
-    if sources[0][1] == "shards":
-        return load_shards(sources[0][0], spec), shard_sources(sources[0][0])
-    if cache_dir is not None:
-        timeout = CACHE_TIMEOUT_S if cache_timeout_s is None else cache_timeout_s
-        d = _cached_shards(sources, spec, Path(cache_dir), build_cache, timeout, progress)
-        return load_shards(d, spec), shard_sources(d)
-    arrays, counts = _fill(
-        sources, spec, lambda n: {k: np.empty((n, s.length), s.dtype) for k, s in spec.items()}, progress
-    )
-    return arrays, [(str(p), c) for (p, _), c in zip(sources, counts, strict=True)]
-
-
-def read_dataset(
-    inputs: str | Path | Sequence[str | Path],
-    spec: dict[str, Spec],
-    input_format: str = "auto",
-    data_part_num: int = 0,
-    progress: bool = False,
-) -> dict[str, np.ndarray]:
-    """Every sample of `inputs` as arrays (N, length) per feature of `spec`.
-
-    Shards are memory-mapped; OFRecord and TFRecord files are parsed once into memory.
-    """
-    return open_dataset(inputs, spec, input_format, data_part_num, progress)[0]
-
-
-def check_shards_output(out: Path, flag: str) -> None:
-    """A shard directory is written whole or not at all: refuse one that already holds something."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{flag} {out} already exists and is not empty; remove it or choose another")
-
-
-def shards_meta(
-    num_samples: int,
-    arrays: dict[str, np.ndarray],
-    sources: Sequence[tuple[Path, str]],
-    counts: Sequence[int] | None = None,
-) -> dict:
-    """The meta.json of a shard directory: sample count, each feature's (length, dtype), where it came from
-    (with each record file's sample count when known, so errors can name the file and record)."""
-    src = [{"path": str(p), "format": fmt} for p, fmt in sources]
-    for entry, c in zip(src, counts or [], strict=False):
-        entry["num_samples"] = int(c)
-    return {
-        "format": "bertkit-shards",
-        "version": 1,
-        "num_samples": num_samples,
-        "features": {k: {"length": a.shape[1], "dtype": a.dtype.name} for k, a in arrays.items()},
-        "sources": src,
-    }
-
-
-def _write_shards(
-    sources: list[tuple[Path, str]], spec: dict[str, Spec], tmp: Path, progress: bool, extra: dict | None = None
-) -> dict:
-    """Parse `sources` into a new shard directory `tmp` (.npy files filled in place through memory maps) and
-    write its meta.json last, flushed to disk; returns the meta."""
-    tmp.mkdir()
-
-    def allocate(n: int) -> dict[str, np.ndarray]:
-        return {k: open_memmap(tmp / f"{k}.npy", "w+", s.dtype, (n, s.length)) for k, s in spec.items()}
-
-    arrays, counts = _fill(sources, spec, allocate, progress)
-    for a in arrays.values():
-        a.flush()  # msync: the data is on disk before meta.json says the directory is complete
-    meta = shards_meta(len(next(iter(arrays.values()))), arrays, sources, counts) | (extra or {})
-    del arrays  # close the memory maps before the rename
-    with open(tmp / SHARDS_META, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(meta, indent=2) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    return meta
-
-
-def convert_data(
-    inputs: str | Path | Sequence[str | Path],
-    output_dir: str | Path,
-    seq_length: int = 128,
-    max_predictions_per_seq: int = 20,
-    input_format: str = "auto",
-    data_part_num: int = 0,
-    spec: dict[str, Spec] | None = None,
-    progress: bool = False,
-) -> dict:
-    """Convert OFRecord or TFRecord data into a shard directory; returns its meta.json as a dict.
-
-    `spec` defaults to the pretraining features. The shards are written under a temporary name and renamed when
-    complete, so a failure (a bad record, a full disk) leaves no half-written output.
-    """
-    spec = spec or pretraining_features(seq_length, max_predictions_per_seq)
-    sources = resolve_inputs(inputs, input_format, data_part_num)
-    if sources[0][1] == "shards":
-        raise ValueError(f"--input {sources[0][0]} is already a shard directory")
-    out = Path(output_dir)
-    check_shards_output(out, "--output_dir")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out) as tmp:
-        meta = _write_shards(sources, spec, tmp, progress)
-    return meta
-
-
-# --- the shard cache: record files converted once per machine, memory-mapped by every process ----------------
-
-CACHE_TIMEOUT_S = 4 * 3600.0  # how long a process waits for another to build the cache (~250M records at 17k/s)
-_POLL_S = 0.5
-
-
-def cache_key(sources: Sequence[tuple[Path, str]], spec: dict[str, Spec]) -> tuple[str, dict]:
-    """(directory name, what it hashes) of the cached shards of `sources` read as `spec`.
-
-    The key covers each file's resolved path, format, size and mtime (a file rewritten gets a new cache) and the
-    features read: names, lengths (--seq_length, --max_predictions_per_seq) and dtypes.
-    """
-    files = []
-    for path, fmt in sources:
-        st = Path(path).stat()
-        files.append({"path": str(Path(path).resolve()), "format": fmt, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-    features = {name: {"length": s.length, "dtype": np.dtype(s.dtype).str} for name, s in spec.items()}
-    desc = {"version": 1, "files": files, "features": features}
-    digest = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:24]
-    return f"shards-{digest}", desc
-
-
-def cached_shards(
-    inputs: str | Path | Sequence[str | Path],
-    spec: dict[str, Spec],
-    cache_dir: str | Path,
-    *,
-    input_format: str = "auto",
-    data_part_num: int = 0,
-    build: bool = True,
-    timeout_s: float = CACHE_TIMEOUT_S,
-    progress: bool = False,
-) -> Path:
-    """The shard directory holding `inputs` read as `spec`, converted once into `cache_dir/<key>/` and reused.
-
-    `inputs` that already are a shard directory are returned as they are. Otherwise the key (`cache_key`) names
-    the files' paths, sizes, mtimes and the features, so changed data or flags get a new directory; old ones are
-    left for the user to delete. The directory is written under a temporary name and renamed when complete, so
-    a complete-looking cache is complete. Nothing is ever written beside the data.
-
-    Several processes (the ranks of a run, or runs sharing a cache) may call this at once:
-    - `build=True`: the first to take the lock file `<key>.lock` (flock) builds; the others wait on the lock and
-      then find the directory made. If the builder fails, the next one tries and fails the same way (a bad record
-      is an error on every rank alike); if it dies, the lock is released and another builds. Call it so on every
-      rank: one process per machine (per shared file system) converts.
-    - `build=False`: only wait for the directory to appear (for processes that must not convert, e.g. ranks
-      other than each machine's local rank 0); a failure of the builder is reported from `<key>.failed`.
-    Either way, waiting longer than `timeout_s` is a ValueError naming the directory and the process building it.
-    """
-    sources = resolve_inputs(inputs, input_format, data_part_num)
-    if sources[0][1] == "shards":
-        return sources[0][0]
-    return _cached_shards(sources, spec, Path(cache_dir), build, timeout_s, progress)
-
-
-def _is_built(d: Path) -> bool:
-    return (d / SHARDS_META).is_file()
-
-
-def _cached_shards(
-    sources: list[tuple[Path, str]], spec: dict[str, Spec], cache_dir: Path, build: bool, timeout_s: float,
-    progress: bool,
-) -> Path:  # fmt: skip
-    key, desc = cache_key(sources, spec)
-    final = cache_dir / key
-    if _is_built(final):
-        return final
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(
-            f"data cache {cache_dir}: cannot create it ({e.strerror}); choose a writable directory"
-        ) from None
-    lock_path, failed = cache_dir / f"{key}.lock", cache_dir / f"{key}.failed"
-    started, deadline = time.time(), time.monotonic() + timeout_s
-    with open(lock_path, "a+") as lock:
-        while True:
-            if _is_built(final):
-                return final
-            locked = _try_lock(lock) if build else False
-            if locked is not False:
-                try:
-                    if not _is_built(final):
-                        _build_cache(sources, spec, final, desc, lock, failed, progress, exclusive=locked)
-                    return final
-                finally:
-                    _unlock(lock)
-            if not build and failed.is_file() and failed.stat().st_mtime >= started - 1:
-                raise ValueError(failed.read_text(encoding="utf-8", errors="replace").strip())
-            if time.monotonic() > deadline:
-                holder = lock_path.read_text(encoding="utf-8", errors="replace").strip()
-                state = (
-                    f"{holder} is still converting: allow it longer" if holder
-                    else "no process is building it (did the one meant to build it fail or not start?)"
-                )  # fmt: skip
-                raise ValueError(
-                    f"data cache {final}: waited {timeout_s:.0f} s for another process to build it; {state}"
-                )
-            time.sleep(_POLL_S)
-
-
-def _try_lock(lock) -> bool | None:
-    """Take the exclusive lock without blocking: True if taken, False if another process holds it, None where
-    flock is unsupported (some network file systems): then every builder proceeds and the atomic rename decides,
-    correct, only wasteful."""
-    if fcntl is None:
-        return None
-    try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    except OSError:
-        return None
-
-
-def _unlock(lock) -> None:
-    if fcntl is not None:
-        with contextlib.suppress(OSError):
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
-
-def _build_cache(
-    sources: list[tuple[Path, str]], spec: dict[str, Spec], final: Path, desc: dict, lock, failed: Path,
-    progress: bool, exclusive: bool | None,
-) -> None:  # fmt: skip
-    """Convert `sources` into `final`, the holder recorded in the lock file for waiters' messages. `exclusive`
-    (the lock is held): no other builder of this key can be running, so leftovers of killed ones are removed."""
-    failed.unlink(missing_ok=True)
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    lock.flush()
-    for stale in final.parent.glob(f".{final.name}.tmp-*") if exclusive else ():
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = final.with_name(f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-    try:
-        _write_shards(sources, spec, tmp, progress, {"cache_key": desc})
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not _is_built(final):
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another builder (without a working lock) finished first
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, Exception):
-            msg = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
-            with contextlib.suppress(OSError):
-                failed.write_text(f"data cache {final} could not be built: {msg}\n", encoding="utf-8")
-        raise
-    finally:
-        lock.seek(0)
-        lock.truncate()
-        lock.flush()
-
-
-@dataclass
-class ConvertDataConfig:
-    """Convert OFRecord or TFRecord pretraining records into memory-mapped training shards (one .npy per feature)."""
-
-    input: str = field(
-        default="", metadata={"help": "OFRecord directory, TFRecord file(s) or glob; several comma-separated"}
-    )
-    input_format: str = field(
-        default="auto",
-        metadata={
-            "help": "record format of --input; auto tells them apart",
-            "choices": ["auto", "ofrecord", "tfrecord"],
-        },
-    )
-    data_part_num: int = field(
-        default=0, metadata={"help": "OFRecord directories: read part-0 ... part-{N-1} (0: every part file)"}
-    )
-    output_dir: str = field(default="", metadata={"help": "shard directory to create (must not exist or be empty)"})
-    seq_length: int = field(default=128, metadata={"help": "tokens per record (input_ids length)"})
-    max_predictions_per_seq: int = field(default=20, metadata={"help": "masked slots per record"})
-
-    def __post_init__(self) -> None:
-        for name in ("input", "output_dir"):
-            if not getattr(self, name):
-                raise ValueError(f"--{name} is required")
-        for name in ("seq_length", "max_predictions_per_seq"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
-        if self.data_part_num < 0:
-            raise ValueError(f"--data_part_num must be >= 0, got {self.data_part_num}")
-
-
-def run_convert_data(cfg: ConvertDataConfig) -> dict:
-    start = time.perf_counter()
-    meta = convert_data(
-        cfg.input,
-        cfg.output_dir,
-        cfg.seq_length,
-        cfg.max_predictions_per_seq,
-        cfg.input_format,
-        cfg.data_part_num,
-        progress=True,
-    )
-    seconds = time.perf_counter() - start
-    n, files = meta["num_samples"], len(meta["sources"])
-    size = sum(f.stat().st_size for f in Path(cfg.output_dir).iterdir())
-    print(
-        f"convert-data: {n} samples from {files} file(s) -> {cfg.output_dir} ({len(meta['features'])} features, "
-        f"{size / 2**20:.1f} MiB) in {seconds:.1f} s ({n / seconds:.0f} samples/s)"
-    )
-    return meta
-
+__all__ = [
+    "CACHE_TIMEOUT_S", "SHARDS_META", "ArrayLoader", "ConvertDataConfig", "Prefetcher", "PretrainingLoader",
+    "ShardSet", "cache_key", "cached_shards", "check_limits", "check_shards_output", "convert_data", "id_limits",
+    "load_shards", "ofrecord_parts", "open_dataset", "prefetch", "read_dataset", "resolve_inputs",
+    "run_convert_data", "shard_sources", "shards_meta",
+]  # fmt: skip
 
 # --- the loader -----------------------------------------------------------------------------------------------
 
