@@ -14,6 +14,7 @@ size, and 1 process against 2 "machines", one JSON line per result (issue 27).
   the fraction of its sentences each gives back exactly.
 
     nice python benchmarks/bench_corpus.py create --sizes 10,100,1000 --workers 1,2
+    python benchmarks/bench_corpus.py create --sizes 32 --workers 1 --chunk_size_mb 2,8,32
     python benchmarks/bench_corpus.py first_step --record_gb 1,4
     python benchmarks/bench_corpus.py machines
 """
@@ -90,16 +91,17 @@ def cmd(*args: str) -> list[str]:
 def create(args, work: Path, out: Path) -> None:
     for mib in (float(s) for s in args.sizes.split(",")):
         text = repeated_text(work / f"text-{mib:g}.txt", mib)
-        for workers in (int(w) for w in args.workers.split(",")):
-            d = work / f"create-{mib:g}-{workers}"
+        for workers, chunk_mb in ((int(w), float(c)) for w in args.workers.split(",")
+                                  for c in args.chunk_size_mb.split(",")):  # fmt: skip
+            d = work / f"create-{mib:g}-{workers}-{chunk_mb:g}"
             shutil.rmtree(d, ignore_errors=True)
             r = run_measured(cmd("create-pretraining-data", f"--input_file={text}", f"--output_dir={d}",
                                  "--output_format=shards", "--dupe_factor=5", "--max_seq_length=128",
-                                 f"--num_workers={workers}", f"--chunk_size_mb={args.chunk_size_mb}"),
+                                 f"--num_workers={workers}", f"--chunk_size_mb={chunk_mb}"),
                              args.timeout_s)  # fmt: skip
             done = sorted((d / "manifest").glob("chunk-*.json")) if d.exists() else []
             made = sum(json.loads(f.read_text())["text_bytes"] for f in done)
-            emit({"bench": "corpus_create", "text_mib": mib, "workers": workers, "chunk_size_mb": args.chunk_size_mb,
+            emit({"bench": "corpus_create", "text_mib": mib, "workers": workers, "chunk_size_mb": chunk_mb,
                   "chunks_done": len(done), "text_mib_done": made / 2**20, "mib_per_s": made / 2**20 / r["wall_s"],
                   **{k: r[k] for k in ("wall_s", "peak_rss_mb", "peak_tree_rss_mb", "rc", "timed_out")},
                   "cpus": os.cpu_count()}, out)  # fmt: skip
@@ -230,7 +232,7 @@ def main() -> None:
     ap.add_argument("what", choices=["create", "first_step", "machines", "splitters"])
     ap.add_argument("--sizes", default="10,100,1000", help="create: MiB of text, comma-separated")
     ap.add_argument("--workers", default="1,2", help="create: worker counts, comma-separated")
-    ap.add_argument("--chunk_size_mb", type=float, default=32.0, help="create: --chunk_size_mb")
+    ap.add_argument("--chunk_size_mb", default="8", help="create: --chunk_size_mb values, comma-separated")
     ap.add_argument("--record_gb", default="1,4", help="first_step: GiB of records, comma-separated")
     ap.add_argument("--timeout_s", type=float, default=6 * 3600, help="stop a run after this many seconds")
     ap.add_argument("--work_dir", default=None, help="where texts and outputs go (default: a temporary directory)")

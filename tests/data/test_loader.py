@@ -18,6 +18,7 @@ from bertkit.data.loader import (
     ArrayLoader,
     Prefetcher,
     PretrainingLoader,
+    ShardSet,
     cache_key,
     cached_shards,
     check_limits,
@@ -334,13 +335,14 @@ def test_cached_shards_equal_parsed_records(data, tmp_path):
         for rank in (0, 1):
             parsed = take(PretrainingLoader(data[fmt], 5, T, P, seed=3, rank=rank, world_size=2), 12)
             cached = PretrainingLoader(data[fmt], 5, T, P, seed=3, rank=rank, world_size=2, cache_dir=cache)
-            assert isinstance(cached.arrays["input_ids"], np.memmap)
+            assert isinstance(cached.arrays["input_ids"], np.memmap | ShardSet)  # several files: one map each
             for g, w in zip(take(cached, 12), parsed, strict=True):
                 for k in w:
                     assert torch.equal(g[k], w[k]), (fmt, rank, k)
     assert snapshot_of(data["ofrecord"]) == before  # nothing written beside the data
     built = sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock"))
-    assert len(built) == 2 and all(n.startswith("shards-") for n in built)  # one per input, reused by rank 1
+    # One per record file (two OFRecord parts, one TFRecord file), reused by rank 1.
+    assert len(built) == 3 and all(n.startswith("shards-") for n in built)
     assert cached_shards(data["shards"], R.pretraining_features(T, P), cache) == data["shards"]  # shards as they are
 
 
@@ -384,6 +386,37 @@ def test_one_process_builds_the_others_wait(data, tmp_path, monkeypatch):
         t.join()
     assert len(builds) == 1 and len(set(results)) == 1 and results[0] is not None
     assert not [p for p in cache.iterdir() if ".tmp-" in p.name]
+
+
+def test_every_rank_converts_its_share_of_the_files(tmp_path, monkeypatch):
+    """cached_parts: ranks start at their own file and skip files another holds; each file is converted once."""
+    import bertkit.data.cache as L
+
+    (tmp_path / "of").mkdir()
+    for i in range(4):
+        R.write_ofrecord(tmp_path / "of" / f"part-{i}", make_records(3))
+    builds, real = [], L._write_shards
+
+    def slow_write(sources, *args, **kwargs):
+        builds.append((threading.get_ident(), sources[0][0].name))
+        time.sleep(0.2)
+        return real(sources, *args, **kwargs)
+
+    monkeypatch.setattr(L, "_write_shards", slow_write)
+    sources, spec = resolve_inputs(tmp_path / "of"), R.pretraining_features(T, P)
+    results = [None, None]
+
+    def call(rank):
+        results[rank] = L.cached_parts(sources, spec, tmp_path / "cache", rank=rank, world_size=2)
+
+    threads = [threading.Thread(target=call, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results[0] == results[1] and len(results[0]) == 4
+    assert sorted(name for _, name in builds) == [f"part-{i}" for i in range(4)]  # each once
+    assert len({ident for ident, _ in builds}) == 2  # both ranks converted
 
 
 def _build_without_locks(args) -> str:

@@ -15,11 +15,13 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from bertkit.data.records import Spec
 from bertkit.data.shards import SHARDS_META, _write_shards, resolve_inputs
@@ -88,8 +90,9 @@ def _is_built(d: Path) -> bool:
 
 def _cached_shards(
     sources: list[tuple[Path, str]], spec: dict[str, Spec], cache_dir: Path, build: bool, timeout_s: float,
-    progress: bool,
-) -> Path:  # fmt: skip
+    progress: bool, wait: bool = True,
+) -> Path | None:  # fmt: skip
+    """See `cached_shards`; `wait=False`: None at once when another process holds the lock (building)."""
     key, desc = cache_key(sources, spec)
     final = cache_dir / key
     if _is_built(final):
@@ -114,6 +117,8 @@ def _cached_shards(
                     return final
                 finally:
                     _unlock(lock)
+            if not wait:
+                return None
             if not build and failed.is_file() and failed.stat().st_mtime >= started - 1:
                 raise ValueError(failed.read_text(encoding="utf-8", errors="replace").strip())
             if time.monotonic() > deadline:
@@ -182,3 +187,21 @@ def _build_cache(
         lock.seek(0)
         lock.truncate()
         lock.flush()
+
+
+def cached_parts(
+    sources: list[tuple[Path, str]], spec: dict[str, Spec], cache_dir: Path, *, rank: int = 0, world_size: int = 1,
+    build: bool = True, timeout_s: float = CACHE_TIMEOUT_S, progress: bool = False,
+) -> list[Path]:  # fmt: skip
+    """One cached shard directory per record file, the conversion shared by every process that calls this: process
+    `rank` of `world_size` starts at file rank * F / world_size and converts each file no other process is
+    converting (a non-blocking lock per file), then waits for the others' files. Every rank of every machine
+    converts: with a shared file system each file once in all, without one each machine converts all its files
+    with its own ranks. So the time before the first step is the data's size over the processes' conversion rate,
+    not over one process's. Returns the directories in the order of `sources`."""
+    start = rank * len(sources) // max(world_size, 1)
+    mine = sources[start:] + sources[:start]
+    if build:
+        for src in tqdm(mine, desc="cache", unit="file", disable=not (progress and sys.stderr.isatty())):
+            _cached_shards([src], spec, cache_dir, True, timeout_s, False, wait=False)
+    return [_cached_shards([src], spec, cache_dir, build, timeout_s, False) for src in sources]

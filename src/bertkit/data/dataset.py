@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertkit.data.cache import CACHE_TIMEOUT_S, _cached_shards
+from bertkit.data.cache import CACHE_TIMEOUT_S, _cached_shards, cached_parts
 from bertkit.data.records import Spec, atomic_output, pretraining_features
 from bertkit.data.shards import (
     _fill,
@@ -34,11 +34,15 @@ def open_dataset(
     cache_dir: str | Path | None = None,
     build_cache: bool = True,
     cache_timeout_s: float | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[dict[str, np.ndarray], list[tuple[str, int]]]:
     """The arrays (N, length) per feature of `spec` and the (file, samples) they came from, in order.
 
-    Shards are memory-mapped. Record files are converted once into cached shards under `cache_dir` and
-    memory-mapped from there (see `cached_shards`) or, with no `cache_dir`, parsed into this process's memory.
+    Shards (one directory, or `part-<i>` directories) are memory-mapped where they are. Record files are converted
+    once into cached shards under `cache_dir`, one per file, every process `rank` of `world_size` converting its
+    share (`cache.cached_parts`), and memory-mapped from there; with no `cache_dir`, parsed into this process's
+    memory.
     """
     sources = resolve_inputs(inputs, input_format, data_part_num)
     if sources[0][1] == "shards":
@@ -46,8 +50,12 @@ def open_dataset(
         return load_shard_set(dirs, spec), shard_set_sources(dirs)
     if cache_dir is not None:
         timeout = CACHE_TIMEOUT_S if cache_timeout_s is None else cache_timeout_s
-        d = _cached_shards(sources, spec, Path(cache_dir), build_cache, timeout, progress)
-        return load_shards(d, spec), shard_sources(d)
+        if len(sources) == 1:
+            d = _cached_shards(sources, spec, Path(cache_dir), build_cache, timeout, progress)
+            return load_shards(d, spec), shard_sources(d)
+        dirs = cached_parts(sources, spec, Path(cache_dir), rank=rank, world_size=world_size, build=build_cache,
+                            timeout_s=timeout, progress=progress)  # fmt: skip
+        return load_shard_set(dirs, spec), shard_set_sources(dirs)
     arrays, counts = _fill(
         sources, spec, lambda n: {k: np.empty((n, s.length), s.dtype) for k, s in spec.items()}, progress
     )

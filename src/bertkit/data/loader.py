@@ -228,7 +228,16 @@ class PretrainingLoader(ArrayLoader):
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         spec = pretraining_features(seq_length, max_predictions_per_seq)
         arrays, sources = open_dataset(
-            inputs, spec, input_format, data_part_num, progress, cache_dir, build_cache, cache_timeout_s
+            inputs,
+            spec,
+            input_format,
+            data_part_num,
+            progress,
+            cache_dir,
+            build_cache,
+            cache_timeout_s,
+            rank,
+            world_size,
         )
         limits = {
             "masked_lm_positions": (seq_length, f"--seq_length {seq_length}: a masked position past the sequence"),
