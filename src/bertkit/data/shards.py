@@ -26,15 +26,27 @@ from tqdm import tqdm
 from bertkit.data.records import Spec, count_records, read_arrays, sniff_format
 
 SHARDS_META = "meta.json"
+CREATED = "manifest.json"  # create-pretraining-data's summary of a finished --output_dir (tasks/pretrain/parts.py)
 
 # --- inputs ---------------------------------------------------------------------------------------------------
 
 
 def ofrecord_parts(data_dir: str | Path, data_part_num: int = 0) -> list[Path]:
-    """`part-0 ... part-{data_part_num-1}` of an OFRecord directory (0: every part-<i> there)."""
+    """`part-0 ... part-{data_part_num-1}` of an OFRecord directory (0: every part-<i> there).
+
+    A directory create-pretraining-data wrote (`--output_dir`, with its `manifest.json`) is read whole, its
+    `num_chunks` parts whatever `data_part_num` says (the seed's default, 32, is about the seed's own data); one
+    without `manifest.json` yet but with `manifest/` is still being written: ValueError saying so."""
     d = Path(data_dir)
     if not d.is_dir():
         raise ValueError(f"--data_dir {d}: no such directory")
+    if (d / CREATED).is_file():
+        data_part_num = int(json.loads((d / CREATED).read_text(encoding="utf-8"))["num_chunks"])
+    elif (d / "manifest").is_dir():
+        raise ValueError(
+            f"--data_dir {d}: create-pretraining-data has not finished writing it (no {CREATED}): run it again to "
+            f"finish the missing chunks"
+        )
     found = {p.name: p for p in d.iterdir() if p.name.startswith("part-") and p.name[5:].isdigit()}
     if not found:
         names = sorted(p.name for p in d.iterdir())

@@ -237,6 +237,7 @@ def fit(
     count_fn: Callable[[dict[str, Tensor]], Tensor] | None = None,
     on_log: Callable[[dict], None] | None = None,
     snapshot_extras: dict | None = None,
+    optimizer_state: dict | None = None,
 ) -> dict:
     """Train for cfg.iter_num steps. `loader` yields dict batches and has state_dict()/load_state_dict().
 
@@ -249,6 +250,8 @@ def fit(
     snapshot_extras: what snapshots carry besides the weights (snapshot.save_snapshot's vocab_file, do_lower_case,
     run_config), so that a fine-tuned snapshot tokenizes as its training did; the vocabulary is read once here, as
     a resumed run's vocab.txt may be in the snapshot that --keep_last_n prunes.
+    optimizer_state: without resume_state, another run's optimizer state to start from (a second pretraining
+    phase): its moments are loaded and every step count set to 0, so bias correction and the schedule restart.
 
     Sets `unpad` on the model's encoder(s): True with --unpad, False with --compile, else None (the padded path in
     training, the fast path in evaluation without gradients).
@@ -281,6 +284,11 @@ def fit(
         loader.load_state_dict(mine["loader"])
         set_rng_state(mine["rng"], env.device)
         start = resume_state["step"]
+    elif optimizer_state is not None:  # a second phase (NVIDIA's --phase2): moments carried, step counts from 0
+        opt.load_state_dict(optimizer_state)
+        for st in opt.state.values():
+            if "step" in st:
+                st["step"] = st["step"] * 0  # an int or a tensor, kept as it is
     params = [p for p in raw.parameters() if p.requires_grad]
     accum = cfg.num_accumulation_steps
     global_batch = cfg.batch_size_per_device * env.world_size * accum

@@ -121,6 +121,15 @@ class PretrainConfig(runner.SeedConfig):
         },
     )
 
+    phase1_snapshot: str | None = field(
+        default=None,
+        metadata={
+            "help": "phase 2 of two-phase pretraining (e.g. seq 512 / 80 predictions after seq 128 / 20): start "
+            "from this phase-1 snapshot as NVIDIA DeepLearningExamples' BERT --phase2 does: weights and optimizer "
+            "moments carried, the step count, bias correction and schedule restarted at 0 with this run's "
+            "--learning_rate, --warmup_batches and --iter_num, --data_dir read from its start"
+        },
+    )
     mlm_loss_normalization: str = field(
         default="global_batch",
         metadata={
@@ -135,6 +144,8 @@ class PretrainConfig(runner.SeedConfig):
         self.check_dist_flags()
         if not self.data_dir:
             raise ValueError("--data_dir is required (an OFRecord directory, TFRecord files or shards)")
+        if self.phase1_snapshot and self.model_load_dir:
+            raise ValueError("--phase1_snapshot and --model_load_dir both say where the weights come from: pass one")
 
 
 def pretrain_step_loss(
@@ -177,12 +188,35 @@ def check(cfg: PretrainConfig) -> None:
         raise ValueError(f"--model_load_dir {cfg.model_load_dir}: no such file or directory")
     bert_cfg = cfg.model_config()[0]  # reads --bert_config_file or the checkpoint's config: errors now, not later
     check_writable(cfg.model_save_dir)
+    if cfg.phase1_snapshot and not cfg.resume:
+        _check_phase1(cfg)
     note = pretrain_vocab(cfg.vocab_file, cfg.data_dir, bert_cfg.vocab_size)[2]
     if note:
         print(note)
     runner.check_resume(cfg)
     if not cfg.resume:
         runner.check_fresh_save_dir(cfg)
+
+
+def _check_phase1(cfg: PretrainConfig) -> None:
+    """The phase-1 snapshot exists, is whole, was trained with this --optimizer and takes --seq_length tokens."""
+    from bertkit.checkpoint.snapshot import snapshot_extras, verify_snapshot
+
+    d = Path(cfg.phase1_snapshot)
+    if not (d / "train_state.pt").is_file():
+        raise ValueError(f"--phase1_snapshot {d}: not a bertkit snapshot (train_state.pt is missing)")
+    verify_snapshot(d)
+    saved = snapshot_extras(d)[2] or {}
+    if saved.get("optimizer", cfg.optimizer) != cfg.optimizer:
+        raise ValueError(
+            f"--phase1_snapshot {d} was trained with --optimizer {saved['optimizer']}; phase 2 carries its moments: "
+            f"pass --optimizer {saved['optimizer']}"
+        )
+    from bertkit.model.config import BertConfig
+
+    positions = BertConfig.from_json_file(d / "bert_config.json").max_position_embeddings
+    if cfg.seq_length > positions:
+        raise ValueError(f"--seq_length {cfg.seq_length}: the phase-1 model takes at most {positions} tokens")
 
 
 def run(cfg: PretrainConfig) -> dict | None:
@@ -194,10 +228,13 @@ def _run(cfg: PretrainConfig, env: dist.DistEnv) -> dict:
     # like squad and classify: --bert_config_file, else the config of the checkpoint at --model_load_dir, else the
     # size flags (a checkpoint of another size would otherwise be built from the flags and refused at loading)
     bert_cfg, source = cfg.model_config()
-    resume_state = None
+    resume_state = phase1_state = None
     if cfg.resume:
         weights, bert_cfg, resume_state = load_snapshot(cfg.resume, verify=False)  # verified by check()
         source = cfg.resume
+    elif cfg.phase1_snapshot:
+        weights, bert_cfg, phase1_state = load_snapshot(cfg.phase1_snapshot, verify=False)  # verified by check()
+        source = cfg.phase1_snapshot
     say(runner.banner(cfg))
     if source != runner.SIZE_FLAGS:
         say(runner.model_source(source))
@@ -206,6 +243,10 @@ def _run(cfg: PretrainConfig, env: dist.DistEnv) -> dict:
     if resume_state is not None:
         model.load_state_dict(weights)
         say(f"Resuming from {cfg.resume} at iter {resume_state['step']}.")
+    elif phase1_state is not None:
+        model.load_state_dict(weights)
+        say(f"Phase 2 from {cfg.phase1_snapshot} (its iter {phase1_state['step']}): weights and optimizer moments "
+            f"carried, iter and schedule from 0.")  # fmt: skip
     elif cfg.model_load_dir:
         from bertkit.checkpoint.formats import load_into
 
@@ -242,7 +283,8 @@ def _run(cfg: PretrainConfig, env: dist.DistEnv) -> dict:
     extras = {"vocab_file": vocab, "do_lower_case": lower, "run_config": dataclasses.asdict(cfg)}
     try:
         summary = fit(model, bert_cfg, pretrain_step_loss, loader, cfg, env, eval_fn, resume_state, print_fn=say,
-                      count_fn=masked_count if global_norm else None, snapshot_extras=extras)  # fmt: skip
+                      count_fn=masked_count if global_norm else None, snapshot_extras=extras,
+                      optimizer_state=phase1_state["optimizer"] if phase1_state else None)  # fmt: skip
     finally:
         getattr(loader, "close", lambda: None)()  # the prefetch thread, on a GPU
     return summary
