@@ -126,7 +126,7 @@ def _logical(path: Path) -> int:
 
 def first_step(args, work: Path, out: Path) -> None:
     text = repeated_text(work / "text-8.txt", 8)
-    for fmt in ("shards", "tfrecord"):
+    for fmt, gibs in (("shards", args.record_gb), ("tfrecord", args.tfrecord_gb)):
         base = work / f"base-{fmt}"
         if not (base / "manifest.json").is_file():
             subprocess.run(cmd("create-pretraining-data", f"--input_file={text}", f"--output_dir={base}",
@@ -143,7 +143,7 @@ def first_step(args, work: Path, out: Path) -> None:
             )
         )
         records = sum(json.loads(f.read_text())["instances"] for f in (base / "manifest").glob("chunk-*.json"))
-        for gib in (float(s) for s in args.record_gb.split(",")):
+        for gib in (float(s) for s in gibs.split(",") if s):
             copies = max(1, round(gib * 2**30 / part_bytes))
             d = work / f"records-{fmt}-{gib:g}"
             shutil.rmtree(d, ignore_errors=True)
@@ -161,7 +161,7 @@ def first_step(args, work: Path, out: Path) -> None:
                     k += 1
             log = work / f"log-{fmt}-{gib:g}"
             shutil.rmtree(log, ignore_errors=True)
-            r = run_measured(cmd("pretrain", f"--data_dir={d}", "--iter_num=1", "--num_hidden_layers=2",
+            r = run_measured(cmd("pretrain", f"--data_dir={d}", "--data_part_num=0", "--iter_num=1", "--seq_length=128", "--max_predictions_per_seq=20", "--num_hidden_layers=2",
                                  "--num_attention_heads=2", "--hidden_size_per_head=32", "--batch_size_per_device=8",
                                  f"--log_dir={log}", f"--model_save_dir={log}/snapshots", "--save_last_snapshot=False"),
                              args.timeout_s)  # fmt: skip
@@ -233,7 +233,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="10,100,1000", help="create: MiB of text, comma-separated")
     ap.add_argument("--workers", default="1,2", help="create: worker counts, comma-separated")
     ap.add_argument("--chunk_size_mb", default="8", help="create: --chunk_size_mb values, comma-separated")
-    ap.add_argument("--record_gb", default="1,4", help="first_step: GiB of records, comma-separated")
+    ap.add_argument("--record_gb", default="1,4", help="first_step: GiB of shard records, comma-separated")
+    ap.add_argument("--tfrecord_gb", default="1", help="first_step: GiB of TFRecord records (converted: slow)")
     ap.add_argument("--timeout_s", type=float, default=6 * 3600, help="stop a run after this many seconds")
     ap.add_argument("--work_dir", default=None, help="where texts and outputs go (default: a temporary directory)")
     ap.add_argument("--keep", action="store_true", help="create: keep the outputs")

@@ -282,6 +282,20 @@ def shard_set_sources(dirs: list[Path]) -> list[tuple[str, int]]:
 
 # --- writing a shard directory row block by row block ------------------------------------------------------------
 
+
+def narrow_pretraining(features: dict[str, np.ndarray], vocab_size: int) -> dict[str, np.ndarray]:
+    """Google's pretraining features in the smallest dtypes that hold them, for shards on disk: token ids uint16
+    (a vocabulary of at most 65,536; int32 above), positions uint16, masks, segments and labels uint8, weights
+    float32: 673 bytes a record at seq 128 / 20 predictions instead of 1,780 in int32 (TFRecord: ~830). The
+    loader widens every batch to int64 (float32 for the weights), so training sees the same values."""
+    ids = np.uint16 if vocab_size <= 2**16 else np.int32
+    dtypes = {"input_ids": ids, "masked_lm_ids": ids, "masked_lm_positions": np.uint16, "input_mask": np.uint8,
+              "segment_ids": np.uint8, "next_sentence_labels": np.uint8, "masked_lm_weights": np.float32}  # fmt: skip
+    return {name: a.astype(dtypes.get(name, a.dtype), copy=False) for name, a in features.items()}
+
+
+# --- ------------------------------------------------------------
+
 _HEADER_BYTES = 128  # a .npy header reserved up front, rewritten with the final row count (numpy pads to 64)
 
 

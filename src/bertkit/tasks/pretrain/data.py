@@ -36,7 +36,13 @@ import numpy as np
 
 from bertkit.data.records import atomic_output, record_writer, serialize_rows
 from bertkit.data.tokenizer import WordPieceTokenizer
-from bertkit.data.vocab import check_casing, check_data_vocab_target, default_vocab_path, record_data_vocab
+from bertkit.data.vocab import (
+    check_casing,
+    check_data_vocab_target,
+    default_vocab_path,
+    read_vocab,
+    record_data_vocab,
+)
 from bertkit.tasks.pretrain import parts
 from bertkit.tasks.pretrain.corpus import Chunk, input_files, read_chunks, read_lines, tokenize_documents
 from bertkit.tasks.pretrain.instances import Compact, Documents, chunk_instances, expand, make_params
@@ -93,9 +99,10 @@ class CreatePretrainingDataConfig:
         },
     )
     chunk_size_mb: float = field(
-        default=32.0,
+        default=8.0,
         metadata={"help": "MiB of text per chunk, each made as Google makes one input file (negatives from within "
-                          "it); memory grows with it (~30 MB per MiB at dupe 5), not with the corpus; 0: one chunk"},
+                          "it); peak memory ~110 MB + 21 MB per MiB (seq 128, dupe 5), whatever the corpus size; "
+                          "0: one chunk"},
     )  # fmt: skip
     num_workers: int = field(default=1, metadata={"help": "processes making chunks; the records do not change"})
     text_field: str = field(default="text", metadata={"help": "JSON lines and Parquet: the field holding the text"})
@@ -187,19 +194,19 @@ def payloads(instances: Compact, order: list[int], fmt: str):
         yield from serialize_rows(rows, fmt)
 
 
-def write_part(path: Path, instances: Compact, order: list[int], fmt: str, sources=()) -> None:
-    """One chunk's records as `path`, atomically: a record file, or a shard directory."""
+def write_part(path: Path, instances: Compact, order: list[int], fmt: str, sources=(), vocab_size: int = 2**16) -> None:
+    """One chunk's records as `path`, atomically: a record file, or a shard directory (narrow dtypes)."""
     if fmt != "shards":
         with record_writer(path, fmt) as write:
             for data in payloads(instances, order, fmt):
                 write(data)
         return
-    from bertkit.data.shards import ShardWriter  # numpy only; imported when shards are written
+    from bertkit.data.shards import ShardWriter, narrow_pretraining  # numpy only; imported when shards are written
 
     with atomic_output(path) as tmp:
         writer = ShardWriter(tmp)
         for rows in row_blocks(instances, order):
-            writer.append(rows)
+            writer.append(narrow_pretraining(rows, vocab_size))
         writer.close(sources)
 
 
@@ -226,7 +233,8 @@ def make_chunk(chunk: Chunk) -> tuple[int, dict, tuple[Compact, list[int]] | Non
     if not cfg.output_dir:
         return chunk.index, stats, (instances, order)
     out = Path(cfg.output_dir)
-    write_part(out / f"part-{chunk.index}", instances, order, cfg.output_format, [(chunk.start, "text")])
+    vocab_size = len(_worker["params"].word_ids)
+    write_part(out / f"part-{chunk.index}", instances, order, cfg.output_format, [(chunk.start, "text")], vocab_size)
     stats["seconds"] = time.perf_counter() - start
     parts.mark_finished(out, chunk.index, stats)
     return chunk.index, stats, None
@@ -311,13 +319,13 @@ def _settings(cfg: CreatePretrainingDataConfig, files: list[Path], vocab: str) -
     }
 
 
-def _write_in_order(results, cfg: CreatePretrainingDataConfig, files: list[Path], on_chunk):
+def _write_in_order(results, cfg: CreatePretrainingDataConfig, files: list[Path], on_chunk, vocab_size: int):
     """Google's outputs (--output_file): each chunk's records appended round-robin to the files, or to one shard
     directory, in chunk order; the outputs appear (renamed from temporaries) when every chunk is written."""
     outputs = [Path(s) for s in cfg.output_files()]
     with contextlib.ExitStack() as stack:
         if cfg.output_format == "shards":
-            from bertkit.data.shards import ShardWriter
+            from bertkit.data.shards import ShardWriter, narrow_pretraining
 
             shards = ShardWriter(stack.enter_context(atomic_output(outputs[0])))
         else:
@@ -326,7 +334,7 @@ def _write_in_order(results, cfg: CreatePretrainingDataConfig, files: list[Path]
         for index, stats, (instances, order) in results:
             if cfg.output_format == "shards":
                 for rows in row_blocks(instances, order):
-                    shards.append(rows)
+                    shards.append(narrow_pretraining(rows, vocab_size))
             else:
                 for data in payloads(instances, order, cfg.output_format):
                     writers[written % len(writers)](data)
@@ -381,7 +389,7 @@ def create_pretraining_data(cfg: CreatePretrainingDataConfig, progress: bool = F
             for i, stats, _ in results:
                 on_chunk(i, stats)
         else:
-            _write_in_order(results, cfg, files, on_chunk)
+            _write_in_order(results, cfg, files, on_chunk, len(read_vocab(vocab)))
     finally:
         bar.close()
     if data_dir is not None:  # what pretraining copies into its snapshots (vocab.data_vocab)

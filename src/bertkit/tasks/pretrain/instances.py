@@ -7,7 +7,8 @@ Google's seed gives Google's records; tests/tasks/test_pretraining_data.py check
 
 Memory: a chunk's instances are packed every `BLOCK` instances into `Compact` arrays (about 0.65 KB per instance
 at seq 128 / 20 predictions, against ~5 KB as Python lists), and its sentences are `array('i')` (4 bytes a token,
-not the 36 of a list of Python ints): that is what keeps a chunk's peak memory near 30 MB per MB of text.
+not the 36 of a list of Python ints): with them a chunk costs about 21 MB of memory per MiB of text at seq 128,
+dupe 5 (benchmarks/README.md, "Pretraining on a real corpus").
 """
 
 from __future__ import annotations
