@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -62,6 +63,7 @@ def run_measured(argv: list[str], timeout_s: float, env: dict | None = None) -> 
     """Run `argv`, sampling RSS of it and its children: wall seconds, peak RSS (main, tree), return code."""
     import psutil
 
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     p = psutil.Process(proc.pid)
@@ -80,7 +82,9 @@ def run_measured(argv: list[str], timeout_s: float, env: dict | None = None) -> 
             break
         time.sleep(0.2)
     out = proc.communicate()[0]
-    return {"wall_s": time.perf_counter() - start, "peak_rss_mb": peak_main / 2**20, "peak_tree_rss_mb":
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the command and its joined workers
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall_s": time.perf_counter() - start, "cpu_s": cpu_s, "peak_rss_mb": peak_main / 2**20, "peak_tree_rss_mb":
             peak_tree / 2**20, "rc": proc.returncode, "timed_out": timed_out, "log_tail": out[-600:]}  # fmt: skip
 
 
@@ -103,6 +107,7 @@ def create(args, work: Path, out: Path) -> None:
             made = sum(json.loads(f.read_text())["text_bytes"] for f in done)
             emit({"bench": "corpus_create", "text_mib": mib, "workers": workers, "chunk_size_mb": chunk_mb,
                   "chunks_done": len(done), "text_mib_done": made / 2**20, "mib_per_s": made / 2**20 / r["wall_s"],
+                  "mib_per_cpu_s": made / 2**20 / max(r["cpu_s"], 1e-9), "cpu_s": r["cpu_s"],
                   **{k: r[k] for k in ("wall_s", "peak_rss_mb", "peak_tree_rss_mb", "rc", "timed_out")},
                   "cpus": os.cpu_count()}, out)  # fmt: skip
             if not args.keep:

@@ -16,6 +16,7 @@ import glob
 import json
 import os
 import sys
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -232,47 +233,85 @@ def _write_shards(
 
 class ShardSet:
     """The (N, length) arrays of one feature over several shard directories, read as one: `len`, `shape`,
-    `dtype`, and `a[idx]` for an int array of global sample indices (rows gathered from each memory map, in
-    `idx`'s order). Only the memory maps are opened: nothing is read until a batch asks for its rows."""
+    `dtype`, and `a[idx]` for an int array of global sample indices (rows gathered from each part's memory map, in
+    `idx`'s order). A part's .npy is memory-mapped when a batch first needs it and at most `max_open` stay open
+    (each map holds a file descriptor: 3,000 parts x 7 features would pass a usual limit of open files)."""
 
-    def __init__(self, parts: list[np.ndarray]) -> None:
-        self.parts = parts
-        self.ends = np.cumsum([len(a) for a in parts])
-        self.dtype = parts[0].dtype
-        self.shape = (int(self.ends[-1]), *parts[0].shape[1:])
+    def __init__(self, dirs: list[Path], name: str, counts: list[int], length: int, dtype, max_open: int = 256):
+        self.dirs, self.name, self.max_open = dirs, name, max_open
+        self.ends = np.cumsum(counts)
+        self.starts = self.ends - np.asarray(counts)
+        self.dtype = np.dtype(dtype)
+        self.shape = (int(self.ends[-1]), length)
+        self._open: OrderedDict[int, np.ndarray] = OrderedDict()
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def part(self, k: int) -> np.ndarray:
+        """Part k's memory map (opened, checked against its meta.json, kept among the `max_open` last used)."""
+        if k in self._open:
+            self._open.move_to_end(k)
+            return self._open[k]
+        path = self.dirs[k] / f"{self.name}.npy"
+        try:
+            a = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{self.dirs[k]}: feature '{self.name}': {e}") from None
+        want = (int(self.ends[k] - self.starts[k]), self.shape[1])
+        if a.shape != want or a.dtype != self.dtype:
+            raise ValueError(f"{path}: {a.shape} {a.dtype}, its {SHARDS_META} says {want} {self.dtype}")
+        self._open[k] = a
+        if len(self._open) > self.max_open:
+            self._open.popitem(last=False)
+        return a
 
     def __getitem__(self, idx) -> np.ndarray:
         idx = np.asarray(idx)
         if idx.ndim == 0 or idx.dtype.kind not in "iu":
             return np.asarray(self)[idx]  # slices, masks: whole-array semantics (tests, small sets)
-        part = np.searchsorted(self.ends, idx, side="right")  # (B,): which directory holds each sample
-        out = np.empty((len(idx), *self.shape[1:]), self.dtype)
-        starts = np.concatenate(([0], self.ends[:-1]))
-        for k in np.unique(part).tolist():
-            rows = part == k
-            out[rows] = self.parts[k][idx[rows] - starts[k]]
+        which = np.searchsorted(self.ends, idx, side="right")  # (B,): which part holds each sample
+        out = np.empty((len(idx), self.shape[1]), self.dtype)
+        for k in np.unique(which).tolist():
+            rows = which == k
+            out[rows] = self.part(k)[idx[rows] - self.starts[k]]
         return out
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        whole = np.concatenate(self.parts)
+        whole = np.concatenate([self.part(k) for k in range(len(self.dirs))])
         return whole if dtype is None else whole.astype(dtype)
 
 
+def _meta(d: Path) -> dict:
+    try:
+        meta = json.loads((d / SHARDS_META).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{d}: not a bertkit shard directory ({SHARDS_META}: {e})") from None
+    if meta.get("format") != "bertkit-shards":
+        raise ValueError(f"{d}: {SHARDS_META} does not describe bertkit shards (format {meta.get('format')!r})")
+    return meta
+
+
 def load_shard_set(dirs: list[Path], spec: dict[str, Spec] | None = None) -> dict[str, np.ndarray | ShardSet]:
-    """The arrays of several shard directories as one data set (one directory: its own memory maps).
-    Raises ValueError naming the directory whose features differ from the first's."""
-    loaded = [load_shards(d, spec) for d in dirs]
-    if len(loaded) == 1:
-        return loaded[0]
-    first = {name: (a.shape[1:], a.dtype) for name, a in loaded[0].items()}
-    for d, arrays in zip(dirs[1:], loaded[1:], strict=True):
-        have = {name: (a.shape[1:], a.dtype) for name, a in arrays.items()}
-        if have != first:
-            raise ValueError(f"{d}: features {have} differ from {dirs[0]}'s {first}")
-    return {name: ShardSet([arrays[name] for arrays in loaded]) for name in first}
+    """The arrays of several shard directories as one data set (one directory: its own memory maps). Only the
+    meta.json files are read here; ValueError naming the directory whose features differ from the first's, or
+    from `spec`."""
+    if len(dirs) == 1:
+        return load_shards(dirs[0], spec)
+    metas = [_meta(d) for d in dirs]
+    features = metas[0]["features"]
+    for d, meta in zip(dirs[1:], metas[1:], strict=True):
+        if meta["features"] != features:
+            raise ValueError(f"{d}: features {meta['features']} differ from {dirs[0]}'s {features}")
+    for name, s in (spec or {}).items():
+        if name not in features:
+            raise ValueError(f"{dirs[0]}: feature '{name}' missing (the shards have {', '.join(sorted(features))})")
+        if features[name]["length"] != s.length:
+            want = f"but {s.flag} is {s.length}" if s.flag else f"expected {s.length}"
+            raise ValueError(f"{dirs[0]}: feature '{name}' has {features[name]['length']} values per sample {want}")
+    counts = [int(m["num_samples"]) for m in metas]
+    return {name: ShardSet(dirs, name, counts, info["length"], info["dtype"])
+            for name, info in features.items() if not spec or name in spec}  # fmt: skip
 
 
 def shard_set_sources(dirs: list[Path]) -> list[tuple[str, int]]:
