@@ -223,19 +223,3 @@ def test_bad_inputs_name_the_file_and_row(tmp_path, monkeypatch):
                         if n in ("pyarrow", "blingfire") else real_import(n, *a, **k))  # fmt: skip
     with pytest.raises(ValueError, match=r"pip install 'bertkit\[corpus\]'"):
         list(read_lines([tmp_path / "e.parquet"]))
-
-
-def test_the_docs_commands_parse():
-    """Every `bertkit ...` line of docs/corpus.md's bash blocks names a command that takes every flag shown."""
-    import re
-    import shlex
-
-    from bertkit.cli import build_parser
-
-    doc = Path(__file__).resolve().parents[2] / "docs" / "corpus.md"
-    lines = [line for block in re.findall(r"```bash\n(.*?)```", doc.read_text(encoding="utf-8"), flags=re.S)
-             for line in block.splitlines() if line.startswith("bertkit ")]  # fmt: skip
-    assert len(lines) >= 5
-    for line in lines:
-        ns, unknown = build_parser().parse_known_args(shlex.split(line)[1:])
-        assert unknown == [], f"{line}: unknown flags {unknown}"
