@@ -223,3 +223,34 @@ def test_bad_inputs_name_the_file_and_row(tmp_path, monkeypatch):
                         if n in ("pyarrow", "blingfire") else real_import(n, *a, **k))  # fmt: skip
     with pytest.raises(ValueError, match=r"pip install 'bertkit\[corpus\]'"):
         list(read_lines([tmp_path / "e.parquet"]))
+
+
+def test_kill_9_then_rerun_equals_a_straight_run(text, tmp_path):
+    """A real SIGKILL of the command mid-way: the rerun makes only the unfinished chunks, and the parts are those of
+    an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    big = tmp_path / "big.txt"
+    big.write_text(text.read_text(encoding="utf-8") * 6, encoding="utf-8")
+    flags = {"chunk_size_mb": 0.002, "dupe_factor": 5}
+    straight = make(big, tmp_path / "straight", **flags)
+    out = tmp_path / "killed"
+    argv = [sys.executable, "-m", "bertkit", "create-pretraining-data", f"--input_file={big}", f"--output_dir={out}",
+            "--max_seq_length=32", "--max_predictions_per_seq=5", *(f"--{k}={v}" for k, v in flags.items())]  # fmt: skip
+    proc = subprocess.Popen(argv, env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(list(out.glob("manifest/chunk-*.json"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list(out.glob("manifest/chunk-*.json")))
+    assert 3 <= done < straight["corpus_chunks"], "killed too late to test anything: make the input bigger"
+    resumed = make(big, out, **flags)
+    assert resumed["chunks"] == straight["corpus_chunks"] - done  # only the unfinished chunks were made
+    assert records(out) == records(tmp_path / "straight")
+    assert not [p for p in out.rglob(".*") if ".tmp-" in p.name]  # the killed writer's temporaries are gone

@@ -186,6 +186,12 @@ def test_workers_give_the_same_records_whatever_their_number(corpus, tmp_path):
         for name in one:
             assert (tmp_path / other / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), (other, name)
     assert (tmp_path / "two" / "manifest.json").is_file()
+    # Google's --output_file from two workers: the same records as from one.
+    out = {w: tmp_path / f"w{w}.tfrecord" for w in (1, 2)}
+    for w, path in out.items():
+        create_pretraining_data(CreatePretrainingDataConfig(input_file=str(corpus), output_file=str(path),
+                                                            max_seq_length=64, num_workers=w, **flags))  # fmt: skip
+    assert out[1].read_bytes() == out[2].read_bytes()
 
 
 def run_dir(corpus: Path, out: Path, **flags) -> dict:
