@@ -25,6 +25,7 @@ many machines made them.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import sys
 import time
@@ -214,6 +215,8 @@ _worker: dict = {}  # per process: the config, tokenizer and instance parameters
 
 
 def _init_worker(cfg: CreatePretrainingDataConfig) -> None:
+    if cfg.num_workers > 1:  # one thread per worker: N workers with N tokenizer threads each would oversubscribe
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
     tokenizer = make_tokenizer(cfg)
     _worker.update(cfg=cfg, tokenizer=tokenizer, params=make_params(cfg, tokenizer))
 
