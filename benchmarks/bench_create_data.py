@@ -158,9 +158,9 @@ def run_bertkit(text: Path, out: Path, args, workers: int, entry: str) -> dict:
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    phases = line.split("; ")[-1]  # "5.0 s (read 1.0, instances 2.0, write 1.0), 1000 instances/s"
-    inner = phases[phases.index("(") + 1 : phases.index(")")]
-    parts = dict(p.split(" ") for p in inner.split(", "))
+    # "...; 5.0 s, 1.23 MiB/s": the command streams chunks (read, make and write overlap), one time in all
+    phases = next(p for p in line.split("; ") if p.endswith("MiB/s"))
+    parts: dict[str, str] = {}
     instances = int(line.split(" -> ")[1].split(" ")[0].replace(",", ""))
     return {"instances": instances, "wall_s": wall, "cpu_s": cpu, "in_command_s": float(phases.split(" ")[0])} | {
         f"{k}_s": float(v) for k, v in parts.items()

@@ -356,7 +356,10 @@ def create_pretraining_data(cfg: CreatePretrainingDataConfig, progress: bool = F
     files = input_files(cfg.input_file)
     index, n = parts.resolve_shard(cfg.shard_index, cfg.num_shards)
     if n > 1 and not cfg.output_dir:
-        raise ValueError(f"{n} processes share the chunks (--num_shards, RANK or SLURM): pass --output_dir")
+        raise ValueError(
+            f"{n} processes share the chunks (--num_shards, RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS): pass "
+            f"--output_dir, or --num_shards 1 for one process"
+        )
     vocab, data_dir = cfg.vocab_file or default_vocab_path(), _data_dir(cfg)
     if cfg.check_casing:
         check_casing(cfg.do_lower_case, vocab)
