@@ -277,15 +277,18 @@ class _Progress:
             from tqdm import tqdm
 
             total = total_bytes / 2**20 if total_bytes else None
-            self.bar = tqdm(total=total, unit="MiB", desc="chunks 0", unit_scale=False, dynamic_ncols=True)
+            fmt = "{desc}{percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} MiB [{elapsed}<{remaining}{postfix}]"
+            self.bar = tqdm(total=total, desc="chunks 0", dynamic_ncols=True,
+                            bar_format=fmt if total else "{desc}{n:.1f} MiB [{elapsed}{postfix}]")  # fmt: skip
 
     def update(self, index: int, stats: dict) -> None:
         self.done, self.chunks = self.done + stats["text_bytes"], self.chunks + 1
+        rate = self.done / 2**20 / max(time.perf_counter() - self.start, 1e-9)
         if self.bar is not None:
-            self.bar.set_description(f"chunks {self.chunks}")
+            self.bar.set_description(f"chunks {self.chunks}", refresh=False)
+            self.bar.set_postfix_str(f"{rate:.2f} MiB/s", refresh=False)
             self.bar.update(stats["text_bytes"] / 2**20)
         elif self.enabled:
-            rate = self.done / 2**20 / max(time.perf_counter() - self.start, 1e-9)
             eta = f", ETA {(self.total - self.done) / 2**20 / rate / 60:.1f} min" if self.total and rate else ""
             print(
                 f"chunk {index} done: {stats['text_bytes'] / 2**20:.1f} MiB -> {stats['instances']:,} instances; "
