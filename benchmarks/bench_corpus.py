@@ -105,6 +105,8 @@ def create(args, work: Path, out: Path) -> None:
                              args.timeout_s)  # fmt: skip
             done = sorted((d / "manifest").glob("chunk-*.json")) if d.exists() else []
             made = sum(json.loads(f.read_text())["text_bytes"] for f in done)
+            if r["rc"] and workers > 1:  # a killed command's workers were never reaped: their CPU is not counted
+                r["cpu_s"] = float("nan")
             emit({"bench": "corpus_create", "text_mib": mib, "workers": workers, "chunk_size_mb": chunk_mb,
                   "chunks_done": len(done), "text_mib_done": made / 2**20, "mib_per_s": made / 2**20 / r["wall_s"],
                   "mib_per_cpu_s": made / 2**20 / max(r["cpu_s"], 1e-9), "cpu_s": r["cpu_s"],
