@@ -138,7 +138,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "turn all_results.npy into predictions.json and nbest_predictions.json: the seed's npy2json.py",
     ),
     "ask": (
-        "serve.qa",
+        "serve.ask",
         "AskConfig",
         "run_ask",
         "answer a question about a text (or a jsonl file of them) with a SQuAD model",

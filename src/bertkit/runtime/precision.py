@@ -24,3 +24,24 @@ def no_autocast(precision: str, device: torch.device):
     --num_accumulation_steps k the weights are cast once a step, not k times) and runs each backward in this, as
     it would run outside the context. Tested bit-equal to a context per micro-step, with fewer casts."""
     return contextlib.nullcontext() if precision == "fp32" else torch.autocast(device.type, enabled=False)
+
+
+QUANTIZE = ("none", "int8")
+
+
+def quantize(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """The model for inference with `mode`: "none" returns it as it is (exact); "int8" returns a copy whose
+    nn.Linear layers are torch's dynamic int8 quantization (weights int8 per tensor, activations quantized per
+    batch at run time; CPU only). Embeddings, LayerNorm and the softmax stay fp32. Raises ValueError for another
+    mode or a model not on the CPU."""
+    if mode not in QUANTIZE:
+        raise ValueError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {mode!r}")
+    if mode == "none":
+        return model
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise ValueError("--quantize int8 runs on the CPU only: pass --device cpu")
+    import warnings
+
+    with warnings.catch_warnings():  # torch announces the move of this API to torchao; it works as documented
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)

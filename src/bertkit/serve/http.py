@@ -1,318 +1,272 @@
-"""`bertkit serve`: a question-answering model over HTTP, on FastAPI + uvicorn (the `serve` extra).
+"""`bertkit serve`: a SQuAD model (`POST /answer`) or a GLUE classifier (`POST /predict`) over HTTP, on FastAPI +
+uvicorn (the `serve` extra); the model's kind is found from its checkpoint. docs/serving.md is the user's guide.
 
-    bertkit serve --model squad_out/last_snapshot --host 127.0.0.1 --port 8000
-    curl -s localhost:8000/answer -d '{"question": "Who won?", "context": "The Broncos won the game."}'
+    bertkit serve --model squad_out/last_snapshot --api_key "$(openssl rand -hex 16)"
+    curl -s localhost:8000/answer -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
+         -d '{"question": "Who won?", "context": "The Broncos won the game."}'
 
-Endpoints: `POST /answer` takes one {"question", "context", "top_k"?, "max_answer_length"?, "id"?} object and returns
-{"id", "answers": [{"text", "score", "start", "end"}]}, or takes a JSON array of such objects (at most
---max_batch_questions) and returns an array of results in order; `GET /health` says the server is up and how many
-questions and model batches it has answered; `/docs` is the OpenAPI page (`/openapi.json` its schema); `/` is a
-small page to paste a context, ask, and see the answer highlighted in it.
+Routes: `POST /answer` ({"question", "context", "top_k"?, "max_answer_length"?, "id"?} or a list of them: {"id",
+"answers": [{"text", "score", "start", "end"}]} each); `POST /predict` ({"text", "text_pair"?}, a string, or a list:
+{"label", "score", "scores"} each); `GET /health` ({"status": "ok"}, the one route open without the key); `GET
+/info` (model kind, sizes, windows, labels, version); `GET /metrics` (Prometheus text); `/docs` and
+`/openapi.json`; `/` a page to ask a QA model (without --api_key only: a browser cannot send the key).
 
-One process holds the model, loaded once. Requests that arrive within --batch_wait_ms of each other are answered
-in one model call: their windows are batched together (`QuestionAnswerer.answer`), on one worker thread, while the
-event loop keeps reading the next requests. Limits, each checked before any model work: the body size
-(--max_body_bytes, else 413), the question and context lengths and the questions per request (else 422 with a
-JSON error naming the field: {"detail": [{"loc": ["body", "context"], "msg", "type"}]}), malformed JSON (400).
-No input gives a 500, and none carries a traceback.
+Bounds, each with its flag: the body (--max_body_bytes 413, --read_timeout 408), the head (--read_timeout, then the
+connection is closed), items per request and text lengths (422), strict JSON (400: depth, lone surrogates, numbers
+out of range, NaN; 422: wrong types, never coerced), --max_concurrent_requests (429), --max_connections (503),
+--request_timeout (503; the work is dropped), a client that disconnects (its work is dropped). Model work is cut
+into --max_batch_tokens batches, fairly (serve/batcher.py). No input gives a 500; an internal error is one log
+line with an id, which the client gets.
 
-More processes (uvicorn --workers, or several servers behind a proxy) would each load their own copy of the model
-(the RSS that bench_serve.py reports, per process) and batch only their own requests, so smaller batches; on a CPU
-they would share the same cores that one process's torch threads already use. One process per GPU is the useful
-case.
-
-FastAPI and uvicorn are imported only when serving: `import bertkit` and `bertkit --help` never need them.
+One process holds the model; more processes (uvicorn --workers, or several servers behind a proxy) would each load
+their own copy and batch only their own requests; on a CPU they would share the cores one process's torch threads
+already use. One process per GPU is the useful case. FastAPI and uvicorn are imported only when serving.
 """
 
-# No `from __future__ import annotations`: FastAPI and pydantic read the annotations of the classes and
-# functions defined inside create_app at run time, where their names are local.
+# No `from __future__ import annotations`: pydantic reads the annotations of the classes defined in create_app.
 import asyncio
-import ctypes
-import json
+import ipaddress
+import logging
+import os
+import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from bertkit.serve.qa import Answer, QAModelFlags, Query, QuestionAnswerer
+from bertkit.serve.ask import QAModelFlags
+from bertkit.serve.batcher import Batcher, Dropped
+from bertkit.serve.guard import BadRequest, Guard, parse_json, slow_header_protocol
+from bertkit.serve.metrics import CONTENT_TYPE, ServerMetrics
+from bertkit.serve.page import PAGE
+from bertkit.serve.schemas import request_models
 
 INSTALL_HINT = "bertkit serve needs FastAPI and uvicorn: pip install bertkit[serve]"
-
-# The page at `/`: paste a context, ask, see the answer highlighted. `/?question=...&context=...` asks at once
-# (what the headless-Chromium test loads).
-PAGE = """<!doctype html><meta charset="utf-8"><title>bertkit question answering</title>
-<style>body{font:16px sans-serif;max-width:50em;margin:2em auto}textarea,input{width:100%;box-sizing:border-box}
-mark{background:#fd5}#shown{white-space:pre-wrap;margin-top:1em}</style>
-<h1>Ask a question about a text</h1>
-<textarea id="context" rows="10" placeholder="Paste the context here"></textarea>
-<p><input id="question" placeholder="Your question"><p><button id="ask">Answer</button> <span id="answer"></span>
-<div id="shown"></div>
-<script>
-const $ = (id) => document.getElementById(id);
-async function ask() {
-  const context = $("context").value, question = $("question").value;
-  const r = await fetch("answer", {method: "POST", headers: {"Content-Type": "application/json"},
-                                   body: JSON.stringify({question, context})});
-  const body = await r.json(), a = r.ok ? body.answers[0] : null;
-  $("answer").textContent = r.ok ? (a && a.text ? `${a.text} (score ${a.score.toFixed(3)})` : "(no answer)")
-                                 : JSON.stringify(body.detail);
-  const mark = document.createElement("mark");
-  mark.textContent = a && a.text ? context.slice(a.start, a.end) : "";
-  $("shown").replaceChildren(a && a.text ? context.slice(0, a.start) : context, mark, a && a.text ? context.slice(a.end) : "");
-}
-$("ask").onclick = ask;
-const given = new URLSearchParams(location.search);
-if (given.has("question") && given.has("context")) {
-  $("question").value = given.get("question"); $("context").value = given.get("context"); ask();
-}
-</script>
-"""
+log = logging.getLogger("bertkit.serve")
 
 
 @dataclass
 class ServeConfig(QAModelFlags):
-    """Serve a fine-tuned SQuAD model over HTTP: POST /answer, GET /health, OpenAPI page at /docs."""
+    """Serve a fine-tuned SQuAD model (POST /answer) or classifier (POST /predict) over HTTP, with an API key."""
 
+    model: str | None = field(
+        default=None, metadata={"help": "fine-tuned SQuAD or `bertkit classify` checkpoint (its kind is detected)"}
+    )
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0: every interface)"})
     port: int = field(default=8000, metadata={"help": "TCP port (0: any free port, printed at start)"})
-    max_body_bytes: int = field(default=1 << 20, metadata={"help": "largest request body; larger ones get 413"})
-    max_context_chars: int = field(default=20_000, metadata={"help": "longest context, in characters (else 422)"})
-    max_question_chars: int = field(default=1_000, metadata={"help": "longest question, in characters (else 422)"})
-    max_batch_questions: int = field(default=64, metadata={"help": "most questions in one request (else 422)"})
-    batch_wait_ms: float = field(
-        default=5.0, metadata={"help": "how long a model batch waits to collect concurrent requests"}
+    api_key: str | None = field(
+        default=None,
+        metadata={"help": "require 'Authorization: Bearer KEY' on every route but /health (default: $BERTKIT_API_KEY)"},
     )
-    log_level: str = field(default="info", metadata={"help": "uvicorn's log level: debug, info, warning, error"})
-    access_log: bool = field(default=True, metadata={"help": "log every request (uvicorn's access log)"})
+    cors_allow_origin: str | None = field(
+        default=None, metadata={"help": "comma-separated origins whose web pages may call the API (default: none)"}
+    )
+    max_body_bytes: int = field(default=1 << 20, metadata={"help": "largest request body; larger ones get 413"})
+    max_context_chars: int = field(
+        default=20_000, metadata={"help": "longest context (QA) or text (classifier), in characters (else 422)"}
+    )
+    max_question_chars: int = field(default=1_000, metadata={"help": "longest question, in characters (else 422)"})
+    max_batch_questions: int = field(default=64, metadata={"help": "most questions or texts in one request (else 422)"})
+    max_batch_tokens: int = field(
+        default=4096,
+        metadata={"help": "real tokens per model batch: large requests run in such batches, interleaved with small"},
+    )
+    max_concurrent_requests: int = field(
+        default=64, metadata={"help": "model requests answered at once; more get 429 (retry later)"}
+    )
+    max_connections: int = field(default=256, metadata={"help": "open connections; more get 503"})
+    request_timeout: float = field(
+        default=30.0, metadata={"help": "seconds a request may take; then its work is dropped and it gets 503"}
+    )
+    read_timeout: float = field(
+        default=10.0, metadata={"help": "seconds a client has to send a request's head, and its body (else 408)"}
+    )
+    batch_wait_ms: float = field(
+        default=5.0, metadata={"help": "how long an idle model waits to collect concurrent requests into one batch"}
+    )
+    log_level: str = field(default="info", metadata={"help": "log level: debug, info, warning, error"})
+    access_log: bool = field(default=True, metadata={"help": "one log line per request (with its id and time)"})
 
     def __post_init__(self) -> None:
         self.check_model_flags()
-        for name in ("max_body_bytes", "max_context_chars", "max_question_chars", "max_batch_questions"):
+        self.api_key = self.api_key or os.environ.get("BERTKIT_API_KEY") or None
+        for name in ("max_body_bytes", "max_context_chars", "max_question_chars", "max_batch_questions",
+                     "max_batch_tokens", "max_concurrent_requests", "max_connections", "request_timeout",
+                     "read_timeout"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
         if self.batch_wait_ms < 0:
             raise ValueError(f"--batch_wait_ms must not be negative, got {self.batch_wait_ms}")
         if not 0 <= self.port < 65536:
             raise ValueError(f"--port must be in [0, 65535], got {self.port}")
+        if self.api_key is not None and (
+            len(self.api_key) < 8 or not self.api_key.isprintable() or " " in self.api_key
+        ):
+            raise ValueError("--api_key must be at least 8 printable characters without spaces")
+
+    @property
+    def origins(self) -> list[str]:
+        return [o.strip() for o in (self.cors_allow_origin or "").split(",") if o.strip()]
 
 
-def _heap_trimmer():
-    """glibc's malloc_trim, or a no-op where there is none. Batches of ever-different shapes leave freed heap memory
-    that glibc keeps: without trimming, the server's RSS grew by 122 MiB in 30 s of bench_serve.py load (tiny
-    model), with it by a few MiB (the memory is free, not leaked)."""
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        return lambda: libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        return lambda: None
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
-class Batcher:
-    """Collects the queries of concurrent requests for up to `wait_s` (or until `max_questions`) and answers them in
-    one `QuestionAnswerer.answer` call on a single worker thread (the model runs one batch at a time)."""
+def describe(engine, kind: str) -> dict:
+    """GET /info: the model's kind, sizes, windows, labels and bertkit's version; nothing about the filesystem."""
+    from bertkit import __version__
 
-    def __init__(self, qa: QuestionAnswerer, cfg: ServeConfig):
-        self.qa, self.cfg = qa, cfg
-        self.wait_s = cfg.batch_wait_ms / 1000
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertkit-model")
-        self.questions = self.batches = self.requests = 0
-        self.trim = _heap_trimmer()
-
-    def _answer(self, queries: list[Query]) -> list[list[Answer]]:
-        """On the worker thread: the model on one batch, then freed memory handed back to the system."""
-        try:
-            return self.qa.answer(queries)
-        finally:
-            self.trim()
-
-    async def submit(self, queries: list[Query]) -> list[list[Answer]]:
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put((queries, future))
-        return await future
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            items = [await self.queue.get()]
-            if self.wait_s > 0:  # the collection window (requests also queue up while the model runs)
-                await asyncio.sleep(self.wait_s)
-            count = len(items[0][0])
-            while count < self.cfg.max_batch_questions and not self.queue.empty():
-                items.append(self.queue.get_nowait())
-                count += len(items[-1][0])
-            items = [(queries, future) for queries, future in items if not future.done()]  # clients that left
-            queries = [q for qs, _ in items for q in qs]
-            if not queries:
-                continue
-            try:
-                answers = await loop.run_in_executor(self.worker, self._answer, queries)
-            except Exception as e:  # reported to each waiting request; the server goes on
-                for _, future in items:
-                    if not future.done():
-                        future.set_exception(e)
-                continue
-            self.batches, self.questions, self.requests = self.batches + 1, self.questions + len(queries), \
-                self.requests + len(items)  # fmt: skip
-            i = 0
-            for qs, future in items:
-                if not future.done():
-                    future.set_result(answers[i : i + len(qs)])
-                i += len(qs)
+    c = engine.model.bert.cfg
+    info = {"kind": kind, "version": __version__,
+            "model": {"num_hidden_layers": c.num_hidden_layers, "hidden_size": c.hidden_size,
+                      "num_attention_heads": c.num_attention_heads, "intermediate_size": c.intermediate_size,
+                      "vocab_size": c.vocab_size, "max_position_embeddings": c.max_position_embeddings},
+            "windows": {"max_seq_length": engine.max_seq_length}}  # fmt: skip
+    if kind == "qa":
+        info["windows"] |= {"doc_stride": engine.doc_stride, "max_query_length": engine.max_query_length}
+    else:
+        info["labels"] = list(engine.labels)
+    return info
 
 
-class BodyLimit:
-    """ASGI middleware: 413 for a request body over `limit` bytes, by its Content-Length or, when streamed
-    without one, as soon as the bytes read pass the limit; the body read is handed on to the app."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await self._too_large(send)
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client left
-                return None
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.limit:
-                return await self._too_large(send)
-            more = message.get("more_body", False)
-        body, sent = b"".join(chunks), False
-
-        async def replay():
-            nonlocal sent
-            if sent:
-                return await receive()  # after the body: the disconnect message, when it comes
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        return await self.app(scope, replay, send)
-
-    async def _too_large(self, send) -> None:
-        body = json.dumps({"detail": f"request body over {self.limit} bytes (--max_body_bytes)"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
-
-
-def _errors(exc) -> list[dict]:
-    """Pydantic's errors without the offending input (a context can be megabytes) or internals."""
-    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-
-
-def create_app(qa: QuestionAnswerer, cfg: ServeConfig, model_name: str = ""):
-    """The FastAPI application around one loaded QuestionAnswerer, wrapped in the body-size limit."""
+def create_app(engine, cfg: ServeConfig, kind: str = "qa"):
+    """The ASGI application around one loaded engine (a QuestionAnswerer, kind "qa", or a TextClassifier, kind
+    "classify"): FastAPI routes inside `Guard` (and CORS when origins are allowed)."""
     from contextlib import asynccontextmanager
-    from typing import Annotated
 
     from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
-    from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from pydantic import ValidationError
 
-    class AnswerRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        id: Annotated[str | int | None, Field(description="echoed back with the answers")] = None
-        question: Annotated[str, Field(min_length=1, max_length=cfg.max_question_chars)]
-        context: Annotated[str, Field(min_length=1, max_length=cfg.max_context_chars)]
-        top_k: Annotated[int, Field(ge=1, le=qa.n_best_size, description="answers, best first")] = 1
-        max_answer_length: Annotated[int, Field(ge=1, le=qa.max_seq_length, description="in tokens")] = 30
-
-    class AnswerOut(BaseModel):
-        text: str
-        score: Annotated[float, Field(description="P(start) x P(end) in the answer's window, as HF's pipeline")]
-        start: Annotated[int, Field(description="first character of the answer in the context")]
-        end: Annotated[int, Field(description="one past its last character")]
-
-    class AnswerResponse(BaseModel):
-        id: str | int | None = None
-        answers: list[AnswerOut]
-
-    one = TypeAdapter(AnswerRequest)
-    many = TypeAdapter(Annotated[list[AnswerRequest], Field(min_length=1, max_length=cfg.max_batch_questions)])
-    request_schema = {
-        "anyOf": [
-            {"$ref": "#/components/schemas/AnswerRequest"},
-            {"type": "array", "items": {"$ref": "#/components/schemas/AnswerRequest"}, "minItems": 1,
-             "maxItems": cfg.max_batch_questions},
-        ]
-    }  # fmt: skip
+    state = {"in_flight": 0}
+    batcher_box: list[Batcher] = []
+    metrics = ServerMetrics(lambda: batcher_box[0].queued_rows() if batcher_box else 0,
+                            lambda: len(batcher_box[0].pending) if batcher_box else 0,
+                            lambda: state["in_flight"])  # fmt: skip
+    schemas = request_models(engine, cfg, kind)
 
     @asynccontextmanager
     async def lifespan(app):
-        app.state.batcher = Batcher(qa, cfg)
-        task = asyncio.create_task(app.state.batcher.run())
+        batcher = Batcher(engine, cfg.max_batch_tokens, cfg.batch_wait_ms / 1000, metrics)
+        batcher_box[:] = [batcher]
+        task = asyncio.create_task(batcher.run())
         try:
             yield
         finally:
             task.cancel()
-            app.state.batcher.worker.shutdown(wait=False, cancel_futures=True)
+            batcher.close()
 
-    app = FastAPI(
-        title="bertkit question answering",
-        description="Answers questions about a context with a fine-tuned SQuAD model (Google's span rule).",
-        lifespan=lifespan,
-    )
+    app = FastAPI(title=f"bertkit {'question answering' if kind == 'qa' else 'text classification'}",
+                  description="bertkit serve: see docs/serving.md", lifespan=lifespan)  # fmt: skip
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
-        return JSONResponse({"detail": _errors(exc)}, status_code=422)
+    async def disconnected(receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
 
-    @app.exception_handler(Exception)
-    async def internal(request: Request, exc: Exception):  # logged by uvicorn; the client gets no traceback
-        return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
+    async def work(request: Request, to_items, shape):
+        """The body parsed and validated, its items through the batcher, the results shaped: or the 4xx/503."""
+        if state["in_flight"] >= cfg.max_concurrent_requests:
+            return JSONResponse({"detail": f"over --max_concurrent_requests {cfg.max_concurrent_requests}: retry "
+                                 "later"}, 429, headers={"Retry-After": "1"})  # fmt: skip
+        state["in_flight"] += 1
+        try:
+            try:
+                body = parse_json(await request.body())
+                validated = schemas.validate(body)
+            except BadRequest as e:
+                return JSONResponse({"detail": e.detail}, e.status)
+            except ValidationError as e:
+                return JSONResponse({"detail": schemas.errors(e)}, 422)
+            deadline = time.monotonic() + cfg.request_timeout
+            try:
+                job = await batcher_box[0].prepare(to_items(validated), deadline)
+            except ValueError as e:
+                return JSONResponse({"detail": str(e).splitlines()[0]}, 422)
+            watch = asyncio.ensure_future(disconnected(request.receive))
+            result = asyncio.ensure_future(batcher_box[0].result(job))
+            try:
+                await asyncio.wait({watch, result}, timeout=max(deadline - time.monotonic(), 0),
+                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            finally:
+                watch.cancel()
+            if not result.done():
+                batcher_box[0].drop(job, "disconnect" if watch.done() and not watch.cancelled() else "timeout")
+            try:
+                found = await result
+            except Dropped as e:
+                if e.reason == "disconnect":
+                    return Response(status_code=499)  # nobody reads it; the access log says the client left
+                return JSONResponse({"detail": f"not answered within --request_timeout {cfg.request_timeout:g} s: "
+                                     "the server is busy, retry later"}, 503, headers={"Retry-After": "1"})  # fmt: skip
+            return shape(validated, found)
+        finally:
+            state["in_flight"] -= 1
 
-    @app.get("/", include_in_schema=False)
-    async def page():
-        return HTMLResponse(PAGE)
+    post = {"responses": {400: {"description": "malformed JSON"}, 401: {"description": "no or wrong API key"},
+                          413: {"description": "body over --max_body_bytes"}, 415: {"description": "not JSON"},
+                          429: {"description": "over --max_concurrent_requests"},
+                          503: {"description": "over --request_timeout"}}}  # fmt: skip
+
+    if kind == "qa":
+
+        @app.post("/answer", openapi_extra=schemas.openapi_body, **post)
+        async def answer(request: Request):
+            """One question ({"question", "context"}) or a list of them; the answers of each, best first."""
+            return await work(request, schemas.to_items, schemas.shape)
+
+        if not cfg.api_key:
+
+            @app.get("/", include_in_schema=False)
+            async def page():
+                return HTMLResponse(PAGE)
+
+    else:
+
+        @app.post("/predict", openapi_extra=schemas.openapi_body, **post)
+        async def predict(request: Request):
+            """One text ({"text", "text_pair"?} or a string) or a list of them; each one's label and scores."""
+            return await work(request, schemas.to_items, schemas.shape)
 
     @app.get("/health")
     async def health() -> dict:
-        b = app.state.batcher
-        return {"status": "ok", "model": model_name, "device": str(qa.env.device), "requests": b.requests,
-                "questions": b.questions, "batches": b.batches}  # fmt: skip
+        return {"status": "ok"}
 
-    @app.post(
-        "/answer",
-        response_model=AnswerResponse | list[AnswerResponse],
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": request_schema}}}},
-        responses={400: {"description": "malformed JSON"}, 413: {"description": "body over --max_body_bytes"}},
-    )
-    async def answer(request: Request):
-        """One question ({"question", "context"}) or a list of them; the answers of each, best first."""
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as e:
-            return JSONResponse({"detail": f"the body is not valid JSON: {e}"}, status_code=400)
-        try:
-            items = many.validate_python(body) if isinstance(body, list) else [one.validate_python(body)]
-        except ValidationError as e:
-            return JSONResponse({"detail": [{**err, "loc": ["body", *err["loc"]]} for err in _errors(e)]}, 422)
-        queries = [Query(r.question, r.context, r.top_k, r.max_answer_length) for r in items]
-        found = await app.state.batcher.submit(queries)
-        out = [{"id": r.id, "answers": [a.to_dict() for a in answers]} for r, answers in zip(items, found, strict=True)]
-        return out if isinstance(body, list) else out[0]
+    info = describe(engine, kind)
 
-    # The request schema is referenced by the OpenAPI page; FastAPI lists only models it sees in signatures.
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
+    @app.get("/info")
+    async def get_info() -> dict:
+        return info
 
-            schema = get_openapi(title=app.title, version="1", description=app.description, routes=app.routes)
-            defs = one.json_schema(ref_template="#/components/schemas/{model}")
-            schema.setdefault("components", {}).setdefault("schemas", {})["AnswerRequest"] = defs
-            app.openapi_schema = schema
-        return app.openapi_schema
+    @app.get("/metrics", include_in_schema=False)
+    async def get_metrics():
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    app.openapi = openapi
-    return BodyLimit(app, cfg.max_body_bytes)
+    schemas.install_openapi(app)
+    routes = {"/answer", "/predict", "/health", "/info", "/metrics", "/"}
+    guarded = Guard(app, cfg, metrics, routes)
+    if cfg.origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        return CORSMiddleware(guarded, allow_origins=cfg.origins, allow_methods=["GET", "POST"],
+                              allow_headers=["authorization", "content-type"])  # fmt: skip
+    return guarded
+
+
+def load_engine(cfg: ServeConfig):
+    """(engine, kind): a TextClassifier for a checkpoint with a classifier head, else a QuestionAnswerer."""
+    from bertkit.serve.classify import TextClassifier, is_classifier
+
+    if is_classifier(cfg.model):
+        return TextClassifier.from_pretrained(
+            cfg.model, vocab_file=cfg.vocab_file, do_lower_case=cfg.do_lower_case, device=cfg.inference_device(),
+            batch_size=cfg.batch_size, max_seq_length=cfg.max_seq_length, precision=cfg.precision,
+            quantize=cfg.quantize,
+        ), "classify"  # fmt: skip
+    return cfg.load(), "qa"
 
 
 def run(cfg: ServeConfig) -> None:
@@ -321,8 +275,19 @@ def run(cfg: ServeConfig) -> None:
         import uvicorn
     except ImportError:
         raise ValueError(INSTALL_HINT) from None
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(cfg.log_level.upper())
+        log.propagate = False
+    if not is_loopback(cfg.host) and not cfg.api_key:
+        log.warning("serving on %s without --api_key (or BERTKIT_API_KEY): anyone who can reach it can use it",
+                    cfg.host)  # fmt: skip
     started = time.perf_counter()
-    qa = cfg.load()
-    print(f"loaded {cfg.model} on {qa.env.device} in {time.perf_counter() - started:.1f} s", flush=True)
-    uvicorn.run(create_app(qa, cfg, cfg.model), host=cfg.host, port=cfg.port, log_level=cfg.log_level,
-                access_log=cfg.access_log)  # fmt: skip
+    engine, kind = load_engine(cfg)
+    print(f"loaded a {'QA model' if kind == 'qa' else 'classifier'} on {engine.env.device} in "
+          f"{time.perf_counter() - started:.1f} s", flush=True)  # fmt: skip
+    uvicorn.run(create_app(engine, cfg, kind), host=cfg.host, port=cfg.port, log_level=cfg.log_level,
+                access_log=False, limit_concurrency=cfg.max_connections,
+                http=slow_header_protocol(cfg.read_timeout))  # fmt: skip

@@ -24,18 +24,15 @@ What is added is what a caller needs beyond predictions.json:
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from bertkit.checkpoint import formats as checkpoint
 from bertkit.checkpoint.snapshot import snapshot_extras
@@ -43,7 +40,14 @@ from bertkit.data.tokenizer import WordPieceTokenizer
 from bertkit.data.vocab import choose_tokenizer
 from bertkit.model.bert import BertForQuestionAnswering
 from bertkit.runtime import dist
-from bertkit.tasks.squad.data import SquadExample, convert_examples_to_features, split_paragraph, squad_tokenizer
+from bertkit.runtime.precision import quantize as quantize_model
+from bertkit.tasks.squad.data import (
+    SquadExample,
+    SquadFeatures,
+    convert_examples_to_features,
+    split_paragraph,
+    squad_tokenizer,
+)
 from bertkit.tasks.squad.predict import RawResults, answer_example, predict_logits, span_text
 
 
@@ -60,6 +64,22 @@ class Answer:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class Prepared:
+    """Queries cut into windows, waiting for their logits: `features` holds the windows (N, T) in query order."""
+
+    queries: list[Query]
+    examples: list[SquadExample]
+    features: SquadFeatures
+    paragraphs: dict[str, tuple[list[str], np.ndarray]]
+
+    @property
+    def inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The windows' (input_ids, input_mask, segment_ids), each (N, T): the rows the server's batcher runs."""
+        f = self.features
+        return f.input_ids, f.input_mask, f.segment_ids
 
 
 @dataclass
@@ -86,6 +106,8 @@ class QuestionAnswerer:
     start or end is not among the 20 best of its window is never chosen; a trained model's rarely is).
     `version_2_with_negative`: SQuAD 2.0 models may answer "no answer" ("") when the null score beats the best span
     by more than `null_score_diff_threshold` (Google's rule). `precision`: fp32, bf16 or fp16 autocast.
+    `quantize`: "int8" runs the Linear layers in dynamic int8 (CPU only, `runtime.precision.quantize`); "none"
+    (the default) is exact.
     """
 
     def __init__(
@@ -102,6 +124,7 @@ class QuestionAnswerer:
         version_2_with_negative: bool = False,
         null_score_diff_threshold: float = 0.0,
         precision: str = "fp32",
+        quantize: str = "none",
     ):
         max_query_length = 64 if max_query_length is None else max_query_length
         for name, value in (("batch_size", batch_size), ("max_query_length", max_query_length),
@@ -111,7 +134,7 @@ class QuestionAnswerer:
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
         device = torch.device(device) if isinstance(device, str) else device
-        self.model = model.to(device).eval()
+        self.model = quantize_model(model.to(device).eval(), quantize)
         self.tokenizer = tokenizer
         self.env = dist.DistEnv(device=device)
         self.batch_size, self.max_query_length, self.n_best_size = batch_size, max_query_length, n_best_size
@@ -229,6 +252,15 @@ class QuestionAnswerer:
     ) -> list[list[Answer]]:
         """Answers to each query, best first (at most its top_k), all windows run through the model together;
         windows of max_seq_length tokens every doc_stride (default: this answerer's)."""
+        prepared = self.prepare(queries, doc_stride, max_seq_length)
+        f = prepared.features
+        return self.finish(prepared, self.logits(f.input_ids, f.input_mask, f.segment_ids))
+
+    def prepare(
+        self, queries: list[Query], doc_stride: int | None = None, max_seq_length: int | None = None
+    ) -> Prepared:
+        """The queries checked (ValueError naming the field) and cut into windows: `answer`'s first step, and what
+        the server's batcher schedules (its rows are the windows)."""
         doc_stride = self.doc_stride if doc_stride is None else doc_stride
         max_seq_length = self.max_seq_length if max_seq_length is None else max_seq_length
         self.check_windows(doc_stride, max_seq_length)
@@ -246,10 +278,16 @@ class QuestionAnswerer:
         features = convert_examples_to_features(
             examples, self.tokenizer, max_seq_length, doc_stride, self.max_query_length, is_training=False
         )
-        start, end = predict_logits(
-            self.model, features.input_ids, features.input_mask, features.segment_ids, self.batch_size, self.env,
-            self.precision,
-        )  # fmt: skip
+        return Prepared(queries, examples, features, paragraphs)
+
+    def logits(self, input_ids: np.ndarray, input_mask: np.ndarray, segment_ids: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(start, end) logits (N, T) float32 of N windows (N, T), -inf at padding: SQuAD prediction's loop."""
+        return predict_logits(self.model, input_ids, input_mask, segment_ids, self.batch_size, self.env, self.precision)
+
+    def finish(self, prepared: Prepared, logits: tuple[np.ndarray, ...]) -> list[list[Answer]]:
+        """The answers of prepared queries from their windows' (start, end) logits (N, T): Google's rule per query."""
+        start, end = logits
+        queries, examples, features = prepared.queries, prepared.examples, prepared.features
         results, rows = RawResults(features.unique_id, start, end), np.arange(len(features))
         bounds = np.searchsorted(features.example_index, np.arange(len(examples) + 1))
         out = []
@@ -267,7 +305,7 @@ class QuestionAnswerer:
             chosen = [c for c in nbest if c.window >= 0 and c.text != ""]
             if prediction == "":
                 chosen = [c for c in nbest if c.text == ""][:1] + chosen
-            word_starts = paragraphs[query.context][1]
+            word_starts = prepared.paragraphs[query.context][1]
             answers = []
             for c in chosen[: query.top_k]:
                 p_start, p_end = (_window_probs(logits[c.window], features.token_to_orig_map[c.window])
@@ -301,168 +339,3 @@ def _context_offset(words: list[str], word_starts: np.ndarray, word: int, positi
         position -= len(words[word]) + 1
         word += 1
     return int(word_starts[word]) + position
-
-
-# --- the command: bertkit ask -----------------------------------------------------------------------------------
-
-
-@dataclass
-class QAModelFlags:
-    """How to load and run a QA model: shared by `bertkit ask` and `bertkit serve`."""
-
-    model: str | None = field(
-        default=None, metadata={"help": "fine-tuned SQuAD checkpoint: bertkit, Hugging Face, Google TF or OneFlow"}
-    )
-    vocab_file: str | None = field(
-        default=None, metadata={"help": "vocab.txt of the model (default: the checkpoint's, else bert-base-uncased)"}
-    )
-    do_lower_case: bool | None = field(
-        default=None,
-        metadata={"help": "lowercase input (default: the checkpoint's tokenizer_config.json, else from the vocab)"},
-    )
-    max_seq_length: int | None = field(
-        default=None,
-        metadata={"help": "tokens per window: [CLS] question [SEP] context [SEP] (default: the model's fine-tuning "
-                          "window from its run_config.json, else 384 at most its max_position_embeddings)"},
-    )  # fmt: skip
-    doc_stride: int | None = field(
-        default=None,
-        metadata={"help": "tokens between the starts of a long context's windows (default: the model's "
-                          "fine-tuning stride, else 128 at most half the window)"},
-    )  # fmt: skip
-    max_query_length: int | None = field(
-        default=None, metadata={"help": "questions are cut to this many tokens (default: the model's, else 64)"}
-    )
-    version_2_with_negative: bool = field(
-        default=False, metadata={"help": 'SQuAD 2.0 model: answer "" (no answer) by Google\'s null-score rule'}
-    )
-    null_score_diff_threshold: float = field(
-        default=0.0, metadata={"help": 'v2.0: answer "" when null score - best non-null score exceeds this'}
-    )
-    n_best_size: int = field(
-        default=20,
-        metadata={"help": "Google's candidates: the n best starts x n best ends per window, as squad-predict; "
-                          "n_best_size >= max_seq_length tries every span, as Hugging Face's pipeline"},
-    )  # fmt: skip
-    batch_size: int = field(default=32, metadata={"help": "windows run through the model at once"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
-    precision: str = field(
-        default="fp32", metadata={"help": "fp32, or bf16 / fp16 autocast", "choices": ("fp32", "bf16", "fp16")}
-    )
-
-    def check_model_flags(self) -> None:
-        if not self.model:
-            raise ValueError("--model is required: the fine-tuned checkpoint directory")
-        for name in ("max_seq_length", "doc_stride", "max_query_length", "batch_size", "n_best_size"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
-
-    def load(self) -> QuestionAnswerer:
-        qa = QuestionAnswerer.from_pretrained(
-            self.model, vocab_file=self.vocab_file, do_lower_case=self.do_lower_case, device=self.device,
-            batch_size=self.batch_size, max_query_length=self.max_query_length, n_best_size=self.n_best_size,
-            max_seq_length=self.max_seq_length, doc_stride=self.doc_stride,
-            version_2_with_negative=self.version_2_with_negative,
-            null_score_diff_threshold=self.null_score_diff_threshold, precision=self.precision,
-        )  # fmt: skip
-        try:
-            qa.check_windows(qa.doc_stride, qa.max_seq_length)
-        except ValueError as e:
-            raise ValueError(f"--{e}") from None
-        return qa
-
-
-@dataclass
-class AskConfig(QAModelFlags):
-    """Answer a question about a text with a fine-tuned SQuAD model, or a jsonl file of them.
-
-    One question: `bertkit ask --model DIR --question "Who won?" --context article.txt` prints each answer (at most
-    --top_k) with its score (P(start) x P(end), as Hugging Face's pipeline) and its character span [start, end) in
-    the context. Many: `--jsonl questions.jsonl` reads {"id", "question", "context"} lines and writes one
-    {"id", "answers": [{"text", "score", "start", "end"}]} line each to --output (default: standard output).
-    """
-
-    question: str | None = field(default=None, metadata={"help": "the question to answer about --context"})
-    context: str | None = field(default=None, metadata={"help": "text file holding the context, or - for stdin"})
-    jsonl: str | None = field(
-        default=None, metadata={"help": 'answer a file of {"id", "question", "context"} lines instead'}
-    )
-    output: str | None = field(default=None, metadata={"help": "--jsonl answers go here (default: standard output)"})
-    top_k: int = field(default=1, metadata={"help": "answers per question, best first (at most --n_best_size)"})
-    max_answer_length: int = field(default=30, metadata={"help": "longest answer considered, in tokens"})
-
-    def __post_init__(self) -> None:
-        self.check_model_flags()
-        if self.jsonl is None and (self.question is None or self.context is None):
-            raise ValueError("give --question and --context FILE (or - for stdin), or --jsonl FILE")
-        if self.jsonl is not None and (self.question is not None or self.context is not None):
-            raise ValueError("--jsonl answers a file of questions; do not give --question or --context with it")
-        if not 1 <= self.top_k <= self.n_best_size:
-            raise ValueError(f"--top_k must be in [1, --n_best_size {self.n_best_size}], got {self.top_k}")
-        if self.max_answer_length <= 0:
-            raise ValueError(f"--max_answer_length must be positive, got {self.max_answer_length}")
-
-
-JSONL_CHUNK = 64  # questions answered together when reading --jsonl (their windows batched)
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The {"id", "question", "context"} lines of a file; ValueError naming the file, line and field."""
-    rows = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").split("\n")  # not splitlines: JSON strings may hold U+2028
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"--jsonl {path}: cannot read it ({e})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{n}: expected an object with id, question, context")
-        for key in ("question", "context"):
-            if not isinstance(row.get(key), str):
-                raise ValueError(f"{path}:{n}: '{key}' should be a string, got {row.get(key)!r:.40}")
-        rows.append({"id": row.get("id", n), "question": row["question"], "context": row["context"]})
-    return rows
-
-
-def run_ask(cfg: AskConfig) -> list[list[Answer]]:
-    if cfg.jsonl is not None:
-        rows = read_jsonl(cfg.jsonl)
-    else:
-        if cfg.context == "-":
-            context = sys.stdin.read()
-        else:
-            try:
-                context = Path(cfg.context).read_text(encoding="utf-8")
-            except OSError as e:
-                raise ValueError(f"--context {cfg.context}: cannot read it ({e.strerror})") from None
-        rows = [{"id": None, "question": cfg.question, "context": context}]
-    qa = cfg.load()
-    queries = [Query(r["question"], r["context"], cfg.top_k, cfg.max_answer_length) for r in rows]
-    if cfg.jsonl is None:
-        answers = qa.answer(queries)
-        for rank, a in enumerate(answers[0], 1):
-            text = a.text if a.text else "(no answer)"
-            print(f"{rank}. {text}\tscore {a.score:.4f}\tcharacters [{a.start}, {a.end})")
-        if not answers[0]:
-            print("(no answer: the context has no words or no valid span)")
-        return answers
-    out = open(cfg.output, "w", encoding="utf-8") if cfg.output else sys.stdout
-    answers = []
-    try:
-        with tqdm(total=len(queries), desc="ask", unit="question", file=sys.stderr,
-                  disable=not sys.stderr.isatty()) as bar:  # fmt: skip
-            for i in range(0, len(queries), JSONL_CHUNK):
-                chunk = qa.answer(queries[i : i + JSONL_CHUNK])
-                for row, found in zip(rows[i : i + JSONL_CHUNK], chunk, strict=True):
-                    out.write(json.dumps({"id": row["id"], "answers": [a.to_dict() for a in found]}) + "\n")
-                answers += chunk
-                bar.update(len(chunk))
-    finally:
-        if out is not sys.stdout:
-            out.close()
-    return answers

@@ -1,5 +1,5 @@
-"""GLUE evaluation and prediction: a model's logits over features, the task's metrics and loss, Google's
-eval_results.txt.
+"""GLUE evaluation: a model's logits over features (`predict.predict_logits`, the one prediction loop), the task's
+metrics and loss, Google's eval_results.txt.
 
 Reference: google-research/bert `run_classifier.py` @ eedf5716 (eval_results.txt: eval_accuracy, eval_loss,
 global_step, loss; metric_fn's mean loss per example).
@@ -7,19 +7,17 @@ global_step, loss; metric_fn's mean loss per example).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
-from bertkit.runtime.precision import autocast
 from bertkit.tasks.glue import data as glue
+from bertkit.tasks.glue.predict import predict_logits
 from bertkit.tasks.glue.results import glue_metrics
 
 
@@ -29,34 +27,6 @@ def check_ids(feats: glue.Features, bert_cfg: BertConfig, what: str) -> None:
     if top >= bert_cfg.vocab_size:
         raise ValueError(f"{what}: token id {top} is beyond the model's vocab_size {bert_cfg.vocab_size}: is "
                          "--vocab_file the model's vocabulary?")  # fmt: skip
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, feats: glue.Features, batch_size: int, env: dist.DistEnv,
-                   precision: str = "fp32", progress: bool = False) -> np.ndarray:  # fmt: skip
-    """Logits (N, num_labels) float32 of every example, on every rank.
-
-    Examples are sorted by length, longest first, and each batch runs cut to its longest example (the logits do
-    not depend on padding columns: tested against the padded run). Rank r runs batches r, r + W, ...; the rows
-    are gathered by a sum over ranks of zero-initialised arrays.
-    """
-    n = len(feats)
-    lengths = feats.input_mask.astype(bool).sum(1)
-    order = np.argsort(-lengths, kind="stable")
-    out = np.zeros((n, model.classifier.out_features), np.float32)  # (N, C); zeros: a sum over ranks gathers rows
-    model.eval()
-    for i in tqdm(range(env.rank * batch_size, n, batch_size * env.world_size), desc="eval", unit="batch",
-                  disable=not (progress and sys.stderr.isatty()), leave=False):  # fmt: skip
-        idx = order[i : i + batch_size]
-        L = int(lengths[idx].max())
-        ids, types, mask = (torch.from_numpy(a[idx, :L].astype(np.int64)).to(env.device)
-                            for a in (feats.input_ids, feats.segment_ids, feats.input_mask))  # fmt: skip
-        with autocast(precision, env.device):
-            logits = model(ids, types, mask).float().cpu().numpy()  # (B, C)
-        out[idx] = logits
-    if env.world_size > 1:
-        out = dist.all_reduce_sum(torch.from_numpy(out).to(env.device), env).cpu().numpy()
-    return out
 
 
 def evaluate(model: nn.Module, task: glue.GlueTask, feats: glue.Features, batch_size: int, env: dist.DistEnv,

@@ -1,0 +1,190 @@
+"""`bertkit ask`: answer a question about a text, or a jsonl file of them, with a fine-tuned SQuAD model; and the
+flags that load a model for inference, shared by `ask` and `serve` (`QAModelFlags`).
+
+The answering is `serve.qa.QuestionAnswerer`'s; this module reads files and flags and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from bertkit.runtime.precision import QUANTIZE
+from bertkit.serve.qa import Answer, Query, QuestionAnswerer
+
+
+@dataclass
+class QAModelFlags:
+    """How to load and run a QA model: shared by `bertkit ask` and `bertkit serve`."""
+
+    model: str | None = field(
+        default=None, metadata={"help": "fine-tuned SQuAD checkpoint: bertkit, Hugging Face, Google TF or OneFlow"}
+    )
+    vocab_file: str | None = field(
+        default=None, metadata={"help": "vocab.txt of the model (default: the checkpoint's, else bert-base-uncased)"}
+    )
+    do_lower_case: bool | None = field(
+        default=None,
+        metadata={"help": "lowercase input (default: the checkpoint's tokenizer_config.json, else from the vocab)"},
+    )
+    max_seq_length: int | None = field(
+        default=None,
+        metadata={"help": "tokens per window: [CLS] question [SEP] context [SEP] (default: the model's fine-tuning "
+                          "window from its run_config.json, else 384 at most its max_position_embeddings)"},
+    )  # fmt: skip
+    doc_stride: int | None = field(
+        default=None,
+        metadata={"help": "tokens between the starts of a long context's windows (default: the model's "
+                          "fine-tuning stride, else 128 at most half the window)"},
+    )  # fmt: skip
+    max_query_length: int | None = field(
+        default=None, metadata={"help": "questions are cut to this many tokens (default: the model's, else 64)"}
+    )
+    version_2_with_negative: bool = field(
+        default=False, metadata={"help": 'SQuAD 2.0 model: answer "" (no answer) by Google\'s null-score rule'}
+    )
+    null_score_diff_threshold: float = field(
+        default=0.0, metadata={"help": 'v2.0: answer "" when null score - best non-null score exceeds this'}
+    )
+    n_best_size: int = field(
+        default=20,
+        metadata={"help": "Google's candidates: the n best starts x n best ends per window, as squad-predict; "
+                          "n_best_size >= max_seq_length tries every span, as Hugging Face's pipeline"},
+    )  # fmt: skip
+    batch_size: int = field(default=32, metadata={"help": "windows run through the model at once"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    precision: str = field(
+        default="fp32", metadata={"help": "fp32, or bf16 / fp16 autocast", "choices": ("fp32", "bf16", "fp16")}
+    )
+    quantize: str = field(
+        default="none",
+        metadata={"help": "int8: the Linear layers in dynamic int8 on the CPU (faster, not exact); none: exact",
+                  "choices": QUANTIZE},
+    )  # fmt: skip
+
+    def check_model_flags(self) -> None:
+        if not self.model:
+            raise ValueError("--model is required: the fine-tuned checkpoint directory")
+        for name in ("max_seq_length", "doc_stride", "max_query_length", "batch_size", "n_best_size"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+
+    def inference_device(self) -> str:
+        """--device, with auto meaning the CPU under --quantize int8 (torch's dynamic int8 is CPU only)."""
+        return "cpu" if self.quantize != "none" and self.device == "auto" else self.device
+
+    def load(self) -> QuestionAnswerer:
+        qa = QuestionAnswerer.from_pretrained(
+            self.model, vocab_file=self.vocab_file, do_lower_case=self.do_lower_case, device=self.inference_device(),
+            batch_size=self.batch_size, max_query_length=self.max_query_length, n_best_size=self.n_best_size,
+            max_seq_length=self.max_seq_length, doc_stride=self.doc_stride,
+            version_2_with_negative=self.version_2_with_negative,
+            null_score_diff_threshold=self.null_score_diff_threshold, precision=self.precision,
+            quantize=self.quantize,
+        )  # fmt: skip
+        try:
+            qa.check_windows(qa.doc_stride, qa.max_seq_length)
+        except ValueError as e:
+            raise ValueError(f"--{e}") from None
+        return qa
+
+
+@dataclass
+class AskConfig(QAModelFlags):
+    """Answer a question about a text with a fine-tuned SQuAD model, or a jsonl file of them.
+
+    One question: `bertkit ask --model DIR --question "Who won?" --context article.txt` prints each answer (at most
+    --top_k) with its score (P(start) x P(end), as Hugging Face's pipeline) and its character span [start, end) in
+    the context. Many: `--jsonl questions.jsonl` reads {"id", "question", "context"} lines and writes one
+    {"id", "answers": [{"text", "score", "start", "end"}]} line each to --output (default: standard output).
+    """
+
+    question: str | None = field(default=None, metadata={"help": "the question to answer about --context"})
+    context: str | None = field(default=None, metadata={"help": "text file holding the context, or - for stdin"})
+    jsonl: str | None = field(
+        default=None, metadata={"help": 'answer a file of {"id", "question", "context"} lines instead'}
+    )
+    output: str | None = field(default=None, metadata={"help": "--jsonl answers go here (default: standard output)"})
+    top_k: int = field(default=1, metadata={"help": "answers per question, best first (at most --n_best_size)"})
+    max_answer_length: int = field(default=30, metadata={"help": "longest answer considered, in tokens"})
+
+    def __post_init__(self) -> None:
+        self.check_model_flags()
+        if self.jsonl is None and (self.question is None or self.context is None):
+            raise ValueError("give --question and --context FILE (or - for stdin), or --jsonl FILE")
+        if self.jsonl is not None and (self.question is not None or self.context is not None):
+            raise ValueError("--jsonl answers a file of questions; do not give --question or --context with it")
+        if not 1 <= self.top_k <= self.n_best_size:
+            raise ValueError(f"--top_k must be in [1, --n_best_size {self.n_best_size}], got {self.top_k}")
+        if self.max_answer_length <= 0:
+            raise ValueError(f"--max_answer_length must be positive, got {self.max_answer_length}")
+
+
+JSONL_CHUNK = 64  # questions answered together when reading --jsonl (their windows batched)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The {"id", "question", "context"} lines of a file; ValueError naming the file, line and field."""
+    rows = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").split("\n")  # not splitlines: JSON strings may hold U+2028
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--jsonl {path}: cannot read it ({e})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: expected an object with id, question, context")
+        for key in ("question", "context"):
+            if not isinstance(row.get(key), str):
+                raise ValueError(f"{path}:{n}: '{key}' should be a string, got {row.get(key)!r:.40}")
+        rows.append({"id": row.get("id", n), "question": row["question"], "context": row["context"]})
+    return rows
+
+
+def run_ask(cfg: AskConfig) -> list[list[Answer]]:
+    if cfg.jsonl is not None:
+        rows = read_jsonl(cfg.jsonl)
+    else:
+        if cfg.context == "-":
+            context = sys.stdin.read()
+        else:
+            try:
+                context = Path(cfg.context).read_text(encoding="utf-8")
+            except OSError as e:
+                raise ValueError(f"--context {cfg.context}: cannot read it ({e.strerror})") from None
+        rows = [{"id": None, "question": cfg.question, "context": context}]
+    qa = cfg.load()
+    queries = [Query(r["question"], r["context"], cfg.top_k, cfg.max_answer_length) for r in rows]
+    if cfg.jsonl is None:
+        answers = qa.answer(queries)
+        for rank, a in enumerate(answers[0], 1):
+            text = a.text if a.text else "(no answer)"
+            print(f"{rank}. {text}\tscore {a.score:.4f}\tcharacters [{a.start}, {a.end})")
+        if not answers[0]:
+            print("(no answer: the context has no words or no valid span)")
+        return answers
+    out = open(cfg.output, "w", encoding="utf-8") if cfg.output else sys.stdout
+    answers = []
+    try:
+        with tqdm(total=len(queries), desc="ask", unit="question", file=sys.stderr,
+                  disable=not sys.stderr.isatty()) as bar:  # fmt: skip
+            for i in range(0, len(queries), JSONL_CHUNK):
+                chunk = qa.answer(queries[i : i + JSONL_CHUNK])
+                for row, found in zip(rows[i : i + JSONL_CHUNK], chunk, strict=True):
+                    out.write(json.dumps({"id": row["id"], "answers": [a.to_dict() for a in found]}) + "\n")
+                answers += chunk
+                bar.update(len(chunk))
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return answers
