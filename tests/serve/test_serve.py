@@ -112,7 +112,9 @@ def test_limits_and_malformed_bodies_are_4xx_without_tracebacks(client):
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body"]
     big = json.dumps({"question": "Who?", "context": "x" * 5000})
     assert client.post("/answer", content=big, headers=JSON).status_code == 413  # by Content-Length
-    r = client.post("/answer", content=(big[i : i + 1000].encode() for i in range(0, len(big), 1000)), headers=JSON)  # chunked
+    r = client.post(
+        "/answer", content=(big[i : i + 1000].encode() for i in range(0, len(big), 1000)), headers=JSON
+    )  # chunked
     assert r.status_code == 413 and "max_body_bytes" in r.json()["detail"]
     for bad in (b"{not json", b"\xff\xfe", b""):
         r = client.post("/answer", content=bad, headers=JSON)

@@ -163,6 +163,10 @@ def create_app(engine, cfg: ServeConfig, kind: str = "qa"):
     app = FastAPI(title=f"bertkit {'question answering' if kind == 'qa' else 'text classification'}",
                   description="bertkit serve: see docs/serving.md", lifespan=lifespan)  # fmt: skip
 
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):  # Starlette then re-raises: Guard logs it, in one line
+        return JSONResponse({"detail": "internal error", "id": request.state.request_id}, 500)
+
     async def disconnected(receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
@@ -275,12 +279,11 @@ def run(cfg: ServeConfig) -> None:
         import uvicorn
     except ImportError:
         raise ValueError(INSTALL_HINT) from None
-    if not log.handlers:
+    log.setLevel(cfg.log_level.upper())
+    if not log.handlers and not logging.getLogger().handlers:  # the command's own log; an embedding app keeps its own
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
-        log.setLevel(cfg.log_level.upper())
-        log.propagate = False
     if not is_loopback(cfg.host) and not cfg.api_key:
         log.warning("serving on %s without --api_key (or BERTKIT_API_KEY): anyone who can reach it can use it",
                     cfg.host)  # fmt: skip
