@@ -1,42 +1,34 @@
 """`bertkit serve`: answers equal the Python API's, limits give 413 / 422 / 400 (never a 500), concurrent requests
-share model batches; in-process with an HTTP client and once as a real process on a free loopback port."""
+share model batches; in-process with an HTTP client and as a real process on a free loopback port, where a client
+that disconnects has its work dropped, slow senders are cut off and open connections are limited."""
 
 from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
+from serve_fixtures import samples
 
-from bertkit.checkpoint.formats import save_pretrained
 from bertkit.cli import main
-from bertkit.model.bert import BertForQuestionAnswering
-from bertkit.model.config import BertConfig
-from bertkit.serve.qa import QuestionAnswerer
 
 CONTEXT = "The Denver Broncos defeated the Carolina Panthers 24–10 to earn their third Super Bowl title."
 QUESTIONS = ["Who won?", "Who lost?", "What was the score?", "Which title was it?", "Who played?", "What?"]
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from pathlib import Path
-
-    vocab = Path(__file__).resolve().parents[2] / "src" / "bertkit" / "data" / "vocab-bert-base-uncased.txt"
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=37, max_position_embeddings=512)  # fmt: skip
-    return save_pretrained(BertForQuestionAnswering(cfg), cfg, tmp_path_factory.mktemp("tiny") / "m", vocab)
+def tiny_dir(tiny_qa_dir):
+    return tiny_qa_dir  # conftest's tiny random QA model
 
 
 @pytest.fixture(scope="module")
-def qa(tiny_dir):
-    return QuestionAnswerer.from_pretrained(tiny_dir, device="cpu")
+def qa(tiny_qa):
+    return tiny_qa
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +142,8 @@ def server_url(tiny_dir):
     """`python -m bertkit serve` as a real process on a free loopback port (--port 0: it prints the port)."""
     pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install bertkit[serve]")
     cmd = [sys.executable, "-m", "bertkit", "serve", "--model", str(tiny_dir), "--port", "0", "--device", "cpu",
-           "--access_log", "False"]  # fmt: skip
+           "--access_log", "False", "--max_batch_tokens", "300", "--read_timeout", "1", "--max_connections", "12",
+           "--max_body_bytes", "1000000"]  # fmt: skip
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline, url, log = time.monotonic() + 120, None, []
@@ -195,3 +188,94 @@ def test_the_page_in_headless_chromium(server_url, qa, tmp_path):
                          capture_output=True, text=True, timeout=60).stdout  # fmt: skip
     a = qa("Who won?", CONTEXT)[0]
     assert f"<mark>{CONTEXT[a.start : a.end]}</mark>" in dom, dom[-2000:]
+
+
+@pytest.fixture(scope="module")
+def server_port(server_url) -> int:
+    return int(server_url.rsplit(":", 1)[1])
+
+
+# --- the real server: disconnects, slow senders, open connections -----------------------------------------------
+
+
+def http(port: int, raw: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes, return everything the server sends until it closes or `timeout` passes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(raw)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+        return got
+
+
+def request(path: str, body: bytes | None = None) -> bytes:
+    head = f"{'POST' if body is not None else 'GET'} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    if body is None:
+        return (head + "\r\n").encode()
+    return (head + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def metrics(port: int) -> dict[str, float]:
+    return samples(http(port, request("/metrics")).split(b"\r\n\r\n", 1)[1].decode())
+
+
+def test_a_client_that_disconnects_has_its_work_dropped(server_port):
+    context = " ".join(["The Denver Broncos defeated the Carolina Panthers to earn the title."] * 200)  # 13,800 chars
+    body = json.dumps([{"question": f"Who won game {i}?", "context": context} for i in range(64)]).encode()  # 900 KB
+    before = metrics(server_port)
+    with socket.create_connection(("127.0.0.1", server_port)) as s:
+        s.sendall(request("/answer", body))
+        time.sleep(0.3)  # tokenized and running
+    time.sleep(1.0)
+    after = metrics(server_port)
+    dropped = after.get('bertkit_requests_dropped_total{reason="disconnect"}', 0)
+    dropped -= before.get('bertkit_requests_dropped_total{reason="disconnect"}', 0)
+    rows = after["bertkit_batch_rows_sum"] - before.get("bertkit_batch_rows_sum", 0)
+    assert dropped == 1 and rows < 64 * 10, (
+        dropped,
+        rows,
+    )  # 64 x 11 windows  # stopped between batches, not run to the end
+    assert after["bertkit_queue_rows"] == 0 and after["bertkit_requests_in_flight"] == 0
+    reply = http(server_port, request("/answer", json.dumps({"question": "Who won?", "context": CONTEXT}).encode()))
+    assert reply.startswith(b"HTTP/1.1 200")
+
+
+def test_slow_senders_are_cut_off(server_port):
+    began = time.monotonic()
+    head = b"POST /answer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+    with socket.create_connection(("127.0.0.1", server_port), timeout=10) as s:  # a body that never completes
+        s.sendall(head)
+        got = b""
+        for _ in range(5):  # one byte a second, as the fault-injection run did
+            got += _recv_or_empty(s, 1.0)
+            if got:
+                break
+            s.sendall(b" ")
+        while chunk := _recv_or_empty(s, 2.0):
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 408") and b"read_timeout" in got
+    assert time.monotonic() - began < 4
+    with socket.create_connection(("127.0.0.1", server_port), timeout=10) as s:  # half a request head
+        s.sendall(b"POST /answer HTTP/1.1\r\nHost: x\r\n")
+        t = time.monotonic()
+        assert s.recv(100) == b"" and time.monotonic() - t < 3  # closed after --read_timeout 1
+
+
+def _recv_or_empty(s: socket.socket, seconds: float) -> bytes:
+    s.settimeout(seconds)
+    try:
+        return s.recv(65536)
+    except TimeoutError:
+        return b""
+
+
+def test_open_connections_are_limited(server_port):
+    idle = [socket.create_connection(("127.0.0.1", server_port)) for _ in range(12)]
+    try:
+        reply = http(server_port, request("/health"))
+        assert reply.startswith(b"HTTP/1.1 503")
+    finally:
+        for s in idle:
+            s.close()
+    time.sleep(0.2)
+    assert http(server_port, request("/health")).startswith(b"HTTP/1.1 200")

@@ -114,10 +114,10 @@ class Batcher:
         """Drop a job (client gone, deadline passed): its remaining rows are not run."""
         if job in self.pending:
             self.pending.remove(job)
-            if self.metrics:
-                self.metrics.dropped.inc(reason)
         if not job.future.done():
             job.future.set_exception(Dropped(reason))
+            if self.metrics:
+                self.metrics.dropped.inc(reason)
 
     def queued_rows(self) -> int:
         return sum(j.rows - j.next for j in self.pending)
@@ -142,7 +142,6 @@ class Batcher:
 
     async def run(self) -> None:
         """The scheduling loop (one task for the server's life)."""
-        loop = asyncio.get_running_loop()
         while True:
             if not self.pending:
                 self.wake.clear()
@@ -158,27 +157,29 @@ class Batcher:
                     self.pending.remove(job)
             if not batch:
                 continue
-            if self.metrics:
-                for job, _, _ in batch:
-                    if not job.started:
-                        self.metrics.queue_wait.observe(now - job.enqueued)
-            for job, _, _ in batch:
-                job.started = True
-            inputs = [np.concatenate([j.inputs[k][a:b] for j, a, b in batch]) for k in range(3)]
-            began = time.perf_counter()
             try:
-                outputs = await loop.run_in_executor(self.model_thread, self.engine.logits, *inputs)
-            except Exception as e:  # reported to each job of the batch (one log line each); the server goes on
+                await self._run_batch(batch, now)
+            except Exception as e:  # reported to each job of the batch (one log line each); the loop goes on
                 for job in {j for j, _, _ in batch}:
                     if job in self.pending:
                         self.pending.remove(job)
                     if not job.future.done():
                         job.future.set_exception(e)
-                continue
-            self._record(batch, inputs, time.perf_counter() - began)
-            self._scatter(batch, outputs)
 
-    def _record(self, batch, inputs, seconds: float) -> None:
+    async def _run_batch(self, batch: list[tuple[Job, int, int]], now: float) -> None:
+        """The model on the batch's rows (all jobs of one engine share the row width T), the outputs scattered."""
+        for job, _, _ in batch:
+            if not job.started and self.metrics:
+                self.metrics.queue_wait.observe(now - job.enqueued)
+            job.started = True
+        inputs = [np.concatenate([j.inputs[k][a:b] for j, a, b in batch]) for k in range(3)]
+        began = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        outputs = await loop.run_in_executor(self.model_thread, self.engine.logits, *inputs)
+        self._record(inputs, time.perf_counter() - began)
+        self._scatter(batch, outputs)
+
+    def _record(self, inputs: list[np.ndarray], seconds: float) -> None:
         tokens = int(inputs[1].astype(bool).sum())
         self.batches += 1
         self.rows_run += len(inputs[0])
