@@ -77,6 +77,28 @@ def test_a_large_request_runs_in_budget_batches_and_small_ones_go_in_between():
     assert all(len(batch) <= 4 for batch in engine.batches)  # 400 tokens = four 100-token rows
     where = next(i for i, batch in enumerate(engine.batches) if 2 in batch)
     assert where <= 2, engine.batches  # the small request waited for at most the batch running when it came
+    assert engine.batches[where] == [2]  # and its batch was not filled up with the large request's rows
+
+
+def test_a_stream_of_new_requests_does_not_starve_a_started_one():
+    engine = FakeEngine(delay=0.005)
+
+    async def main():
+        b = Batcher(engine, max_batch_tokens=400, wait_s=0)
+        loop = asyncio.create_task(b.run())
+        far = time.monotonic() + 60
+        big = asyncio.ensure_future(b.result(await b.prepare([(1, 12, 100)], far)))
+        smalls = []
+        while not big.done():  # a new small request at every turn of the loop
+            smalls.append(asyncio.ensure_future(b.result(await b.prepare([(2, 1, 10)], far))))
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*smalls)
+        loop.cancel()
+        b.close()
+
+    run_async(main())
+    with_big = [i for i, batch in enumerate(engine.batches) if 1 in batch]
+    assert max(np.diff(with_big)) <= 2, engine.batches  # the started request is in at least every other batch
 
 
 def test_a_dropped_request_stops_between_batches():

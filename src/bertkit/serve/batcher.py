@@ -5,7 +5,8 @@ Fairness and bounds, the way Hugging Face's text-embeddings-inference batches (a
 request count) and then some:
 - A batch is filled from the requests that have had the fewest tokens run so far (ties: the oldest first), row by
   row, until the token budget is spent. A 1 MB request is run in budget-sized batches, and a small request that
-  arrives meanwhile goes into the next batch: it waits for at most one batch, never for the whole large request.
+  arrives meanwhile goes into the next batch, with other new requests only: it waits for at most one batch, never
+  for the whole large request (`take` says how the large one is never starved either).
 - A request whose client has gone, or whose deadline (--request_timeout) has passed, is dropped: its rows not yet
   run never reach the model, and a request being run stops between batches.
 - Tokenizing and answer extraction (`prepare`, `finish`) run on their own threads, so the model thread only runs
@@ -91,6 +92,7 @@ class Batcher:
         self.cpu_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bertkit-prepare")
         self.counter = itertools.count()
         self.batches = self.rows_run = 0
+        self.fresh_only = False  # whether the last batch left out started jobs (see take)
         self.trim = _heap_trimmer()
 
     # --- the request's side ---------------------------------------------------------------------------------------
@@ -125,9 +127,18 @@ class Batcher:
     # --- the model's side ----------------------------------------------------------------------------------------
 
     def take(self) -> list[tuple[Job, int, int]]:
-        """The next batch: (job, first row, end row) slices, least-served jobs first, within the token budget."""
+        """The next batch: (job, first row, end row) slices, least-served jobs first, within the token budget.
+
+        While some job has had nothing run yet (a request that just came), the batch holds only such jobs, so a
+        small request's batch is short and not filled up with a large request's rows; but never twice in a row
+        while a started job waits, so a large request gets at least every other batch and is never starved.
+        """
+        fresh = [j for j in self.pending if j.next == 0]
+        started = len(fresh) < len(self.pending)
+        jobs = fresh if fresh and not (self.fresh_only and started) else self.pending
+        self.fresh_only = jobs is fresh and started
         budget, batch = self.max_batch_tokens, []
-        for job in sorted(self.pending, key=lambda j: (j.served_tokens, j.seq)):
+        for job in sorted(jobs, key=lambda j: (j.served_tokens, j.seq)):
             start = stop = job.next
             while stop < job.rows and (int(job.lengths[stop]) <= budget or not batch and stop == start):
                 budget -= int(job.lengths[stop])
