@@ -29,11 +29,13 @@ def no_autocast(precision: str, device: torch.device):
 QUANTIZE = ("none", "int8")
 
 
-def quantize(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+def quantize(model: torch.nn.Module, mode: str, keep: frozenset[str] = frozenset()) -> torch.nn.Module:
     """The model for inference with `mode`: "none" returns it as it is (exact); "int8" returns a copy whose
-    nn.Linear layers are torch's dynamic int8 quantization (weights int8 per tensor, activations quantized per
-    batch at run time; CPU only). Embeddings, LayerNorm and the softmax stay fp32. Raises ValueError for another
-    mode or a model not on the CPU."""
+    nn.Linear layers, but those named in `keep`, are torch's dynamic int8 quantization (weights int8 per tensor,
+    activations quantized per batch at run time; CPU only). Embeddings, LayerNorm and the softmax stay fp32.
+    `keep`: layers whose weight the forward reads as a tensor (a quantized layer has none). Raises ValueError for
+    another mode or a model not on the CPU.
+    Reference: torch.ao.quantization.quantize_dynamic, as in PyTorch's "dynamic quantization on BERT" tutorial."""
     if mode not in QUANTIZE:
         raise ValueError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {mode!r}")
     if mode == "none":
@@ -44,4 +46,5 @@ def quantize(model: torch.nn.Module, mode: str) -> torch.nn.Module:
 
     with warnings.catch_warnings():  # torch announces the move of this API to torchao; it works as documented
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)
+        names = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in keep}
+        return torch.ao.quantization.quantize_dynamic(model.eval(), names, dtype=torch.qint8)

@@ -83,6 +83,8 @@ def as_pairs(inputs, text_pair: str | None = None) -> tuple[list[Pair], bool]:
         raise ValueError("text_pair goes with one text; for many, pass {'text', 'text_pair'} objects")
     if isinstance(inputs, dict):
         return [one(inputs)], True
+    if not isinstance(inputs, list | tuple):
+        one(inputs)  # raises, naming what is expected
     return [one(x) for x in inputs], False
 
 
@@ -118,7 +120,9 @@ class TextClassifier:
         if len(labels or ("",)) != outputs:
             raise ValueError(f"{len(labels)} label names for a model with {outputs} outputs")
         device = torch.device(device) if isinstance(device, str) else device
-        self.model = quantize_model(model.to(device).eval(), quantize)
+        # The last layer computes [CLS] alone on the fast path, slicing its qkv weight: that layer stays fp32.
+        last_qkv = f"bert.layers.{model.bert.cfg.num_hidden_layers - 1}.attn.qkv"
+        self.model = quantize_model(model.to(device).eval(), quantize, keep=frozenset({last_qkv}))
         self.tokenizer, self.labels = tokenizer, tuple(labels)
         self.env = dist.DistEnv(device=device)
         self.batch_size, self.max_seq_length, self.precision = batch_size, max_seq_length, precision
