@@ -29,9 +29,8 @@ from bertkit.data.tokenizer import WordPieceTokenizer
 from bertkit.data.vocab import choose_tokenizer
 from bertkit.model.bert import BertForSequenceClassification
 from bertkit.runtime import dist
-from bertkit.runtime.precision import quantize as quantize_model
 from bertkit.tasks.glue import data as glue
-from bertkit.tasks.glue.predict import predict_logits
+from bertkit.tasks.glue.predict import predict_logits, quantize_classifier
 
 
 @dataclass(frozen=True)
@@ -120,9 +119,7 @@ class TextClassifier:
         if len(labels or ("",)) != outputs:
             raise ValueError(f"{len(labels)} label names for a model with {outputs} outputs")
         device = torch.device(device) if isinstance(device, str) else device
-        # The last layer computes [CLS] alone on the fast path, slicing its qkv weight: that layer stays fp32.
-        last_qkv = f"bert.layers.{model.bert.cfg.num_hidden_layers - 1}.attn.qkv"
-        self.model = quantize_model(model.to(device).eval(), quantize, keep=frozenset({last_qkv}))
+        self.model = quantize_classifier(model.to(device).eval(), quantize)
         self.tokenizer, self.labels = tokenizer, tuple(labels)
         self.env = dist.DistEnv(device=device)
         self.batch_size, self.max_seq_length, self.precision = batch_size, max_seq_length, precision

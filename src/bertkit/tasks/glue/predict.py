@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from bertkit.runtime import dist
-from bertkit.runtime.precision import autocast
+from bertkit.runtime.precision import autocast, quantize
 from bertkit.tasks.glue.data import Features
 
 
@@ -46,3 +46,10 @@ def predict_logits(model: nn.Module, feats: Features, batch_size: int, env: dist
     if env.world_size > 1:
         out = dist.all_reduce_sum(torch.from_numpy(out).to(env.device), env).cpu().numpy()
     return out
+
+
+def quantize_classifier(model: nn.Module, mode: str) -> nn.Module:
+    """`runtime.precision.quantize` for a BertForSequenceClassification: on the fast path its last layer computes
+    [CLS] alone by slicing its qkv weight, which a quantized layer does not have, so that one layer stays fp32."""
+    last_qkv = f"bert.layers.{model.bert.cfg.num_hidden_layers - 1}.attn.qkv"
+    return quantize(model, mode, keep=frozenset({last_qkv}))

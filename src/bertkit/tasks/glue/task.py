@@ -30,9 +30,11 @@ from bertkit.data.vocab import default_vocab_path
 from bertkit.model.bert import BertForSequenceClassification, num_parameters
 from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
+from bertkit.runtime.precision import QUANTIZE
 from bertkit.tasks.glue import data as glue
 from bertkit.tasks.glue import labels
 from bertkit.tasks.glue.evaluate import check_ids, evaluate, mean_batch_loss, predict_logits, write_eval_results
+from bertkit.tasks.glue.predict import quantize_classifier
 from bertkit.tasks.glue.records import load_features, record_files, tsv_examples
 from bertkit.tasks.glue.results import write_predictions
 from bertkit.train import runner
@@ -110,6 +112,11 @@ class ClassifyConfig(runner.SeedConfig):
         default=None, metadata={"help": "score the dev set, write eval_results.txt (default: with --eval_data_dir)"}
     )
     do_predict: bool = field(default=False, metadata={"help": "predict the test set; write GLUE's submission file"})
+    quantize: str = field(
+        default="none",
+        metadata={"help": "int8: --do_predict (and --do_eval) with dynamic int8 Linear layers on the CPU (faster, "
+                          "not exact); none: exact", "choices": QUANTIZE},
+    )  # fmt: skip
     max_seq_length: int | None = field(
         default=None, metadata={"help": "tokens per example, cut or padded (default: 128)"}
     )
@@ -232,6 +239,8 @@ class ClassifyConfig(runner.SeedConfig):
             self.do_train = bool(self.train_data_dir)
         if self.do_eval is None:
             self.do_eval = bool(self.eval_data_dir)
+        if self.quantize != "none" and self.device == "cuda":
+            raise ValueError("--quantize int8 runs on the CPU only: pass --device cpu")
         if not (self.do_train or self.do_eval or self.do_predict):
             raise ValueError("nothing to do: pass at least one of --do_train, --do_eval, --do_predict")
         if self.do_train and not (self.train_data_dir or self.data_dir):
@@ -397,6 +406,7 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
         step = summary["step"]
         if not cfg.save_last_snapshot and step % cfg.model_save_every_n_iter:
             say("note: the fine-tuned model is not kept (--save_last_snapshot False)")
+    model = quantize_classifier(model, cfg.quantize)  # after training: evaluation and prediction only
     out = Path(cfg.output_dir)
     if dev is not None:
         metrics, example_loss = evaluate(model, task, dev, batch, env, cfg.precision, progress=env.is_main)

@@ -35,6 +35,7 @@ from bertkit.data.vocab import choose_tokenizer, default_vocab_path
 from bertkit.model.bert import BertForQuestionAnswering, num_parameters
 from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
+from bertkit.runtime.precision import QUANTIZE, quantize
 from bertkit.tasks.squad.data import (
     SquadExample,
     SquadFeatures,
@@ -229,6 +230,11 @@ class SquadPredictConfig(SquadModelConfig):
     """
 
     eval_data_dir: str | None = field(default=None, metadata={"help": "same as --data_dir"})
+    quantize: str = field(
+        default="none",
+        metadata={"help": "int8: the Linear layers in dynamic int8 on the CPU (faster, not exact); none: exact",
+                  "choices": QUANTIZE},
+    )  # fmt: skip
     # Flags that only training uses: accepted (the seed's predict command lines carry them), hidden from --help.
     cli_hidden: ClassVar[frozenset[str]] = frozenset(
         "learning_rate weight_decay_rate warmup_batches log_every_n_iter loss_print_every_n_iter "
@@ -245,6 +251,8 @@ class SquadPredictConfig(SquadModelConfig):
         )
         if not self.data_dir and not self.predict_file:
             raise ValueError("give --predict_file (a SQuAD json) or --data_dir (record windows) to predict on")
+        if self.quantize != "none" and self.device == "cuda":
+            raise ValueError("--quantize int8 runs on the CPU only: pass --device cpu")
 
 
 @dataclass
@@ -642,6 +650,7 @@ def _run_predict(cfg: SquadPredictConfig, env: dist.DistEnv) -> dict | None:
     say = _printer(env)
     say(runner.banner(cfg))
     model, _, vocab, _ = build_model(cfg, env, say)
+    model = quantize(model, cfg.quantize)
     tokenizer = cfg.tokenizer(vocab)
     limit = cfg.iter_num * cfg.batch_size_per_device * env.world_size
     es = eval_set(cfg, tokenizer, cfg.data_dir, cfg.data_part_num, limit, say, env.is_main)
