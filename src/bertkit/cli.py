@@ -143,7 +143,12 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run_ask",
         "answer a question about a text (or a jsonl file of them) with a SQuAD model",
     ),
-    "serve": ("serve.http", "ServeConfig", "run", "serve a SQuAD model over HTTP: POST /answer, GET /health, /docs"),
+    "serve": (
+        "serve.http",
+        "ServeConfig",
+        "run",
+        "serve a SQuAD model (POST /answer) or a classifier (POST /predict) over HTTP, with an API key",
+    ),
     "classify": (
         "tasks.glue.task",
         "ClassifyConfig",
