@@ -87,11 +87,74 @@ def sst2(args: argparse.Namespace, snapshot: Path, work: Path) -> list[dict]:
         acc = sum(p.label == y for p, y in zip(found, labels, strict=True)) / len(labels)
         results.append({"side": f"bertkit {'fp32' if mode == 'none' else 'int8'}", "accuracy": round(100 * acc, 2),
                         "per_s": round(rate, 1)})  # fmt: skip
+    try:
+        results += onnx_sides(snapshot, clf, texts, labels, args, work)
+    except ImportError:
+        print("onnxruntime is not installed: no ONNX Runtime sides (pip install onnx onnxruntime)")
     pipe = pipeline("text-classification", model=str(hf_dir(snapshot, work / "hf")), device="cpu")
     found, rate = timed(lambda xs: pipe(xs, batch_size=args.batch, truncation=True, max_length=64), texts, args.batch)
     acc = sum(p["label"] == f"LABEL_{y}" for p, y in zip(found, labels, strict=True)) / len(labels)
     results.append({"side": "transformers pipeline fp32", "accuracy": round(100 * acc, 2), "per_s": round(rate, 1)})
     return results
+
+
+def onnx_sides(snapshot: Path, clf, texts: list[str], labels: list[str], args: argparse.Namespace, work: Path
+               ) -> list[dict]:  # fmt: skip
+    """ONNX Runtime fp32 and its dynamic int8 (`onnxruntime.quantization.quantize_dynamic`) on the same model
+    (exported on the padded path, dynamic batch and length) and the same features, batches sorted by length and
+    cut to their longest, as bertkit's prediction loop."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = fp32_model(snapshot)
+    path, path8 = work / "model.onnx", work / "model.int8.onnx"
+    if not path8.is_file():
+        x = torch.ones(2, 8, dtype=torch.long)
+        model.bert.unpad = False  # the padded path: one graph for every batch shape
+        axes = {"b": 0, "t": 1}
+        torch.onnx.export(model, (x, torch.zeros_like(x), x), str(path), input_names=["ids", "types", "mask"],
+                          output_names=["logits"], opset_version=17, dynamo=False,
+                          dynamic_axes={k: {v: n for n, v in axes.items()} for k in ("ids", "types", "mask")})  # fmt: skip
+        model.bert.unpad = None
+        quantize_dynamic(str(path), str(path8), weight_type=QuantType.QInt8)
+    feats = clf.prepare([(t, None) for t in texts]).features
+    lengths = feats.input_mask.sum(1)
+    order = np.argsort(-lengths, kind="stable")
+    out = []
+    for name, file in (("onnxruntime fp32", path), ("onnxruntime int8", path8)):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+
+        def run(idx, session=session):
+            L = int(lengths[idx].max())
+            feed = {"ids": feats.input_ids[idx, :L].astype(np.int64), "types": feats.segment_ids[idx, :L].astype(np.int64),
+                    "mask": feats.input_mask[idx, :L].astype(np.int64)}  # fmt: skip
+            return list(session.run(None, feed)[0].argmax(-1))
+
+        batches = [order[i : i + args.batch] for i in range(0, len(order), args.batch)]
+        run(batches[0])
+        t0 = time.perf_counter()
+        pred = np.empty(len(texts), np.int64)
+        for idx in batches:
+            pred[idx] = run(idx)
+        rate = len(texts) / (time.perf_counter() - t0)
+        acc = float(np.mean([clf.labels[p] == y for p, y in zip(pred, labels, strict=True)]))
+        out.append({"side": name, "accuracy": round(100 * acc, 2), "per_s": round(rate, 1)})
+    return out
+
+
+def fp32_model(snapshot: Path):
+    """The snapshot's classifier, fp32, in eval mode."""
+    from bertkit.checkpoint import formats
+    from bertkit.model.bert import BertForSequenceClassification
+
+    state, cfg, _, _ = formats.load_state(snapshot)
+    model = BertForSequenceClassification(cfg, state["classifier.weight"].shape[0])
+    model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()})
+    return model.eval()
 
 
 def squad(args: argparse.Namespace, snapshot: Path, work: Path) -> list[dict]:
