@@ -9,12 +9,14 @@ Inputs are taken as transformers' pipeline("text-classification") takes them: a 
 dict, or a list of either. The numbers are `bertkit classify --do_predict`'s: the same features (Google's
 convert_single_example: [CLS] a [SEP] b [SEP], the pair cut longest first), the same length-sorted prediction loop
 (`tasks/glue/predict.py`) and the same float32 softmax as test_results.tsv. The label names are the GLUE task's the
-model was fine-tuned on (its run_config.json), else LABEL_0, LABEL_1, ...; STS-B (regression) gives its score.
+checkpoint names (a bertkit directory's labels.txt, a Hugging Face config's id2label), else the GLUE task's it was
+fine-tuned on (its run_config.json), else LABEL_0, LABEL_1, ...; STS-B (regression) gives its score.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ from bertkit.data.vocab import choose_tokenizer
 from bertkit.model.bert import BertForSequenceClassification
 from bertkit.runtime import dist
 from bertkit.tasks.glue import data as glue
-from bertkit.tasks.glue.predict import predict_logits, quantize_classifier
+from bertkit.tasks.glue.predict import predict_logits, probabilities, quantize_classifier
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,9 @@ class TextClassifier:
                 labels = glue.get_task(run["task_name"]).labels
             except ValueError:
                 warnings.warn(f"{path}: unknown task_name {run['task_name']!r}; labels are LABEL_i", stacklevel=2)
+        named = checkpoint.own_labels(path, checkpoint.detect_format(path))  # labels.txt, or HF's id2label
+        if named and len(named) == head.shape[0] and not all(re.fullmatch(r"LABEL_\d+", n) for n in named):
+            labels = tuple(named)
         if not labels and head.shape[0] != 1 or labels and len(labels) != head.shape[0]:
             labels = tuple(f"LABEL_{i}" for i in range(head.shape[0]))
         model = BertForSequenceClassification(cfg, head.shape[0])
@@ -188,7 +193,7 @@ class TextClassifier:
         (z,) = logits
         if not self.labels:
             return [Prediction(None, float(s), {}) for s in z[:, 0]]
-        probs = glue.softmax(z.astype(np.float32))
+        probs = probabilities(z)
         return [Prediction(self.labels[int(p.argmax())], float(p.max()), dict(zip(self.labels, map(float, p), strict=True)))
                 for p in probs]  # fmt: skip
 

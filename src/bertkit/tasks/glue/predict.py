@@ -18,6 +18,7 @@ from tqdm import tqdm
 from bertkit.runtime import dist
 from bertkit.runtime.precision import autocast, quantize
 from bertkit.tasks.glue.data import Features
+from bertkit.tasks.glue.results import softmax
 
 
 @torch.no_grad()
@@ -53,3 +54,8 @@ def quantize_classifier(model: nn.Module, mode: str) -> nn.Module:
     [CLS] alone by slicing its qkv weight, which a quantized layer does not have, so that one layer stays fp32."""
     last_qkv = f"bert.layers.{model.bert.cfg.num_hidden_layers - 1}.attn.qkv"
     return quantize(model, mode, keep=frozenset({last_qkv}))
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """(N, C) class probabilities of logits (N, C): test_results.tsv's float32 softmax."""
+    return softmax(logits.astype(np.float32))
