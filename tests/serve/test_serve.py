@@ -253,7 +253,8 @@ def test_slow_senders_are_cut_off(server_port):
             s.sendall(b" ")
         while chunk := _recv_or_empty(s, 2.0):
             got += chunk
-    assert got.startswith(b"HTTP/1.1 408") and b"read_timeout" in got
+    head, _, body = got.partition(b"\r\n\r\n")  # the body is lost when our last byte turned the close into a reset
+    assert head.startswith(b"HTTP/1.1 408") and (not body or b"read_timeout" in body)
     assert time.monotonic() - began < 4
     with socket.create_connection(("127.0.0.1", server_port), timeout=10) as s:  # half a request head
         s.sendall(b"POST /answer HTTP/1.1\r\nHost: x\r\n")
@@ -265,7 +266,7 @@ def _recv_or_empty(s: socket.socket, seconds: float) -> bytes:
     s.settimeout(seconds)
     try:
         return s.recv(65536)
-    except TimeoutError:
+    except (TimeoutError, ConnectionResetError):  # a reset: the server closed with our last byte unread
         return b""
 
 
