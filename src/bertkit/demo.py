@@ -329,11 +329,15 @@ def lessons(s: dict, seconds: float) -> str:
             if p["mlm_loss_end"] < freq - 0.1
             else f"That is the level of predicting each hidden word by its frequency alone ({freq:.2f}): in this time "
             "and text the model learned which words are common, not yet which fit a context."
+            if p["mlm_loss_end"] <= freq + 0.1
+            else f"Predicting each hidden word by its frequency alone scores {freq:.2f}: the model has not yet even "
+            "learned which words are common."
         ),
         f"  - Telling a real next sentence from a random one (loss {p['nsp_loss_end']:.2f}; a coin toss scores 0.69) "
         f"needs far more text than the demo's {d['documents']} articles: it "
         + ("was barely learned." if p["nsp_loss_end"] > 0.6 else "was partly learned."),
-        f"  - Fine-tuned on {d['squad_train_questions']:,} SQuAD questions, the model answered {right} of {n} questions "
+        f"  - Fine-tuned for {q['iterations']} steps on {d['squad_train_questions']:,} SQuAD questions, the model "
+        f"answered {right} of {n} questions "
         f"it never saw exactly (F1 {tuned.get('f1', 0):.1f}); the same model untrained scores F1 "
         f"{base.get('f1', 0):.1f}"
         + (
@@ -341,6 +345,9 @@ def lessons(s: dict, seconds: float) -> str:
             if tuned.get("f1", 0) > base.get("f1", 0) + 5
             else f" ({round(base.get('exact_match', 0) * n / 100)} exact): a start, not reading comprehension; a "
             "model this small, pretrained this briefly, learns little of the task."
+            if tuned.get("f1", 0) > base.get("f1", 0)
+            else f" ({round(base.get('exact_match', 0) * n / 100)} exact): in this run fine-tuning did not beat the "
+            "untrained model."
         ),
         *(
             [
@@ -397,7 +404,7 @@ ran, not how well bertkit learns; the fine-tuned model may even score below the 
 without --quick for the figures README.md reports."""
 
 NEXT_STEPS = """
-Next, on real data (see README.md, "From raw text to SQuAD"):
+Next, on real data (see docs/guide.md, "From raw text to SQuAD and GLUE"):
   bertkit create-pretraining-data --input_file 'corpus/*.txt' --output_file data/part-0 --output_format ofrecord
   bertkit pretrain --gpu_num_per_node 8 --data_dir data --data_part_num 1 --seq_length 128 ...
   bertkit convert --tf_checkpoint_path uncased_L-12_H-768_A-12 --of_dump_path bert-base-oneflow
