@@ -14,7 +14,7 @@ A snapshot is a bertkit model directory plus what a resumed run and a later `squ
 It is written through `atomic.atomic_output` (a hidden temporary sibling, fsynced, renamed; the free space is
 checked first), so a crash, a kill -9 or a full disk leaves the previous snapshot whole and no partial one.
 `load_snapshot` checks every file against the manifest before reading any (a flipped bit is refused), and turns a
-damaged file into one line naming it. Snapshots written before the manifest existed load unchecked.
+damaged file into one line naming it. A snapshot without its manifest loads unchecked, with a warning that says so.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +35,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from bertkit.checkpoint.files import LABELS
+from bertkit.data.vocab import checkpoint_vocab, recorded_casing
 from bertkit.model.config import BertConfig
 from bertkit.runtime import atomic
 from bertkit.runtime.atomic import OutputError
@@ -216,11 +218,15 @@ def _first_line(e: BaseException) -> str:
 def verify_snapshot(path: str | os.PathLike) -> bool:
     """Check every file of the snapshot against its manifest: sizes first (a truncation), then sha256.
 
-    Returns False for a snapshot without a manifest (written before bertkit kept one: nothing to check against),
-    True when every file matches; raises SnapshotError naming the first file that does not.
+    Returns False for a directory without a manifest (nothing to check against; a snapshot, one with train_state.pt,
+    warns that it loads unchecked), True when every file matches; raises SnapshotError naming the first file that
+    does not.
     """
     d = Path(path)
     if not (d / MANIFEST).is_file():
+        if is_snapshot(d):
+            warnings.warn(f"{d} has no {MANIFEST}: its files are loaded unchecked (a damaged one may load; snapshots "
+                          f"bertkit writes carry one)", stacklevel=2)  # fmt: skip
         return False
     try:
         files = json.loads((d / MANIFEST).read_text(encoding="utf-8"))["files"]
@@ -280,11 +286,7 @@ def snapshot_extras(path: str | os.PathLike) -> tuple[str | None, bool | None, d
     """(vocab.txt path, do_lower_case, run_config) a snapshot (or any bertkit directory) carries; None for each
     it lacks."""
     d = Path(path)
-    vocab = str(d / VOCAB) if (d / VOCAB).is_file() else None
-    lower = None
-    if (d / TOKENIZER).is_file():
-        value = _read_json(d / TOKENIZER).get("do_lower_case")
-        lower = value if isinstance(value, bool) else None
+    vocab, lower = checkpoint_vocab(d), recorded_casing(d)  # data/vocab.py: the one reader of both
     run = _read_json(d / RUN_CONFIG) if (d / RUN_CONFIG).is_file() else None
     return vocab, lower, run
 

@@ -26,10 +26,11 @@ from bertkit.checkpoint import formats as checkpoint
 from bertkit.checkpoint.snapshot import check_writable, existing_snapshots, load_snapshot
 from bertkit.data.loader import ArrayLoader
 from bertkit.data.tokenizer import WordPieceTokenizer
-from bertkit.data.vocab import default_vocab_path
+from bertkit.data.vocab import CHECK_CASING_HELP, DO_LOWER_CASE_HELP, Tokenization, choose_tokenizer
 from bertkit.model.bert import BertForSequenceClassification, num_parameters
 from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
+from bertkit.runtime.atomic import refuse_existing
 from bertkit.runtime.precision import QUANTIZE
 from bertkit.tasks.glue import data as glue
 from bertkit.tasks.glue import labels
@@ -101,7 +102,8 @@ class ClassifyConfig(runner.SeedConfig):
     vocab_file: str | None = field(
         default=None, metadata={"help": "vocab.txt of the model (default: the checkpoint's, else bert-base-uncased)"}
     )
-    do_lower_case: bool = field(default=True, metadata={"help": "lowercase and strip accents: True for uncased models"})
+    do_lower_case: bool | None = field(default=None, metadata={"help": DO_LOWER_CASE_HELP})
+    check_casing: bool = field(default=True, metadata={"help": CHECK_CASING_HELP})
     init_checkpoint: str | None = field(
         default=None, metadata={"help": "Google's name for --model_load_dir: bertkit, HF, Google TF or OneFlow"}
     )
@@ -306,22 +308,12 @@ def build_model(cfg: ClassifyConfig, env: dist.DistEnv, say: Callable[[str], Non
     return model.to(env.device), bert_cfg, None
 
 
-def tokenizer_vocab_path(tokenizer: WordPieceTokenizer) -> str:
-    """The vocab.txt the tokenizer read (the bundled bert-base-uncased one when it was given none): what snapshots
-    carry, so that a fine-tuned snapshot tokenizes as its training did."""
-    path = Path(str(tokenizer.vocab_file))
-    return str(path) if path.is_file() else default_vocab_path()
-
-
-def vocab_file(cfg: ClassifyConfig) -> str | None:
-    """--vocab_file, else the vocab.txt beside --init_checkpoint (also when resuming: the snapshot's), else
-    None: bert-base-uncased's."""
-    source = cfg.resume or cfg.model_load_dir
-    if cfg.vocab_file or not source:
-        return cfg.vocab_file
-    path = Path(source)
-    vocab = (path if path.is_dir() else path.parent) / "vocab.txt"
-    return str(vocab) if vocab.is_file() else None
+def choose_vocab(cfg: ClassifyConfig, vocab_size: int) -> Tokenization:
+    """The vocabulary and casing by the one policy (data/vocab.py): the model's (the snapshot resumed, else
+    --init_checkpoint) against --vocab_file, --do_lower_case and the record data's."""
+    data = (("--train_data_dir", cfg.train_data_dir), ("--eval_data_dir", cfg.eval_data_dir))
+    checkpoint = cfg.resume if cfg.resume and cfg.resume != "latest" else cfg.model_load_dir
+    return choose_tokenizer(cfg.vocab_file, cfg.do_lower_case, checkpoint, vocab_size, cfg.check_casing, data)
 
 
 # --- the command -------------------------------------------------------------------------------------------------
@@ -349,14 +341,12 @@ def _check(cfg: ClassifyConfig) -> None:
     save_dir = Path(cfg.model_save_dir)
     if cfg.do_train and not cfg.resume:
         outputs += existing_snapshots(save_dir)
-    existing = [str(p) for p in outputs if p.exists()]
-    if existing and not cfg.overwrite_output_dir:
-        one = len(existing) == 1
-        raise ValueError(f"{', '.join(existing)} already {'exists' if one else 'exist'}; "
-                         f"pass --overwrite_output_dir to replace {'it' if one else 'them'}")  # fmt: skip
+    refuse_existing(outputs, "--overwrite_output_dir", overwrite=cfg.overwrite_output_dir)
     if cfg.do_train:
         check_writable(cfg.model_save_dir)
         runner.check_resume(cfg)
+    own = Path(cfg.resume or "") / "bert_config.json"  # after --resume latest is resolved
+    choose_vocab(cfg, BertConfig.from_json_file(own).vocab_size if own.is_file() else bert_cfg.vocab_size)
 
 
 def run(cfg: ClassifyConfig) -> dict | None:
@@ -369,8 +359,11 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
     task = cfg.task
     model, bert_cfg, resume_state = build_model(cfg, env, say)
     batch = cfg.eval_batch_size_per_device
-    tokenizer = WordPieceTokenizer(vocab_file(cfg), cfg.do_lower_case)
-    say(f"vocabulary: {tokenizer.vocab_file} ({len(tokenizer.vocab)} pieces), do_lower_case {cfg.do_lower_case}")
+    choice = choose_vocab(cfg, bert_cfg.vocab_size)
+    say(choice.line())
+    if choice.note:
+        say(choice.note)
+    tokenizer = WordPieceTokenizer(choice.vocab_file, choice.do_lower_case)
     dev = None
     if cfg.do_eval:  # built first, so that a bad dev file fails before training, not after
         dev, _ = load_features(cfg, "eval", tokenizer, env, say)
@@ -399,7 +392,7 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
             return evaluate(m, task, dev, batch, env, cfg.precision)[0]
 
         loss_fn = regression_loss if task.is_regression else classification_loss
-        extras = {"vocab_file": tokenizer_vocab_path(tokenizer), "do_lower_case": cfg.do_lower_case,
+        extras = {"vocab_file": choice.path, "do_lower_case": choice.do_lower_case,
                   "run_config": dataclasses.asdict(cfg), "labels": task.labels or None}  # fmt: skip
         summary = fit(model, bert_cfg, loss_fn, loader, cfg, env, eval_fn if dev is not None else None,
                       resume_state, say, snapshot_extras=extras)  # fmt: skip

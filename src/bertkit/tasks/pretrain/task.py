@@ -18,8 +18,9 @@ from torch import Tensor, nn
 
 from bertkit.checkpoint.snapshot import check_writable, load_snapshot
 from bertkit.data.loader import PretrainingLoader, prefetch, resolve_inputs
-from bertkit.data.vocab import pretrain_vocab
+from bertkit.data.vocab import Tokenization, choose_tokenizer
 from bertkit.model.bert import BertForPreTraining
+from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
 from bertkit.train import runner
 from bertkit.train.loop import fit
@@ -179,6 +180,15 @@ def pretrain_accuracy_counts(model: nn.Module, batches, device: torch.device) ->
     return counts
 
 
+def choose_vocab(cfg: PretrainConfig, vocab_size: int) -> Tokenization:
+    """What snapshots carry, by the one policy (data/vocab.py): --vocab_file, else the checkpoint continued
+    (--resume, --model_load_dir), else the one the data recorded; refused when the data was made with another
+    vocabulary than the model's. None known is a warning (the snapshots then carry none)."""
+    checkpoint = cfg.resume if cfg.resume and cfg.resume != "latest" else cfg.model_load_dir
+    data = (("--data_dir", cfg.data_dir), ("--eval_data_dir", cfg.eval_data_dir))
+    return choose_tokenizer(cfg.vocab_file, None, checkpoint, vocab_size, data=data, fallback=False)
+
+
 def check(cfg: PretrainConfig) -> None:
     """Every user error before any worker starts (runs once, in the launching process)."""
     resolve_inputs(cfg.data_dir, data_part_num=cfg.data_part_num, flag="--data_dir")
@@ -190,12 +200,14 @@ def check(cfg: PretrainConfig) -> None:
     check_writable(cfg.model_save_dir)
     if cfg.phase1_snapshot and not cfg.resume:
         _check_phase1(cfg)
-    note = pretrain_vocab(cfg.vocab_file, cfg.data_dir, bert_cfg.vocab_size)[2]
-    if note:
-        print(note)
     runner.check_resume(cfg)
     if not cfg.resume:
         runner.check_fresh_save_dir(cfg)
+    own = Path(cfg.resume or "") / "bert_config.json"
+    choice = choose_vocab(cfg, (BertConfig.from_json_file(own) if own.is_file() else bert_cfg).vocab_size)
+    print(choice.line())
+    if choice.note:
+        print(choice.note)
 
 
 def _check_phase1(cfg: PretrainConfig) -> None:
@@ -279,8 +291,9 @@ def _run(cfg: PretrainConfig, env: dist.DistEnv) -> dict:
             return {"mlm_accuracy": hits_mlm / max(n_mlm, 1.0), "nsp_accuracy": hits_nsp / max(n_nsp, 1.0)}
 
     global_norm = cfg.mlm_loss_normalization == "global_batch"
-    vocab, lower, _ = pretrain_vocab(cfg.vocab_file, cfg.data_dir, bert_cfg.vocab_size)
-    extras = {"vocab_file": vocab, "do_lower_case": lower, "run_config": dataclasses.asdict(cfg)}
+    choice = choose_vocab(cfg, bert_cfg.vocab_size)
+    extras = {"vocab_file": choice.vocab_file, "do_lower_case": choice.do_lower_case,
+              "run_config": dataclasses.asdict(cfg)}  # fmt: skip
     try:
         summary = fit(model, bert_cfg, pretrain_step_loss, loader, cfg, env, eval_fn, resume_state, print_fn=say,
                       count_fn=masked_count if global_norm else None, snapshot_extras=extras,

@@ -27,14 +27,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.checkpoint import formats as checkpoint
-from bertkit.checkpoint.snapshot import check_writable, existing_snapshots, load_snapshot, snapshot_extras
+from bertkit.checkpoint.snapshot import check_writable, existing_snapshots, load_snapshot
 from bertkit.data.loader import ArrayLoader, id_limits, read_dataset, resolve_inputs
 from bertkit.data.records import squad_features
 from bertkit.data.tokenizer import WordPieceTokenizer
-from bertkit.data.vocab import choose_tokenizer, default_vocab_path
+from bertkit.data.vocab import CHECK_CASING_HELP, DO_LOWER_CASE_HELP, Tokenization, choose_tokenizer
 from bertkit.model.bert import BertForQuestionAnswering, num_parameters
 from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
+from bertkit.runtime.atomic import refuse_existing
 from bertkit.runtime.precision import QUANTIZE, quantize
 from bertkit.tasks.squad.data import (
     SquadExample,
@@ -103,16 +104,8 @@ class SquadFlags:
     vocab_file: str | None = field(
         default=None, metadata={"help": "vocab.txt of the model (default: the checkpoint's, else bert-base-uncased)"}
     )
-    do_lower_case: bool | None = field(
-        default=None,
-        metadata={"help": "lowercase and strip accents: True for uncased models (default: the checkpoint's "
-                          "tokenizer_config.json, else what its vocabulary shows, else True)"},
-    )  # fmt: skip
-    check_casing: bool = field(
-        default=True,
-        metadata={"help": "stop when --do_lower_case contradicts the model (its tokenizer_config.json, its "
-                          "vocabulary's capitals, or cased/uncased in its name); False: use the flag as given"},
-    )  # fmt: skip
+    do_lower_case: bool | None = field(default=None, metadata={"help": DO_LOWER_CASE_HELP})
+    check_casing: bool = field(default=True, metadata={"help": CHECK_CASING_HELP})
     max_seq_length: int = field(default=384, metadata={"help": "tokens per window: [CLS] question [SEP] context [SEP]"})
     doc_stride: int = field(default=128, metadata={"help": "tokens between the starts of a paragraph's windows"})
     max_query_length: int = field(default=64, metadata={"help": "questions are cut to this many tokens"})
@@ -151,26 +144,25 @@ class SquadFlags:
             self.output_dir = default_output_dir
 
     def tokenizer_setup(
-        self, checkpoint: str | None = None, vocab_size: int | None = None
-    ) -> tuple[str | None, bool, str]:
-        """(vocab.txt or None for bert-base-uncased's, do_lower_case, a warning or ""), checked before any work.
-
-        The vocabulary: --vocab_file, else the checkpoint's vocab.txt. The casing: --do_lower_case, else the
-        checkpoint's tokenizer_config.json, else its vocabulary's capitals, else cased/uncased in its name, else
-        True. ValueError when --vocab_file differs from the checkpoint's vocab.txt or outgrows vocab_size, and (unless
-        --check_casing False) when --do_lower_case contradicts the model (vocab.check_casing).
-        """
-        return choose_tokenizer(self.vocab_file, self.do_lower_case, checkpoint, vocab_size, self.check_casing)
+        self, checkpoint: str | None = None, vocab_size: int | None = None, data: tuple = ()
+    ) -> Tokenization:
+        """The vocabulary and casing for the model at `checkpoint` and the record `data` ((flag, path) pairs), by
+        the one policy (`data.vocab.choose_tokenizer`); ValueError before any work for what it refuses."""
+        return choose_tokenizer(self.vocab_file, self.do_lower_case, checkpoint, vocab_size, self.check_casing, data)
 
     def tokenizer(
-        self, checkpoint_vocab: str | None = None, vocab_size: int | None = None, say: Callable[[str], None] = print
-    ) -> WordPieceTokenizer:
-        """The tokenizer `tokenizer_setup` chooses, for the checkpoint whose vocab.txt is `checkpoint_vocab`."""
-        checkpoint = str(Path(checkpoint_vocab).parent) if checkpoint_vocab else None
-        vocab, lower, note = self.tokenizer_setup(checkpoint, vocab_size)
-        if note:
-            say(note)
-        return squad_tokenizer(vocab, lower)
+        self,
+        checkpoint: str | None = None,
+        vocab_size: int | None = None,
+        say: Callable[[str], None] = print,
+        data: tuple = (),
+    ) -> tuple[WordPieceTokenizer, Tokenization]:
+        """Google's SQuAD tokenizer with what `tokenizer_setup` chooses, the decision printed with `say`."""
+        choice = self.tokenizer_setup(checkpoint, vocab_size, data)
+        say(choice.line())
+        if choice.note:
+            say(choice.note)
+        return squad_tokenizer(choice.vocab_file, choice.do_lower_case), choice
 
 
 @dataclass
@@ -434,16 +426,26 @@ def _count(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 100_000 else f"{n:,}"
 
 
+def model_checkpoint(cfg: SquadModelConfig) -> str | None:
+    """The checkpoint whose vocabulary and casing count: the snapshot resumed, else --model_load_dir."""
+    return cfg.resume if cfg.resume and cfg.resume != "latest" else cfg.model_load_dir or cfg.init_checkpoint
+
+
+def record_data(cfg: SquadModelConfig) -> tuple[tuple[str, str | None], ...]:
+    """(flag, path) of the record windows read, whose recorded vocabulary must be the model's."""
+    return tuple((f"--{name}", getattr(cfg, name, None)) for name in ("train_data_dir", "eval_data_dir", "data_dir"))
+
+
 def build_model(
     cfg: SquadModelConfig, env: dist.DistEnv, say: Callable[[str], None]
-) -> tuple[BertForQuestionAnswering, BertConfig, str | None, dict | None]:
-    """(model on the device, its config, the checkpoint's vocab.txt if any, the train state when resuming)."""
+) -> tuple[BertForQuestionAnswering, BertConfig, dict | None]:
+    """(model on the device, its config, the train state when resuming)."""
     if cfg.resume:
         weights, bert_cfg, resume_state = load_snapshot(cfg.resume, verify=False)  # verified by check()
         model = BertForQuestionAnswering(bert_cfg)
         model.load_state_dict(weights)
         say(f"Resuming from {cfg.resume} at iter {resume_state['step']}.")
-        return model.to(env.device), bert_cfg, None, resume_state
+        return model.to(env.device), bert_cfg, resume_state
     bert_cfg, source = cfg.model_config()
     uses_json = cfg.predict_file or getattr(cfg, "train_file", None)
     uses_records = cfg.data_dir or cfg.eval_data_dir or getattr(cfg, "train_data_dir", None)
@@ -455,14 +457,11 @@ def build_model(
     torch.manual_seed(cfg.seed)
     model = BertForQuestionAnswering(bert_cfg)
     say(f"{runner.model_source(source)}: {model_line(bert_cfg, model)}")
-    vocab = None
     if cfg.model_load_dir:
-        report = checkpoint.load_into(model, cfg.model_load_dir)
-        say(load_summary(report))
-        vocab = report.vocab_file
+        say(load_summary(checkpoint.load_into(model, cfg.model_load_dir)))
     else:
         say("Init model on demand (random weights)")
-    return model.to(env.device), bert_cfg, vocab, None
+    return model.to(env.device), bert_cfg, None
 
 
 WINDOWS_VERSION = 2  # bump when convert_examples_to_features changes what it makes (2: answers in leading whitespace)
@@ -598,12 +597,8 @@ def answer(
 
 
 def check_outputs(paths: list[Path], overwrite: bool) -> None:
-    """Refuse, before any work, to replace a user's files unless asked to."""
-    existing = [str(p) for p in paths if p.exists()]
-    if existing and not overwrite:
-        one = len(existing) == 1
-        raise ValueError(f"{', '.join(existing)} already {'exists' if one else 'exist'}; "
-                         f"pass --overwrite_output_dir to replace {'it' if one else 'them'}")  # fmt: skip
+    """Refuse, before any work, to replace a user's files unless asked to (the one overwrite rule)."""
+    refuse_existing(paths, "--overwrite_output_dir", overwrite=overwrite)
 
 
 def prediction_outputs(cfg: SquadFlags, with_json: bool, with_npy: bool = True) -> list[Path]:
@@ -624,7 +619,7 @@ def run_npy2json(cfg: Npy2JsonConfig) -> SquadPredictions:
     """all_results.npy + the SQuAD json it was predicted on -> predictions.json, nbest_predictions.json (+ v2.0
     null_odds.json) in --output_dir; prints exact match and F1 when the json holds answers."""
     check_outputs(prediction_outputs(cfg, with_json=True, with_npy=False), cfg.overwrite_output_dir)
-    tokenizer = cfg.tokenizer()
+    tokenizer, _ = cfg.tokenizer()
     results = RawResults.load(cfg.all_results_file)
     examples, features, _ = json_windows(cfg.predict_file, cfg, tokenizer, training=False)
     preds = predict_answers(examples, features, results, tokenizer, cfg.n_best_size, cfg.max_answer_length,
@@ -639,6 +634,7 @@ def run_npy2json(cfg: Npy2JsonConfig) -> SquadPredictions:
 def check_predict(cfg: SquadPredictConfig) -> None:
     """Every user error before any worker starts: inputs there, outputs not about to be replaced."""
     check_inputs(cfg)
+    check_tokenizer(cfg)
     check_outputs(prediction_outputs(cfg, with_json=bool(cfg.predict_file)), cfg.overwrite_output_dir)
 
 
@@ -649,9 +645,9 @@ def run_predict(cfg: SquadPredictConfig) -> dict | None:
 def _run_predict(cfg: SquadPredictConfig, env: dist.DistEnv) -> dict | None:
     say = _printer(env)
     say(runner.banner(cfg))
-    model, _, vocab, _ = build_model(cfg, env, say)
+    model, bert_cfg, _ = build_model(cfg, env, say)
     model = quantize(model, cfg.quantize)
-    tokenizer = cfg.tokenizer(vocab)
+    tokenizer, _ = cfg.tokenizer(model_checkpoint(cfg), bert_cfg.vocab_size, say, record_data(cfg))
     limit = cfg.iter_num * cfg.batch_size_per_device * env.world_size
     es = eval_set(cfg, tokenizer, cfg.data_dir, cfg.data_part_num, limit, say, env.is_main)
     return answer(model, es, cfg, tokenizer, env, cfg.batch_size_per_device, write=True, say=say)
@@ -669,11 +665,14 @@ def check_inputs(cfg: SquadModelConfig) -> None:
         if getattr(cfg, flag, None):
             name = typed if getattr(cfg, flag) == cfg.data_dir else f"--{flag}"
             resolve_inputs(getattr(cfg, flag), data_part_num=0, flag=name)
-    checkpoint = cfg.resume if cfg.resume and cfg.resume != "latest" else cfg.model_load_dir or cfg.init_checkpoint
-    if checkpoint or cfg.vocab_file:  # vocabulary and casing against the model's, before any work (vocab.py)
-        own = Path(cfg.resume or "") / "bert_config.json"
-        model_cfg = BertConfig.from_json_file(own) if cfg.resume and own.is_file() else cfg.model_config()[0]
-        cfg.tokenizer_setup(checkpoint, model_cfg.vocab_size)
+
+
+def check_tokenizer(cfg: SquadModelConfig) -> None:
+    """The vocabulary and casing against the model's and the data's, before any work (data/vocab.py); after
+    `--resume latest` is resolved."""
+    own = Path(cfg.resume or "") / "bert_config.json"
+    model_cfg = BertConfig.from_json_file(own) if cfg.resume and own.is_file() else cfg.model_config()[0]
+    cfg.tokenizer_setup(model_checkpoint(cfg), model_cfg.vocab_size, record_data(cfg))
 
 
 def check(cfg: SquadConfig) -> None:
@@ -689,6 +688,7 @@ def check(cfg: SquadConfig) -> None:
     if cfg.do_train:
         check_writable(cfg.model_save_dir)
         runner.check_resume(cfg)
+    check_tokenizer(cfg)
 
 
 def run(cfg: SquadConfig) -> dict | None:
@@ -698,8 +698,8 @@ def run(cfg: SquadConfig) -> dict | None:
 def _run(cfg: SquadConfig, env: dist.DistEnv) -> dict:
     say = _printer(env)
     say(runner.banner(cfg))
-    model, bert_cfg, vocab, resume_state = build_model(cfg, env, say)
-    tokenizer = cfg.tokenizer(vocab)
+    model, bert_cfg, resume_state = build_model(cfg, env, say)
+    tokenizer, choice = cfg.tokenizer(model_checkpoint(cfg), bert_cfg.vocab_size, say, record_data(cfg))
     notes, summary, metrics = [], None, None
     es = None
     if cfg.do_predict:  # built first, so that a bad eval file fails before training, not after
@@ -737,8 +737,7 @@ def _run(cfg: SquadConfig, env: dist.DistEnv) -> dict:
         def eval_fn(m: nn.Module) -> dict[str, float]:
             return answer(m, es, cfg, tokenizer, env, cfg.eval_batch_size_per_device, write=False, say=say) or {}
 
-        used_vocab = cfg.vocab_file or vocab or (snapshot_extras(cfg.resume)[0] if cfg.resume else None)
-        extras = {"vocab_file": used_vocab or default_vocab_path(), "do_lower_case": tokenizer.do_lower_case,
+        extras = {"vocab_file": choice.path, "do_lower_case": choice.do_lower_case,
                   "run_config": dataclasses.asdict(cfg)}  # fmt: skip
         summary = fit(model, bert_cfg, squad_loss, loader, cfg, env, eval_fn if es else None, resume_state, say,
                       snapshot_extras=extras)  # fmt: skip
