@@ -23,7 +23,8 @@ from bertkit.model.bert import BertForPreTraining
 from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
 from bertkit.train import runner
-from bertkit.train.loop import fit
+from bertkit.train.build import build_model, set_unpad
+from bertkit.train.loop import Task, fit
 
 
 def pretraining_loss(
@@ -117,8 +118,9 @@ class PretrainConfig(runner.SeedConfig):
     vocab_file: str | None = field(
         default=None,
         metadata={
+            "resume": "warned",
             "help": "vocab.txt the data was made with, carried into snapshots (default: the one "
-            "create-pretraining-data recorded beside --data_dir)"
+            "create-pretraining-data recorded beside --data_dir)",
         },
     )
 
@@ -237,36 +239,19 @@ def run(cfg: PretrainConfig) -> dict | None:
 
 def _run(cfg: PretrainConfig, env: dist.DistEnv) -> dict:
     say = print if env.is_main else (lambda *a, **k: None)
-    # like squad and classify: --bert_config_file, else the config of the checkpoint at --model_load_dir, else the
-    # size flags (a checkpoint of another size would otherwise be built from the flags and refused at loading)
-    bert_cfg, source = cfg.model_config()
-    resume_state = phase1_state = None
-    if cfg.resume:
-        weights, bert_cfg, resume_state = load_snapshot(cfg.resume, verify=False)  # verified by check()
-        source = cfg.resume
-    elif cfg.phase1_snapshot:
-        weights, bert_cfg, phase1_state = load_snapshot(cfg.phase1_snapshot, verify=False)  # verified by check()
-        source = cfg.phase1_snapshot
     say(runner.banner(cfg))
-    if source != runner.SIZE_FLAGS:
-        say(runner.model_source(source))
-    torch.manual_seed(cfg.seed)
-    model = BertForPreTraining(bert_cfg)
-    if resume_state is not None:
+    phase1_state = None
+    if cfg.phase1_snapshot and not cfg.resume:  # a second phase: the first's weights (and, in fit, its moments)
+        weights, bert_cfg, phase1_state = load_snapshot(cfg.phase1_snapshot, verify=False)  # verified by check()
+        torch.manual_seed(cfg.seed)
+        model = set_unpad(BertForPreTraining(bert_cfg), cfg)
         model.load_state_dict(weights)
-        say(f"Resuming from {cfg.resume} at iter {resume_state['step']}.")
-    elif phase1_state is not None:
-        model.load_state_dict(weights)
+        model.to(env.device)
+        resume_state = None
         say(f"Phase 2 from {cfg.phase1_snapshot} (its iter {phase1_state['step']}): weights and optimizer moments "
             f"carried, iter and schedule from 0.")  # fmt: skip
-    elif cfg.model_load_dir:
-        from bertkit.checkpoint.formats import load_into
-
-        report = load_into(model, cfg.model_load_dir)
-        say(f"Restoring model from {cfg.model_load_dir}. {report}")
-    else:
-        say("Init model on demand")
-    model.to(env.device)
+    else:  # --resume, --model_load_dir (the checkpoint's own config), or the size flags: the one builder
+        model, bert_cfg, resume_state = build_model(cfg, BertForPreTraining, env, say)
 
     def open_data(path: str, shuffle: bool) -> PretrainingLoader:
         return PretrainingLoader(
@@ -295,8 +280,8 @@ def _run(cfg: PretrainConfig, env: dist.DistEnv) -> dict:
     extras = {"vocab_file": choice.vocab_file, "do_lower_case": choice.do_lower_case,
               "run_config": dataclasses.asdict(cfg)}  # fmt: skip
     try:
-        summary = fit(model, bert_cfg, pretrain_step_loss, loader, cfg, env, eval_fn, resume_state, print_fn=say,
-                      count_fn=masked_count if global_norm else None, snapshot_extras=extras,
+        task = Task(pretrain_step_loss, loader, masked_count if global_norm else None, eval_fn, extras)
+        summary = fit(model, bert_cfg, task, cfg, env, resume_state, print_fn=say,
                       optimizer_state=phase1_state["optimizer"] if phase1_state else None)  # fmt: skip
     finally:
         getattr(loader, "close", lambda: None)()  # the prefetch thread, on a GPU
