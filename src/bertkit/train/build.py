@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from bertkit.checkpoint.formats import LoadReport, load_into
-from bertkit.checkpoint.snapshot import load_snapshot
+from bertkit.checkpoint.snapshot import CONFIG, load_snapshot
 from bertkit.model.bert import Bert, num_parameters
 from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
@@ -54,6 +55,14 @@ def build_model(
     else:
         say("Init model on demand (random weights)")
     return model.to(env.device), bert_cfg, None
+
+
+def model_config(cfg) -> BertConfig:
+    """The config `build_model` will give the model, read in the check phase: the snapshot's when resuming (after
+    `--resume latest` is resolved), else `cfg.model_config()`'s."""
+    if cfg.resume and cfg.resume != "latest" and (Path(cfg.resume) / CONFIG).is_file():
+        return BertConfig.from_json_file(Path(cfg.resume) / CONFIG)
+    return cfg.model_config()[0]
 
 
 def set_unpad(model: nn.Module, cfg) -> nn.Module:

@@ -28,7 +28,6 @@ from bertkit.data.loader import ArrayLoader
 from bertkit.data.tokenizer import WordPieceTokenizer
 from bertkit.data.vocab import CHECK_CASING_HELP, DO_LOWER_CASE_HELP, Tokenization, choose_tokenizer
 from bertkit.model.bert import BertForSequenceClassification
-from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
 from bertkit.runtime.atomic import refuse_existing
 from bertkit.runtime.precision import QUANTIZE
@@ -39,7 +38,7 @@ from bertkit.tasks.glue.predict import quantize_classifier
 from bertkit.tasks.glue.records import load_features, record_files, tsv_examples
 from bertkit.tasks.glue.results import write_predictions
 from bertkit.train import runner
-from bertkit.train.build import build_model
+from bertkit.train.build import build_model, model_config
 from bertkit.train.loop import Task, fit
 from bertkit.train.metrics import log_final_eval
 
@@ -347,8 +346,7 @@ def _check(cfg: ClassifyConfig) -> None:
     if cfg.do_train:
         check_writable(cfg.model_save_dir)
         runner.check_resume(cfg)
-    own = Path(cfg.resume or "") / "bert_config.json"  # after --resume latest is resolved
-    choose_vocab(cfg, BertConfig.from_json_file(own).vocab_size if own.is_file() else bert_cfg.vocab_size)
+    choose_vocab(cfg, model_config(cfg).vocab_size)  # after --resume latest is resolved
 
 
 def run(cfg: ClassifyConfig) -> dict | None:

@@ -20,10 +20,9 @@ from bertkit.checkpoint.snapshot import check_writable, load_snapshot
 from bertkit.data.loader import PretrainingLoader, prefetch, resolve_inputs
 from bertkit.data.vocab import Tokenization, choose_tokenizer
 from bertkit.model.bert import BertForPreTraining
-from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
 from bertkit.train import runner
-from bertkit.train.build import build_model, set_unpad
+from bertkit.train.build import build_model, model_config, set_unpad
 from bertkit.train.loop import Task, fit
 
 
@@ -205,8 +204,7 @@ def check(cfg: PretrainConfig) -> None:
     runner.check_resume(cfg)
     if not cfg.resume:
         runner.check_fresh_save_dir(cfg)
-    own = Path(cfg.resume or "") / "bert_config.json"
-    choice = choose_vocab(cfg, (BertConfig.from_json_file(own) if own.is_file() else bert_cfg).vocab_size)
+    choice = choose_vocab(cfg, model_config(cfg).vocab_size)
     print(choice.line())
     if choice.note:
         print(choice.note)

@@ -54,7 +54,7 @@ from bertkit.tasks.squad.data import (
 from bertkit.tasks.squad.evaluate import evaluate_v1, evaluate_v2
 from bertkit.tasks.squad.predict import PREDICTION_FILES, RawResults, SquadPredictions, predict_answers, predict_logits
 from bertkit.train import runner
-from bertkit.train.build import build_model
+from bertkit.train.build import build_model, model_config
 from bertkit.train.loop import Task, fit
 from bertkit.train.metrics import log_final_eval
 
@@ -321,8 +321,7 @@ def check_inputs(cfg: SquadModelConfig) -> None:
 def check_tokenizer(cfg: SquadModelConfig) -> None:
     """The vocabulary and casing against the model's and the data's, before any work (data/vocab.py); after
     `--resume latest` is resolved."""
-    own = Path(cfg.resume or "") / "bert_config.json"
-    model_cfg = BertConfig.from_json_file(own) if cfg.resume and own.is_file() else cfg.model_config()[0]
+    model_cfg = model_config(cfg)
     check_lengths(cfg, model_cfg)
     cfg.tokenizer_setup(model_checkpoint(cfg), model_cfg.vocab_size, record_data(cfg))
 
