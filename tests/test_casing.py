@@ -158,3 +158,13 @@ def test_create_glue_data_and_classify_from_records(files, tmp_path, capsys):
         rc, _, err = run(capsys, *classify, "--init_checkpoint", files["uncased"], "--output_dir", tmp_path / "no",
                          *extra)  # fmt: skip
         assert rc == 2 and ("is not the vocabulary --train_data_dir" in err or "differs from the checkpoint" in err)
+
+
+def test_create_squad_data(files, tmp_path, capsys):
+    argv = ["create-squad-data", "--input_file", files["squad"], "--output_dir", tmp_path / "w", "--vocab_file",
+            files["model"] / "vocab.txt", "--max_seq_length", "32", "--doc_stride", "16", "--max_query_length", "8"]  # fmt: skip
+    rc, out, err = run(capsys, *argv)
+    assert rc == 0 and DECIDED in out, err
+    assert json.loads((tmp_path / "w" / "bertkit_data.json").read_text())["do_lower_case"] is False
+    rc, _, err = run(capsys, *argv[:4], tmp_path / "again", *argv[5:], "--do_lower_case", "True")
+    assert rc == 2 and REFUSED in err, err

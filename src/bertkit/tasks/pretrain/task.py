@@ -197,7 +197,7 @@ def check(cfg: PretrainConfig) -> None:
         resolve_inputs(cfg.eval_data_dir, data_part_num=cfg.data_part_num, flag="--eval_data_dir")
     if cfg.model_load_dir and not Path(cfg.model_load_dir).exists():
         raise ValueError(f"--model_load_dir {cfg.model_load_dir}: no such file or directory")
-    bert_cfg = cfg.model_config()[0]  # reads --bert_config_file or the checkpoint's config: errors now, not later
+    cfg.model_config()  # reads --bert_config_file or the checkpoint's config: errors now, not later
     check_writable(cfg.model_save_dir)
     if cfg.phase1_snapshot and not cfg.resume:
         _check_phase1(cfg)
