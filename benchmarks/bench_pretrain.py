@@ -40,7 +40,7 @@ from bertkit.model.config import BertConfig
 from bertkit.runtime.dist import DistEnv
 from bertkit.runtime.precision import autocast
 from bertkit.tasks.pretrain.task import SyntheticData, pretrain_step_loss, random_batch
-from bertkit.train.loop import TrainConfig, fit
+from bertkit.train.loop import Task, TrainConfig, fit
 
 CONFIGS = {
     "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, batch=32),
@@ -104,7 +104,7 @@ def overhead(name: str, precision: str, steps: int) -> dict:
             marks.append((time.perf_counter(), s))
 
         tc.loss_print_every_n_iter = 1
-        summary = fit(model, cfg, pretrain_step_loss, loader, tc, DistEnv(), print_fn=note)
+        summary = fit(model, cfg, Task(pretrain_step_loss, loader), tc, DistEnv(), print_fn=note)
         iters = [t for t, s in marks if s.startswith("iter ")]
         t0, t1 = iters[2], iters[-1]
         full = (len(iters) - 3) * batch / (t1 - t0)
@@ -303,7 +303,15 @@ def bf16_curve(iters: int) -> dict:
                              model_save_every_n_iter=10**9, log_dir=str(Path(tmp) / run),
                              model_save_dir=str(Path(tmp) / "s"))  # fmt: skip
             history = []
-            fit(model, cfg, pretrain_step_loss, data, tc, DistEnv(), print_fn=lambda s: None, on_log=history.append)
+            fit(
+                model,
+                cfg,
+                Task(pretrain_step_loss, data),
+                tc,
+                DistEnv(),
+                print_fn=lambda s: None,
+                on_log=history.append,
+            )
             losses = [r["total_loss"] for r in history]
             means[run] = (float(np.mean(losses[-20:])), losses[0])
     fp32 = means["fp32"][0]

@@ -36,7 +36,7 @@ from bertkit.model.config import BertConfig
 from bertkit.runtime.dist import DistEnv
 from bertkit.runtime.precision import autocast
 from bertkit.tasks.pretrain.task import SyntheticData, masked_count, pretrain_step_loss, pretraining_loss, random_batch
-from bertkit.train.loop import TrainConfig, fit
+from bertkit.train.loop import Task, TrainConfig, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "src" / "bertkit" / "data" / "demo"
@@ -98,8 +98,8 @@ def pretrain_run(dev: torch.device, precision: str, steps: int) -> dict:
                          loss_print_every_n_iter=10, model_save_dir=f"{tmp}/save", log_dir=f"{tmp}/log",
                          precision=precision, optimizer="adamw")  # fmt: skip
         records = []
-        fit(model, BertConfig(**TINY), pretrain_step_loss, data, tc, DistEnv(device=dev), print_fn=lambda s: None,
-            count_fn=masked_count, on_log=records.append)  # fmt: skip
+        fit(model, BertConfig(**TINY), Task(pretrain_step_loss, data, masked_count), tc, DistEnv(device=dev),
+            print_fn=lambda s: None, on_log=records.append)  # fmt: skip
     losses = [r["total_loss"] for r in records]
     finite = all(math.isfinite(x) for x in losses)
     out = {"steps": len(losses), "first_loss": losses[0], "last_loss": losses[-1], "finite": finite,

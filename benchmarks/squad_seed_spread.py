@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     from bertkit.tasks.squad.evaluate import evaluate_v1
     from bertkit.tasks.squad.predict import RawResults, predict_answers, predict_logits
     from bertkit.tasks.squad.task import SquadFlags, SquadLoader, json_windows, squad_loss
-    from bertkit.train.loop import TrainConfig, fit
+    from bertkit.train.loop import Task, TrainConfig, fit
 
     torch.set_num_threads(args.threads)
     d = minilm_dir()
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
                          log_every_n_iter=10, model_save_every_n_iter=10**9, log_dir=str(tmp / "log"),
                          model_save_dir=str(tmp / "save"))  # fmt: skip
         history = []
-        fit(model, cfg, squad_loss, loader, tc, dist.DistEnv(), print_fn=lambda s: None, on_log=history.append)
+        fit(model, cfg, Task(squad_loss, loader), tc, dist.DistEnv(), print_fn=lambda s: None, on_log=history.append)
         curve = [h["total_loss"] for h in history]
         qa = model
     else:

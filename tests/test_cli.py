@@ -160,19 +160,20 @@ def test_a_wrong_file_is_one_line_naming_the_flag_and_file(tmp_path, capsys, arg
     assert err.startswith(f"bertkit {argv[0]}: error: " + line.format(d=tmp_path)) and "\n" not in err, err
 
 
-def test_bertkits_warnings_are_one_plain_line(monkeypatch):
+def test_bertkits_warnings_are_one_plain_line():
     """In a log file a warning of bertkit's reads `warning: ...`, not Python's file:line: Category and source line."""
     import os
     import warnings
 
     from bertkit import cli
 
-    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
-    cli._plain_warnings()
-    ours = warnings.formatwarning("no QA head", UserWarning, f"{os.sep}x{os.sep}bertkit{os.sep}qa.py", 1)
-    assert ours == "warning: no QA head\n"
-    theirs = warnings.formatwarning("deprecated", FutureWarning, f"{os.sep}x{os.sep}torch{os.sep}a.py", 1)
-    assert "FutureWarning" in theirs
+    before = warnings.formatwarning
+    with cli.plain_warnings():  # what `main` runs a command in
+        ours = warnings.formatwarning("no QA head", UserWarning, f"{os.sep}x{os.sep}bertkit{os.sep}qa.py", 1)
+        assert ours == "warning: no QA head\n"
+        theirs = warnings.formatwarning("deprecated", FutureWarning, f"{os.sep}x{os.sep}torch{os.sep}a.py", 1)
+        assert "FutureWarning" in theirs
+    assert warnings.formatwarning is before  # no global state left behind for the next test
 
 
 def test_commands_that_do_not_train_start_without_torch(tmp_path):

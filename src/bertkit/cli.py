@@ -8,6 +8,7 @@ seed's forms (`--save_last_snapshot True`, `--use_boxing_v2=True`) as well as a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import importlib
@@ -17,7 +18,7 @@ import sys
 import types
 import typing
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from bertkit import __version__
@@ -325,25 +326,32 @@ def invoke(argv: Sequence[str]):
     return run(config_from_args(cls, ns))
 
 
-def _plain_warnings() -> None:
-    """bertkit's own warnings printed as one plain line ("warning: ..."), not Python's file:line: Category + source
-    line, so that a log file holds readable lines; other libraries' warnings keep Python's form. Only the text is
-    changed (formatwarning), so warnings are still filtered and recorded as usual."""
+@contextlib.contextmanager
+def plain_warnings() -> Iterator[None]:
+    """While a command runs, bertkit's own warnings print as one plain line ("warning: ..."), not Python's
+    file:line: Category + source line, so that a log file holds readable lines; other libraries' warnings keep
+    Python's form. Only the text is changed (formatwarning), so warnings are still filtered and recorded as usual;
+    the previous formatter is back when the command returns (an in-process caller, a test, keeps its own)."""
     default = warnings.formatwarning
-    if getattr(default, "bertkit", False):
-        return
 
     def fmt(message, category, filename, lineno, line=None) -> str:
         if f"{os.sep}bertkit{os.sep}" in str(filename):
             return f"warning: {message}\n"
         return default(message, category, filename, lineno, line)
 
-    fmt.bertkit = True
     warnings.formatwarning = fmt
+    try:
+        yield
+    finally:
+        warnings.formatwarning = default
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _plain_warnings()
+    with plain_warnings():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = _chosen(argv)
     if chosen and {"-h", "--help"} & set(argv[argv.index(chosen) :]) and HELP_TABLE.is_file():

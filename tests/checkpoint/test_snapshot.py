@@ -20,12 +20,14 @@ from bertkit.checkpoint.snapshot import (
     MANIFEST,
     SnapshotError,
     check_writable,
-    compare_flags,
     latest_snapshot,
     load_snapshot,
     save_snapshot,
     snapshot_extras,
     verify_snapshot,
+)
+from bertkit.checkpoint.snapshot import (
+    compare_flags as compare,
 )
 from bertkit.model.bert import BertForPreTraining
 from bertkit.model.config import BertConfig
@@ -113,11 +115,13 @@ def test_truncated_files_name_the_file(saved):
 @pytest.mark.parametrize("name, what", [("model.safetensors", "damaged safetensors file"),
                                         ("train_state.pt", "damaged PyTorch file")])  # fmt: skip
 def test_damaged_files_without_a_manifest_are_one_line(saved, name, what):
-    (saved / MANIFEST).unlink()  # a snapshot from before the manifest: loaded unchecked, still no traceback
+    (saved / MANIFEST).unlink()  # a snapshot without its manifest: loaded unchecked, with a warning; no traceback
+    with pytest.warns(UserWarning, match="has no manifest.json: its files are loaded unchecked"):
+        load_snapshot(saved)
     whole = (saved / name).read_bytes()
     for cut in (5, 200):
         (saved / name).write_bytes(whole[:cut])
-        with pytest.raises(SnapshotError, match=what) as e:
+        with pytest.raises(SnapshotError, match=what) as e, pytest.warns(UserWarning, match="unchecked"):
             load_snapshot(saved)
         assert str(saved / name) in one_line(e)
 
@@ -272,6 +276,14 @@ def test_atomic_output_file_and_overwrite(tmp_path):
 
 
 def test_compare_flags_refuses_sizes_and_warns_on_rates():
+    from bertkit.checkpoint.snapshot import resume_rules
+    from bertkit.tasks.squad.config import SquadConfig
+
+    rules = resume_rules(SquadConfig)  # declared on the config fields: metadata["resume"]
+
+    def compare_flags(saved, now):
+        return compare(saved, now, rules)
+
     saved = {"num_hidden_layers": 2, "learning_rate": 1e-4, "warmup_batches": 10, "seed": 1, "iter_num": 100,
              "gpu_num_per_node": 1, "node_num": 1, "log_dir": "a"}  # fmt: skip
     assert compare_flags(saved, {**saved, "log_dir": "b"}) == []
@@ -291,3 +303,15 @@ def test_compare_flags_refuses_sizes_and_warns_on_rates():
         "warning: --resume with --hidden_dropout_prob 0.0 (the snapshot's run: 0.1): the snapshot's value is used "
         "(its bert_config.json)"
     ]
+
+
+def test_resume_rules_are_declared_on_the_fields_and_inherited_by_a_redeclaration():
+    from bertkit.checkpoint.snapshot import resume_rules
+    from bertkit.tasks.glue.task import ClassifyConfig
+    from bertkit.tasks.squad.config import SquadConfig
+
+    squad, glue = resume_rules(SquadConfig), resume_rules(ClassifyConfig)
+    assert squad["learning_rate"] == glue["learning_rate"] == ("warned", False)  # redeclared: the base's rule holds
+    assert squad["num_hidden_layers"] == ("refused", True) and squad["hidden_dropout_prob"] == ("snapshot", True)
+    assert squad["max_seq_length"] == glue["max_seq_length"] == glue["do_lower_case"] == ("refused", False)
+    assert "log_dir" not in squad  # not declared: free to change

@@ -12,6 +12,7 @@ from bertkit.data.vocab import (
     casing_of,
     check_casing,
     check_vocab,
+    choose_tokenizer,
     data_vocab,
     default_vocab_path,
     read_vocab,
@@ -57,7 +58,9 @@ def test_squad_flags_take_the_checkpoints_casing_and_refuse_a_contradiction(tmp_
     vocab(ckpt / "vocab.txt", ["paris", "france"])
     (ckpt / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
     flags = Npy2JsonConfig(predict_file="dev.json")
-    assert flags.tokenizer_setup(str(ckpt)) == (str(ckpt / "vocab.txt"), False, "")
+    choice = flags.tokenizer_setup(str(ckpt))
+    assert choice[:3] == (str(ckpt / "vocab.txt"), False, "")
+    assert "do_lower_case False (vocabulary the checkpoint's; casing: it was trained with" in choice.line()
     flags.do_lower_case = True
     with pytest.raises(ValueError, match="--do_lower_case True with a cased model"):
         flags.tokenizer_setup(str(ckpt))
@@ -90,16 +93,55 @@ def test_data_records_its_vocabulary(tmp_path):
 
 
 def test_pretrain_takes_the_datas_vocabulary_or_warns(tmp_path):
-    from bertkit.data.vocab import pretrain_vocab
-
     data = tmp_path / "data"
     data.mkdir()
-    assert "no vocabulary is known for --data_dir" in pretrain_vocab(None, str(data), 100)[2]
+
+    def pretrain(vocab_file, size, checkpoint=None):
+        return choose_tokenizer(vocab_file, None, checkpoint, size, data=(("--data_dir", str(data)),), fallback=False)
+
+    assert "no vocabulary is known" in pretrain(None, 100).note
     src = vocab(tmp_path / "v.txt", ["Paris"])
     record_data_vocab(data, src, do_lower_case=False)
-    assert pretrain_vocab(None, str(data), 100) == (str(data / "vocab.txt"), False, "")
-    assert pretrain_vocab(str(src), str(data), 100)[:2] == (str(src), False)
-    with pytest.raises(ValueError, match="is not the vocabulary --data_dir .* was made with"):
-        pretrain_vocab(str(vocab(tmp_path / "w.txt", ["Lyon"])), str(data), 100)
-    with pytest.raises(ValueError, match="6 tokens, more than --vocab_size 5: pass --vocab_size 6"):
-        pretrain_vocab(None, str(data), 5)
+    assert pretrain(None, 6)[:3] == (str(data / "vocab.txt"), False, "")
+    assert "6 tokens, the model's vocab_size is 100: 94 embedding rows are never used" in pretrain(None, 100).note
+    assert pretrain(str(src), 6)[:2] == (str(src), False)
+    with pytest.raises(ValueError, match="--vocab_file .*w.txt is not the vocabulary --data_dir .* was made with"):
+        pretrain(str(vocab(tmp_path / "w.txt", ["Lyon"])), 100)
+    with pytest.raises(ValueError, match="has 6 tokens, more than the model's vocab_size 5"):
+        pretrain(None, 5)
+    ckpt = tmp_path / "ckpt"  # continued from a checkpoint whose vocabulary is not the data's
+    ckpt.mkdir()
+    vocab(ckpt / "vocab.txt", ["Lyon"])
+    with pytest.raises(ValueError, match="the model's vocabulary .*ckpt/vocab.txt .*is not the vocabulary --data_dir"):
+        pretrain(None, 6, ckpt)
+
+
+def test_the_data_vocabulary_is_checked_against_its_recorded_sha256(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    record_data_vocab(data, vocab(tmp_path / "v.txt", ["Paris", "Lyon"]), do_lower_case=False)
+    text = (data / "vocab.txt").read_text()
+    (data / "vocab.txt").write_text(text.replace("Paris\n", "Paris\x0b"))  # a damaged newline merges two lines
+    with pytest.raises(ValueError, match="its sha256 is not the vocab_sha256 .*bertkit_data.json recorded"):
+        data_vocab(data)
+
+
+def test_duplicate_and_merged_lines_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="line 7: token 'a' already on line 6"):
+        read_vocab(vocab(tmp_path / "dup.txt", ["a", "a"]))
+    for merged in ["the\x0bof", "the*of", "the of", "##a.b"]:
+        with pytest.raises(ValueError, match="cannot be a WordPiece token .* two lines merged"):
+            read_vocab(vocab(tmp_path / "merged.txt", ["a", merged]))
+    assert read_vocab(vocab(tmp_path / "ok.txt", ["...", "##s", "[unused0]", "é", "."]))[-1] == "."
+    assert len(read_vocab(default_vocab_path())) == 30522
+
+
+def test_a_short_vocabulary_warns_another_one_is_refused(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    half = vocab(ckpt / "vocab.txt", ["paris"])
+    assert "has 6 tokens, the model's vocab_size is 12" in choose_tokenizer(None, None, ckpt, 12).note
+    other = vocab(tmp_path / "half.txt", ["lyon"])  # a --vocab_file other than the model's own: refused
+    with pytest.raises(ValueError, match="differs from the checkpoint's own"):
+        choose_tokenizer(str(other), None, ckpt, 12)
+    assert choose_tokenizer(str(half), None, ckpt, 6).note == ""

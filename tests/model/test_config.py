@@ -117,3 +117,16 @@ def test_integral_float_values_accepted_for_float_keys(tmp_path):
 def test_constructor_validates():
     with pytest.raises(ValueError, match="num_attention_heads"):
         BertConfig(hidden_size=32, num_attention_heads=5)
+
+
+def test_a_config_file_that_is_not_utf8_is_an_error_naming_the_file(tmp_path, capsys):
+    from bertkit.cli import main
+
+    bad = tmp_path / "bert_config.json"
+    bad.write_bytes(b'{"hidden_size": 768, "name": "\xff"}')
+    with pytest.raises(ValueError, match=r"bert_config.json: not a config file: not UTF-8 text \(byte \d+\)"):
+        BertConfig.from_json_file(bad)
+    (tmp_path / "model.safetensors").write_bytes(b"")  # a bertkit directory, by its file names
+    argv = ["convert", "--input", str(tmp_path), "--output", str(tmp_path / "out")]
+    assert main(argv) == 2  # convert's user errors exit 2, as every command's
+    assert "bert_config.json: not a config file: not UTF-8" in capsys.readouterr().err

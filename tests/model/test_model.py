@@ -219,11 +219,10 @@ def test_explicit_attention_equals_sdpa(tiny_cfg, padded_batch, masked):
     mask = bt["input_mask"] if masked else torch.ones_like(bt["input_mask"])
     outs = []
     for model, explicit in ((a, True), (b, False)):
-        SelfAttention.explicit = explicit
-        try:
-            mlm, nsp = model(bt["input_ids"], bt["segment_ids"], mask)
-        finally:
-            SelfAttention.explicit = None
+        for m in model.modules():  # this model's attention only: nothing another test could see
+            if isinstance(m, SelfAttention):
+                m.explicit = explicit
+        mlm, nsp = model(bt["input_ids"], bt["segment_ids"], mask)
         ((mlm * mask[..., None]).sum() / mask.sum() + nsp.pow(2).mean()).backward()
         outs.append(mlm)
     assert max_diff(outs[0] * mask[..., None], outs[1] * mask[..., None]) < TOL

@@ -305,7 +305,8 @@ def test_create_glue_data_writes_the_features_as_records(tmp_path, fmt, capsys):
                                              24, tok)  # fmt: skip
     if fmt == "ofrecord":
         names = ["train.of_record-0", "train.of_record-1", "eval.of_record-0", "eval.of_record-1",
-                 "predict.of_record-0", "predict.of_record-1", "predict_guids.txt"]  # fmt: skip
+                 "predict.of_record-0", "predict.of_record-1", "predict_guids.txt", "bertkit_data.json",
+                 "vocab.txt"]  # fmt: skip
         assert sorted(p.name for p in out.iterdir() if p.suffix != ".sha256") == sorted(names)
         files = records.part_files(out, "train.of_record-", 0, "train")
         first = next(read_ofrecord(files[0]))
@@ -313,7 +314,8 @@ def test_create_glue_data_writes_the_features_as_records(tmp_path, fmt, capsys):
         assert sum(1 for f in files for _ in read_ofrecord(f)) == 3
     else:
         written = sorted(p.name for p in out.iterdir() if p.suffix != ".sha256")
-        assert written == ["eval.tf_record", "predict.tf_record", "predict_guids.txt", "train.tf_record"]
+        assert written == ["bertkit_data.json", "eval.tf_record", "predict.tf_record", "predict_guids.txt",
+                           "train.tf_record", "vocab.txt"]  # fmt: skip
         files = [out / "train.tf_record"]
         assert next(read_tfrecord(files[0]))["is_real_example"].tolist() == [1]
     got = records.read_record_features(files, 24, regression=False)

@@ -225,7 +225,7 @@ def _one_step(tmp, batch_size: int, accum: int, rank: int = 0, world: int = 1, n
     from bertkit.model.config import BertConfig
     from bertkit.runtime.dist import DistEnv
     from bertkit.tasks.pretrain.task import masked_count, pretrain_step_loss
-    from bertkit.train.loop import TrainConfig, fit
+    from bertkit.train.loop import Task, TrainConfig, fit
 
     cfg = BertConfig(**NORM_CFG)
     torch.manual_seed(0)
@@ -243,9 +243,8 @@ def _one_step(tmp, batch_size: int, accum: int, rank: int = 0, world: int = 1, n
 
     torch.nn.utils.clip_grad_norm_ = spy
     try:
-        fit(model, cfg, pretrain_step_loss, _Slices(batch_size, rank, world), tc,
-            DistEnv(rank=rank, world_size=world), print_fn=lambda s: None, count_fn=masked_count if norm else None,
-            on_log=records.append)  # fmt: skip
+        task = Task(pretrain_step_loss, _Slices(batch_size, rank, world), masked_count if norm else None)
+        fit(model, cfg, task, tc, DistEnv(rank=rank, world_size=world), print_fn=lambda s: None, on_log=records.append)
     finally:
         torch.nn.utils.clip_grad_norm_ = real_clip
     return records[0], grads

@@ -346,9 +346,13 @@ def test_cli_takes_googles_flags(corpus, tmp_path, capsys):
     assert "--masked_lm_prob" in capsys.readouterr().err
 
 
-def test_a_lowercased_cased_vocabulary_is_refused(corpus, tmp_path, shared_data):
-    cfg = CreatePretrainingDataConfig(input_file=str(corpus), output_file=str(tmp_path / "x"), output_format="shards",
-                                      vocab_file=str(shared_data / "vocab" / "bert-base-cased-vocab.txt"))  # fmt: skip
-    with pytest.raises(ValueError, match="--do_lower_case True with a cased model"):
-        create_pretraining_data(cfg)
+def test_a_cased_vocabulary_is_not_lowercased(corpus, tmp_path, shared_data):
+    cased = str(shared_data / "vocab" / "bert-base-cased-vocab.txt")
+    flags = dict(input_file=str(corpus), output_file=str(tmp_path / "x"), output_format="shards", vocab_file=cased)
+    with pytest.raises(ValueError, match="--do_lower_case True with a cased model"):  # refused as the flags parse
+        CreatePretrainingDataConfig(**flags, do_lower_case=True)
     assert list(tmp_path.iterdir()) == []
+    cfg = CreatePretrainingDataConfig(**flags)  # not given: the vocabulary's casing (data/vocab.choose_tokenizer)
+    assert cfg.do_lower_case is False
+    create_pretraining_data(cfg)
+    assert data_vocab(tmp_path / "x")[1] is False

@@ -519,7 +519,7 @@ def test_fine_tuning_loop_equals_a_plain_hugging_face_loop(tiny_cfg, tmp_path, d
     """
     transformers = pytest.importorskip("transformers", reason="transformers is the test oracle ([test] extra)")
     from bertkit.checkpoint.convert import to_hf
-    from bertkit.train.loop import TrainConfig, fit
+    from bertkit.train.loop import Task, TrainConfig, fit
     from bertkit.train.optim import learning_rate
 
     tiny_cfg.hidden_dropout_prob = tiny_cfg.attention_probs_dropout_prob = dropout
@@ -553,7 +553,7 @@ def test_fine_tuning_loop_equals_a_plain_hugging_face_loop(tiny_cfg, tmp_path, d
         plain_first = squad_loss(ours.eval(), batches[0])[0].item()
     torch.manual_seed(1234)
     history = []
-    fit(ours, tiny_cfg, squad_loss, Batches(), tc, dist.DistEnv(), print_fn=lambda s: None, on_log=history.append)
+    fit(ours, tiny_cfg, Task(squad_loss, Batches()), tc, dist.DistEnv(), print_fn=lambda s: None, on_log=history.append)
     ours_losses = [r["total_loss"] for r in history]
     decay = [p for n, p in hf.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
     rest = [p for n, p in hf.named_parameters() if n.endswith("bias") or "LayerNorm" in n]

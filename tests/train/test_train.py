@@ -15,7 +15,8 @@ from bertkit.model.bert import BertForPreTraining
 from bertkit.model.config import BertConfig
 from bertkit.runtime.dist import DistEnv, Stopped
 from bertkit.tasks.pretrain.task import SyntheticData, pretrain_step_loss
-from bertkit.train.loop import TrainConfig, fit, log_final_eval
+from bertkit.train.loop import Task, TrainConfig, fit
+from bertkit.train.metrics import log_final_eval
 
 CFG = BertConfig(
     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
@@ -43,9 +44,8 @@ def run(tmp_path, resume=None, loader=None, model=None, quiet=True, extras=None,
         weights, _, state = load_snapshot(resume)
         model.load_state_dict(weights)
     out, history = [], []
-    summary = fit(model, CFG, pretrain_step_loss, loader, train_cfg(tmp_path, **kw), DistEnv(), None, state,
-                  print_fn=(lambda s: None) if quiet else out.append, on_log=history.append,
-                  snapshot_extras=extras)  # fmt: skip
+    summary = fit(model, CFG, Task(pretrain_step_loss, loader, snapshot_extras=extras), train_cfg(tmp_path, **kw),
+                  DistEnv(), state, print_fn=(lambda s: None) if quiet else out.append, on_log=history.append)  # fmt: skip
     summary["history"] = history
     return model, summary, out
 
@@ -90,9 +90,9 @@ def test_accumulation_equals_a_bigger_batch(tmp_path):
         return parts["nsp_loss"], {"nsp_loss": parts["nsp_loss"]}
 
     kw = dict(iter_num=3, max_grad_norm=0.0, optimizer="adamw")
-    fit(a, cfg_nodrop, loss_nsp_free, Halves(1), train_cfg(tmp_path / "a", batch_size_per_device=8, **kw), DistEnv(),
-        print_fn=lambda s: None)  # fmt: skip
-    fit(b, cfg_nodrop, loss_nsp_free, Halves(2),
+    fit(a, cfg_nodrop, Task(loss_nsp_free, Halves(1)), train_cfg(tmp_path / "a", batch_size_per_device=8, **kw),
+        DistEnv(), print_fn=lambda s: None)  # fmt: skip
+    fit(b, cfg_nodrop, Task(loss_nsp_free, Halves(2)),
         train_cfg(tmp_path / "b", batch_size_per_device=4, num_accumulation_steps=2, **kw), DistEnv(),
         print_fn=lambda s: None)  # fmt: skip
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
@@ -182,7 +182,7 @@ def test_sigterm_snapshots_and_stops(tmp_path):
 
     out = []
     with pytest.raises(Stopped) as stopped:
-        fit(BertForPreTraining(CFG), CFG, pretrain_step_loss, Slow(4, 16, 3, 99, seed=7), train_cfg(tmp_path),
+        fit(BertForPreTraining(CFG), CFG, Task(pretrain_step_loss, Slow(4, 16, 3, 99, seed=7)), train_cfg(tmp_path),
             DistEnv(), print_fn=out.append)  # fmt: skip
     assert stopped.value.exit_code == 128 + signal.SIGTERM
     snaps = list((tmp_path / "save").glob("snapshot_*"))

@@ -39,7 +39,7 @@ from bertkit.checkpoint.hf import save_hf
 from bertkit.checkpoint.oneflow import OF_DATA, OneFlowSnapshot, is_oneflow_dir, save_oneflow
 from bertkit.checkpoint.snapshot import verify_snapshot
 from bertkit.checkpoint.tf_bundle import TFCheckpoint, is_tf_checkpoint
-from bertkit.data.vocab import recorded_casing
+from bertkit.data.vocab import checkpoint_dir, checkpoint_vocab, recorded_casing
 from bertkit.model.bert import BertForPreTraining, BertForQuestionAnswering
 from bertkit.model.config import BertConfig
 from bertkit.runtime.atomic import atomic_output
@@ -121,14 +121,9 @@ def detect_format(path: str | os.PathLike) -> str:
     )
 
 
-def _checkpoint_dir(path: Path) -> Path:
-    """Where a checkpoint's config and vocabulary live: the directory itself, or a TF prefix's directory."""
-    return path if path.is_dir() else path.parent
-
-
 def own_config(path: Path, fmt: str) -> BertConfig | None:
     """The BertConfig a checkpoint carries (bert_config.json or HF config.json), or None when it has none."""
-    d = _checkpoint_dir(Path(path))
+    d = checkpoint_dir(path)
     if fmt == "hf":
         return hf.bert_config(d)
     return BertConfig.from_json_file(d / CONFIG) if (d / CONFIG).is_file() else None
@@ -137,7 +132,7 @@ def own_config(path: Path, fmt: str) -> BertConfig | None:
 def own_labels(path: Path, fmt: str) -> list[str] | None:
     """A classifier's label names in output order, as the checkpoint records them (HF config.json's id2label, a
     bertkit directory's labels.txt), or None."""
-    d = _checkpoint_dir(Path(path))
+    d = checkpoint_dir(path)
     if fmt == "hf":
         return hf.labels_from_config(hf.read_config(d), str(d / HF_CONFIG))
     return read_labels(d)
@@ -222,9 +217,8 @@ def _load(
         report.fate = {source.saved(n): what for n, what in report.fate.items()}
     if steps:
         report.global_step = int(source[steps[0]].reshape(-1)[0])
-    vocab = _checkpoint_dir(path) / VOCAB
-    report.vocab_file = str(vocab) if vocab.is_file() else None
-    report.do_lower_case = recorded_casing(_checkpoint_dir(path))
+    report.vocab_file = checkpoint_vocab(path)
+    report.do_lower_case = recorded_casing(checkpoint_dir(path))
     report.labels = own_labels(path, fmt)
     return state, cfg, fmt, report
 

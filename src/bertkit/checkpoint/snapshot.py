@@ -14,7 +14,7 @@ A snapshot is a bertkit model directory plus what a resumed run and a later `squ
 It is written through `atomic.atomic_output` (a hidden temporary sibling, fsynced, renamed; the free space is
 checked first), so a crash, a kill -9 or a full disk leaves the previous snapshot whole and no partial one.
 `load_snapshot` checks every file against the manifest before reading any (a flipped bit is refused), and turns a
-damaged file into one line naming it. Snapshots written before the manifest existed load unchecked.
+damaged file into one line naming it. A snapshot without its manifest loads unchecked, with a warning that says so.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +35,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from bertkit.checkpoint.files import LABELS
+from bertkit.data.vocab import checkpoint_vocab, recorded_casing
 from bertkit.model.config import BertConfig
 from bertkit.runtime import atomic
 from bertkit.runtime.atomic import OutputError
@@ -216,11 +218,15 @@ def _first_line(e: BaseException) -> str:
 def verify_snapshot(path: str | os.PathLike) -> bool:
     """Check every file of the snapshot against its manifest: sizes first (a truncation), then sha256.
 
-    Returns False for a snapshot without a manifest (written before bertkit kept one: nothing to check against),
-    True when every file matches; raises SnapshotError naming the first file that does not.
+    Returns False for a directory without a manifest (nothing to check against; a snapshot, one with train_state.pt,
+    warns that it loads unchecked), True when every file matches; raises SnapshotError naming the first file that
+    does not.
     """
     d = Path(path)
     if not (d / MANIFEST).is_file():
+        if is_snapshot(d):
+            warnings.warn(f"{d} has no {MANIFEST}: its files are loaded unchecked (a damaged one may load; snapshots "
+                          f"bertkit writes carry one)", stacklevel=2)  # fmt: skip
         return False
     try:
         files = json.loads((d / MANIFEST).read_text(encoding="utf-8"))["files"]
@@ -280,11 +286,7 @@ def snapshot_extras(path: str | os.PathLike) -> tuple[str | None, bool | None, d
     """(vocab.txt path, do_lower_case, run_config) a snapshot (or any bertkit directory) carries; None for each
     it lacks."""
     d = Path(path)
-    vocab = str(d / VOCAB) if (d / VOCAB).is_file() else None
-    lower = None
-    if (d / TOKENIZER).is_file():
-        value = _read_json(d / TOKENIZER).get("do_lower_case")
-        lower = value if isinstance(value, bool) else None
+    vocab, lower = checkpoint_vocab(d), recorded_casing(d)  # data/vocab.py: the one reader of both
     run = _read_json(d / RUN_CONFIG) if (d / RUN_CONFIG).is_file() else None
     return vocab, lower, run
 
@@ -301,42 +303,49 @@ def _read_json(path: Path) -> dict:
 
 # --- resuming with other flags -----------------------------------------------------------------------------------
 
-# What a resumed run cannot change: the model's shape and the data stream it was reading.
-REFUSED = ("num_hidden_layers", "num_attention_heads", "hidden_size_per_head", "vocab_size", "type_vocab_size",
-           "max_position_embeddings", "seq_length", "max_predictions_per_seq", "max_seq_length", "doc_stride",
-           "max_query_length", "batch_size_per_device", "seed", "optimizer", "do_lower_case")  # fmt: skip
-# What it may change: the run goes on with the command line's value (a moved data directory is common; the
-# loader still refuses data of another size).
-WARNED = ("learning_rate", "warmup_batches", "iter_num", "weight_decay_rate", "max_grad_norm",
-          "num_accumulation_steps", "precision", "data_dir", "train_file", "train_data_dir", "data_part_num", "train_data_part_num", "num_epochs",
-          "num_train_epochs", "warmup_proportion", "vocab_file", "unpad")  # fmt: skip
-# What the snapshot's bert_config.json decides on resume, whatever the command line says.
-SNAPSHOT_WINS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
-SIZE_FLAGS = ("num_hidden_layers", "num_attention_heads", "hidden_size_per_head", "vocab_size", "type_vocab_size",
-              "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob")  # fmt: skip
+# What a resumed run may change is declared on each config field, `metadata={"resume": RULE}` (and "size": True for
+# the model-size flags, compared only when neither run took its sizes from --bert_config_file):
+#   "refused"   it cannot change: the model's shape and the data stream it was reading (sizes, lengths, batch, seed)
+#   "warned"    the run goes on with the command line's value, with a warning (rates, steps, moved data paths; the
+#               loader still refuses data of another size)
+#   "snapshot"  the snapshot's bert_config.json decides, whatever the command line says (dropout)
+RESUME_RULES = ("refused", "warned", "snapshot")
 
 
-def compare_flags(saved: Mapping, now: Mapping) -> list[str]:
+def resume_rules(cfg) -> dict[str, tuple[str, bool]]:
+    """{flag: (rule, is a model-size flag)} declared on the fields of `cfg`'s dataclass and its bases: a field a
+    subclass declares again (another default or help) keeps its base's rule unless it gives its own."""
+    rules: dict[str, tuple[str, bool]] = {}
+    for cls in reversed(type(cfg).__mro__ if not isinstance(cfg, type) else cfg.__mro__):
+        for f in vars(cls).get("__dataclass_fields__", {}).values():
+            if "resume" in f.metadata:
+                assert f.metadata["resume"] in RESUME_RULES, (f.name, f.metadata["resume"])
+                rules[f.name] = (f.metadata["resume"], bool(f.metadata.get("size")))
+    return rules
+
+
+def compare_flags(saved: Mapping, now: Mapping, rules: Mapping[str, tuple[str, bool]]) -> list[str]:
     """Compare the flags a snapshot was written with (its run_config.json) with this run's, for `--resume`.
 
     Raises ValueError listing every flag the run cannot change (the model's sizes, sequence lengths, batch size,
     seed, optimizer, casing, number of processes: resuming with them changed would not continue that run). Returns
     one warning line per other changed flag, saying which value wins: this command line's (learning rate, warmup,
     iter_num, data paths, ...) or the snapshot's (dropout, from its bert_config.json).
-    The size flags are compared only when neither run took its sizes from --bert_config_file.
+    `rules`: `resume_rules` of the run's config. The size flags are compared only when neither run took its sizes
+    from --bert_config_file.
     """
     world = ("gpu_num_per_node", "node_num")
-    skip = set(SIZE_FLAGS) if saved.get("bert_config_file") or now.get("bert_config_file") else set()
+    sized = bool(saved.get("bert_config_file") or now.get("bert_config_file"))
     refused, warned, kept = [], [], []
-    for name in (*REFUSED, *WARNED, *SNAPSHOT_WINS):
-        if name in skip or name not in saved or name not in now or saved[name] == now[name]:
+    for name, (rule, size) in rules.items():
+        if (size and sized) or name not in saved or name not in now or saved[name] == now[name]:
             continue
         if now[name] is None:  # not given: the run derives it as the snapshot's run did (--warmup_batches, ...)
             continue
         if _same_number(saved[name], now[name]):
             continue
         line = f"--{name} {now[name]} (the snapshot's run: {saved[name]})"
-        (refused if name in REFUSED else warned if name in WARNED else kept).append(line)
+        {"refused": refused, "warned": warned, "snapshot": kept}[rule].append(line)
     if all(k in saved and k in now for k in world):
         was, is_ = saved[world[0]] * saved[world[1]], now[world[0]] * now[world[1]]
         if was != is_:

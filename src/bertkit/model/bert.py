@@ -72,14 +72,14 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None
 class SelfAttention(nn.Module):
     """Multi-head self-attention with one fused QKV projection (H -> 3H) and SDPA.
 
-    `explicit` chooses the attention arithmetic: None (default) means SDPA except when training on the CPU,
-    where `explicit_attention` is faster; True/False force one or the other (tests compare the two).
+    `explicit` (this module's, set on an instance) chooses the attention arithmetic: None (default) means SDPA except
+    when training on the CPU, where `explicit_attention` is faster; True/False force one or the other (tests
+    compare the two).
     """
-
-    explicit: bool | None = None
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
+        self.explicit: bool | None = None
         self.n_heads = cfg.num_attention_heads
         self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
         self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
@@ -160,13 +160,13 @@ class Bert(nn.Module):
     `unpad` chooses the fast path that computes real tokens only (`bertkit.model.padding`; heads may then also ask the
     last layer for [CLS] alone): None (default) takes it when no gradient is taken (prediction, evaluation: equal
     to the padded path within 1e-5) and keeps the padded path, the reference mode, in training; True/False force
-    it (a task's `--unpad` flag). Tests compare the two.
+    it (a task's `--unpad` flag). Tests compare the two. It is this encoder's: set on the instance (the model
+    builder, train/build.py, sets it from the run's flags), never on the class.
     """
-
-    unpad: bool | None = None
 
     def __init__(self, cfg: BertConfig, pooler: bool = True):
         super().__init__()
+        self.unpad: bool | None = None
         self.cfg = cfg
         self.emb = Embeddings(cfg)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers))

@@ -101,14 +101,7 @@ class BertConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> BertConfig:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                d = json.load(fh)
-        except FileNotFoundError:
-            raise ValueError(f"{path}: bert_config.json not found") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-        return cls.from_dict(d, source=str(path))
+        return cls.from_dict(read_json(path), source=str(path))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -132,3 +125,18 @@ class BertConfig:
             intermediate_size=intermediate_size if intermediate_size is not None else 4 * hidden,
             **kw,
         )
+
+
+def read_json(path: str | os.PathLike) -> object:
+    """A model config file's JSON; ValueError naming the file when it is missing, unreadable, not UTF-8 or not JSON."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a config file: not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the config file ({e.strerror or e})") from None

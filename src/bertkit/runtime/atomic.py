@@ -113,6 +113,21 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
+def refuse_existing(
+    paths, flag: str | None = None, *, overwrite: bool = False, elsewhere: str = "", error: type = ValueError
+) -> None:
+    """The one overwrite rule: what a command would write over is refused before any work, unless `overwrite`
+    (the user passed `flag`). The error names every existing path and the way on: pass `flag`, or (no flag
+    replaces them) remove them or choose another `elsewhere` (a flag naming the output)."""
+    existing = [str(p) for p in paths if Path(p).exists()]
+    if not existing or overwrite:
+        return
+    one = len(existing) == 1
+    them = "it" if one else "them"
+    way = f"pass {flag} to replace {them}" if flag else f"remove {them} or choose another {elsewhere or 'output'}"
+    raise error(f"{', '.join(existing)} already {'exists' if one else 'exist'}; {way}")
+
+
 @contextlib.contextmanager
 def atomic_output(final: str | os.PathLike, *, overwrite: bool = True, need_bytes: int = 0) -> Iterator[Path]:
     """Yield a temporary sibling path of `final` (not created: the body makes a file or a folder there); on
@@ -122,8 +137,8 @@ def atomic_output(final: str | os.PathLike, *, overwrite: bool = True, need_byte
     An OSError while writing becomes an OutputError naming `final` (DiskFullError when the disk is full).
     """
     final = Path(final)
-    if final.exists() and not overwrite:
-        raise OutputError(f"{final} exists; pass --force (overwrite=True) to replace it")
+    if not overwrite:
+        refuse_existing([final], "--force", error=OutputError)
     final.parent.mkdir(parents=True, exist_ok=True)
     if need_bytes:
         check_free_space(final.parent, need_bytes, str(final))

@@ -79,6 +79,7 @@ class DistEnv:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    stop: StopRequest | None = None  # the signal handler the runner installed for the command (the loop reads it)
 
     @property
     def is_main(self) -> bool:
@@ -103,13 +104,14 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def setup(device: str = "auto", num_threads: int = 0) -> DistEnv:
+def setup(device: str = "auto", num_threads: int = 0, stop: StopRequest | None = None) -> DistEnv:
     """Join the process group when launched with several workers; otherwise a single process. CPU threads:
-    `num_threads` when positive, else the cores shared among this machine's workers (one process: torch's own)."""
+    `num_threads` when positive, else the cores shared among this machine's workers (one process: torch's own).
+    `stop`: the installed signal handler, carried in the DistEnv for the training loop."""
     if not is_launched_worker() or int(os.environ["WORLD_SIZE"]) == 1:
         if num_threads:
             torch.set_num_threads(num_threads)
-        return DistEnv(device=pick_device(device, 0))
+        return DistEnv(device=pick_device(device, 0), stop=stop)
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     dev = pick_device(device, local)
     if dev.type == "cpu":
@@ -118,7 +120,7 @@ def setup(device: str = "auto", num_threads: int = 0) -> DistEnv:
         torch.set_num_threads(num_threads or max(1, (os.cpu_count() or 1) // per_node))
     if not tdist.is_initialized():
         tdist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return DistEnv(rank=rank, world_size=world, local_rank=local, device=dev)
+    return DistEnv(rank=rank, world_size=world, local_rank=local, device=dev, stop=stop)
 
 
 def teardown() -> None:
@@ -193,7 +195,6 @@ class StopRequest:
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
-    active: StopRequest | None = None  # the one installed in this process, read by the training loop
 
     def __init__(self, repeat_window: float = 2.0, hard_timeout: float | None = None):
         self.signum = 0
@@ -206,15 +207,12 @@ class StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self.previous[sig] = signal.signal(sig, self._handle)
-            StopRequest.active = self
         return self
 
     def uninstall(self) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous = {}
-        if StopRequest.active is self:
-            StopRequest.active = None
 
     def _handle(self, signum: int, frame) -> None:
         now = time.monotonic()

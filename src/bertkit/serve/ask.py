@@ -87,6 +87,7 @@ class QAModelFlags:
             null_score_diff_threshold=self.null_score_diff_threshold, precision=self.precision,
             quantize=self.quantize,
         )  # fmt: skip
+        print(qa.tokenization, file=sys.stderr)  # the vocabulary decision; stderr: ask's stdout holds the answers
         try:
             qa.check_windows(qa.doc_stride, qa.max_seq_length)
         except ValueError as e:

@@ -160,11 +160,10 @@ class TextClassifier:
             labels = tuple(f"LABEL_{i}" for i in range(head.shape[0]))
         model = BertForSequenceClassification(cfg, head.shape[0])
         model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()}, strict=True)
-        vocab_arg = None if vocab_file is None else str(vocab_file)
-        vocab, lower, note = choose_tokenizer(vocab_arg, do_lower_case, str(path), cfg.vocab_size)
-        if note:
-            warnings.warn(note, stacklevel=2)
-        tokenizer = WordPieceTokenizer(vocab, lower)
+        choice = choose_tokenizer(vocab_file, do_lower_case, str(path), cfg.vocab_size)  # the one policy
+        if choice.note:
+            warnings.warn(choice.note.removeprefix("warning: "), stacklevel=2)
+        tokenizer = WordPieceTokenizer(choice.vocab_file, choice.do_lower_case)
         if kwargs.get("max_seq_length") is None and isinstance(run.get("max_seq_length"), int):
             kwargs["max_seq_length"] = run["max_seq_length"]
         return cls(model, tokenizer, labels, device=dist.pick_device(device, 0), **kwargs)

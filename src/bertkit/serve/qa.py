@@ -136,6 +136,7 @@ class QuestionAnswerer:
         device = torch.device(device) if isinstance(device, str) else device
         self.model = quantize_model(model.to(device).eval(), quantize)
         self.tokenizer = tokenizer
+        self.tokenization = ""  # the vocabulary and casing decision, one line (set by from_pretrained)
         self.env = dist.DistEnv(device=device)
         self.batch_size, self.max_query_length, self.n_best_size = batch_size, max_query_length, n_best_size
         self.version_2_with_negative = version_2_with_negative
@@ -178,11 +179,10 @@ class QuestionAnswerer:
                 stacklevel=2,
             )
         # the one vocabulary and casing policy (data/vocab.py), as squad-predict applies it
-        vocab_arg = None if vocab_file is None else str(vocab_file)
-        vocab, lower, note = choose_tokenizer(vocab_arg, do_lower_case, str(path), cfg.vocab_size)
-        if note:
-            warnings.warn(note, stacklevel=2)
-        tokenizer = squad_tokenizer(vocab, lower)
+        choice = choose_tokenizer(vocab_file, do_lower_case, str(path), cfg.vocab_size)
+        if choice.note:
+            warnings.warn(choice.note.removeprefix("warning: "), stacklevel=2)
+        tokenizer = squad_tokenizer(choice.vocab_file, choice.do_lower_case)
         run = snapshot_extras(path)[2] if path.is_dir() else None
         for name in ("max_seq_length", "doc_stride", "max_query_length"):  # the windows it was fine-tuned on
             if kwargs.get(name) is None and isinstance((run or {}).get(name), int):
@@ -192,7 +192,9 @@ class QuestionAnswerer:
                 f"{tokenizer.vocab_file} has {len(tokenizer.vocab)} entries, the model {cfg.vocab_size}: give the "
                 "model's vocab.txt (vocab_file / --vocab_file)"
             )
-        return cls(model, tokenizer, device=dist.pick_device(device, 0), **kwargs)
+        qa = cls(model, tokenizer, device=dist.pick_device(device, 0), **kwargs)
+        qa.tokenization = choice.line()  # the decision, for `ask` and `serve` to log
+        return qa
 
     @property
     def max_seq_length_limit(self) -> int:

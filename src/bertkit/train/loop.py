@@ -14,7 +14,6 @@ snapshot gathers every rank's state; evaluation reduces its counts.
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import sys
 import time
@@ -27,26 +26,53 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from bertkit.checkpoint.snapshot import prune_snapshots, save_snapshot
-from bertkit.model.bert import Bert
 from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
-from bertkit.runtime.atomic import atomic_output
 from bertkit.runtime.dist import DistEnv
 from bertkit.runtime.precision import autocast, no_autocast
+from bertkit.train.metrics import MetricsLog
 from bertkit.train.optim import build_optimizer, learning_rate, set_lr
 
 LossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a task plugs into `fit`: its loss, its batches, and (optional) a count, an evaluation, snapshot extras.
+
+    loss(model, batch) -> (loss, named parts); the loop averages it over micro-steps and DDP over ranks.
+    batches: endless dict batches (CPU tensors), with state_dict()/load_state_dict() for the data position.
+    count (a loss normalised by a count over the global batch, e.g. MLM's sum of masked_lm_weights): the loop sums
+    count(batch) over the step's micro-batches and ranks (one all-reduce per step, no host sync) and calls
+    loss(model, batch, norm) with norm = that count / (micro-steps x ranks): a loss of sum(weight * CE) / norm
+    then averages to sum over the global batch / global count, however the batch is cut.
+    evaluate(model) -> metrics, every --eval_every_n_iter steps.
+    snapshot_extras: what snapshots carry besides the weights (snapshot.save_snapshot's vocab_file,
+    do_lower_case, run_config), so that a fine-tuned snapshot tokenizes as its training did.
+    """
+
+    loss: LossFn
+    batches: object
+    count: Callable[[dict[str, Tensor]], Tensor] | None = None
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+    snapshot_extras: dict | None = None
 
 
 @dataclass
 class TrainConfig:
     """Flags every training command shares (names and defaults from the seed's run_pretraining.py)."""
 
-    learning_rate: float = field(default=1e-4, metadata={"help": "peak learning rate"})
-    weight_decay_rate: float = field(default=0.01, metadata={"help": "decoupled weight decay (not on LayerNorm/bias)"})
-    batch_size_per_device: int = field(default=64, metadata={"help": "sequences per process per micro-step"})
-    iter_num: int = field(default=1144000, metadata={"help": "total optimizer steps to run"})
-    warmup_batches: int = field(default=10000, metadata={"help": "linear warmup steps, then linear decay to 0"})
+    learning_rate: float = field(default=1e-4, metadata={"resume": "warned", "help": "peak learning rate"})
+    weight_decay_rate: float = field(
+        default=0.01, metadata={"resume": "warned", "help": "decoupled weight decay (not on LayerNorm/bias)"}
+    )
+    batch_size_per_device: int = field(
+        default=64, metadata={"resume": "refused", "help": "sequences per process per micro-step"}
+    )
+    iter_num: int = field(default=1144000, metadata={"resume": "warned", "help": "total optimizer steps to run"})
+    warmup_batches: int = field(
+        default=10000, metadata={"resume": "warned", "help": "linear warmup steps, then linear decay to 0"}
+    )
     log_every_n_iter: int = field(default=1, metadata={"help": "write metrics to log_dir every N steps"})
     loss_print_every_n_iter: int = field(
         default=10, metadata={"help": "print the loss line every N steps: that step's losses, as the seed's line "
@@ -61,20 +87,26 @@ class TrainConfig:
     optimizer: str = field(
         default="adam_weight_decay",
         metadata={
+            "resume": "refused",
             "help": "adam_weight_decay (Google's, no bias correction), adamw (torch, fused) or lamb",
             "choices": ["adam_weight_decay", "adamw", "lamb"],
         },
     )
-    num_accumulation_steps: int = field(default=1, metadata={"help": "micro-steps per optimizer step"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "global-norm gradient clipping (0 = off)"})
+    num_accumulation_steps: int = field(
+        default=1, metadata={"resume": "warned", "help": "micro-steps per optimizer step"}
+    )
+    max_grad_norm: float = field(
+        default=1.0, metadata={"resume": "warned", "help": "global-norm gradient clipping (0 = off)"}
+    )
     precision: str = field(
         default="fp32",
         metadata={
+            "resume": "warned",
             "help": "fp32, bf16 autocast, or fp16 autocast with loss scaling (CUDA)",
             "choices": ["fp32", "bf16", "fp16"],
         },
     )
-    seed: int = field(default=12345, metadata={"help": "seed for init, dropout and data order"})
+    seed: int = field(default=12345, metadata={"resume": "refused", "help": "seed for init, dropout and data order"})
     resume: str | None = field(default=None, metadata={"help": "continue exactly from this snapshot directory"})
     eval_every_n_iter: int = field(default=0, metadata={"help": "evaluate on eval data every N steps (0 = never)"})
     stop_check_every_n_iter: int = field(
@@ -89,11 +121,12 @@ class TrainConfig:
     unpad: bool = field(
         default=False,
         metadata={
+            "resume": "warned",
             "help": "for speed when batches carry padding: compute only real tokens (padding dropped before the "
             "encoder, attention within each sequence). Same results as the default padded path without dropout; "
             "with dropout the random masks differ, so the padded path stays the default and the reference for "
             "accuracy comparisons. A SQuAD step measured 2.4x, an SST-2 step 1.45x faster on a CPU (README); no "
-            "gain when sequences are full. Evaluation and prediction take this path by default (not with --compile)"
+            "gain when sequences are full. Evaluation and prediction take this path by default (not with --compile)",
         },
     )
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda", "choices": ["auto", "cpu", "cuda"]})
@@ -112,79 +145,6 @@ class TrainConfig:
                              "every batch, so the compiled graph would be rebuilt); give one")  # fmt: skip
         if self.use_fp16:
             self.precision = "fp16"
-
-
-# --- metrics -------------------------------------------------------------------------------------------
-
-
-class MetricsLog:
-    """metrics.jsonl in log_dir, plus TensorBoard events when tensorboard is installed. Rank 0 only.
-
-    On resume from step S the records after S (written by the interrupted run, and about to be written again) are
-    dropped first, so that the file holds each step once; a fresh run (S = 0) starts the file anew.
-    """
-
-    def __init__(self, log_dir: str, enabled: bool, resume_step: int = 0):
-        self.file = self.tb = None
-        if not enabled:
-            return
-        Path(log_dir).mkdir(parents=True, exist_ok=True)
-        path = Path(log_dir) / "metrics.jsonl"
-        if path.is_file():
-            _rewrite(path, lambda line: _step_of(line) <= resume_step)
-        self.file = open(path, "a", encoding="utf-8")
-        with contextlib.suppress(ImportError):
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(log_dir)
-
-    def write(self, record: dict) -> None:
-        if self.file is None:
-            return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, int | float):
-                    self.tb.add_scalar(k, v, record["step"])
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def log_final_eval(log_dir: str, step: int, metrics: dict[str, float]) -> None:
-    """End log_dir/metrics.jsonl with a run's closing evaluation, {"step": step, "eval_<key>": value, ...}, so that
-    the file (and `bertkit plot`) holds the numbers of eval_results.txt / the printed metrics. An evaluation record
-    already at `step` (--eval_every_n_iter dividing iter_num, or a run resumed from its last snapshot against other
-    dev data) is replaced, so the step holds one evaluation. Rank 0 calls it, after `fit`; metrics.jsonl only (the
-    TensorBoard events hold the loop's evaluations)."""
-
-    def other(line: str) -> bool:  # not an evaluation record at `step`
-        with contextlib.suppress(json.JSONDecodeError, AttributeError):
-            record = json.loads(line)
-            return not (record.get("step") == step and any(k.startswith("eval_") for k in record))
-        return True
-
-    record = {"step": step, **{f"eval_{k}": v for k, v in metrics.items()}}
-    _rewrite(Path(log_dir) / "metrics.jsonl", other, json.dumps(record))
-
-
-def _rewrite(path: Path, keep: Callable[[str], bool], last: str | None = None) -> None:
-    """Rewrite a JSON-lines file atomically with the lines `keep` accepts (none if it is absent), then `last`."""
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    kept = [line for line in lines if keep(line)] + ([last] if last is not None else [])
-    with atomic_output(path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
-def _step_of(line: str) -> float:
-    try:
-        return json.loads(line).get("step", 0)
-    except (json.JSONDecodeError, AttributeError):
-        return float("inf")  # a torn last line of a killed run: dropped
 
 
 # --- the loop ------------------------------------------------------------------------------------------
@@ -227,43 +187,26 @@ def check_world_size(resume_state: dict, world_size: int, path: str) -> None:
 def fit(
     model: nn.Module,
     bert_cfg: BertConfig,
-    loss_fn: LossFn,
-    loader,
+    task: Task,
     cfg: TrainConfig,
     env: DistEnv,
-    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
     resume_state: dict | None = None,
     print_fn: Callable[[str], None] = print,
-    count_fn: Callable[[dict[str, Tensor]], Tensor] | None = None,
     on_log: Callable[[dict], None] | None = None,
-    snapshot_extras: dict | None = None,
     optimizer_state: dict | None = None,
 ) -> dict:
-    """Train for cfg.iter_num steps. `loader` yields dict batches and has state_dict()/load_state_dict().
+    """Train `model` (its config `bert_cfg`, for snapshots) on `task` (see Task) for cfg.iter_num steps.
 
-    loss_fn(model, batch) -> (loss, named parts); the loop averages it over micro-steps and DDP over ranks.
-    With count_fn (a loss normalised by a count over the global batch, e.g. MLM's sum of masked_lm_weights),
-    fit sums count_fn(batch) over the step's micro-batches and ranks (one all-reduce per step, no host sync) and
-    calls loss_fn(model, batch, norm) with norm = that count / (micro-steps x ranks): a loss of
-    sum(weight * CE) / norm then averages to sum over the global batch / global count, however the batch is cut.
-    on_log(record) receives every step's record (losses are reduced once per print window, not per step).
-    snapshot_extras: what snapshots carry besides the weights (snapshot.save_snapshot's vocab_file, do_lower_case,
-    run_config), so that a fine-tuned snapshot tokenizes as its training did; the vocabulary is read once here, as
-    a resumed run's vocab.txt may be in the snapshot that --keep_last_n prunes.
+    on_log(record) receives every step's record (losses are reduced once per print window, not per step). The
+    model's encoder path (`unpad`) is the model's own, set where it is built (train/build.py), never here.
     optimizer_state: without resume_state, another run's optimizer state to start from (a second pretraining
     phase): its moments are loaded and every step count set to 0, so bias correction and the schedule restart.
-
-    Sets `unpad` on the model's encoder(s): True with --unpad, False with --compile, else None (the padded path in
-    training, the fast path in evaluation without gradients).
 
     Returns {"step", "sentences_per_sec", "first", "last"} (first and last logged records). Raises dist.Stopped
     after writing a snapshot when a SIGTERM/SIGINT asked every rank to stop (see dist.StopRequest), and
     ValueError when a snapshot cannot be written (on every rank alike).
     """
-    raw = model
-    for m in raw.modules():  # the encoder's fast path: --unpad trains with it; compiled graphs want fixed shapes
-        if isinstance(m, Bert):
-            m.unpad = True if cfg.unpad else False if cfg.compile else None
+    raw, loader, loss_fn, count_fn, eval_fn = model, task.batches, task.loss, task.count, task.evaluate
     if env.rank:  # each rank its own dropout masks (rank 0 keeps the run's stream: one process is unchanged)
         torch.manual_seed(dist.rank_seed(cfg.seed, env.rank))
     if cfg.compile:
@@ -300,7 +243,7 @@ def fit(
             f"warning: warmup_batches ({cfg.warmup_batches}) > iter_num ({cfg.iter_num}): the peak rate is never reached"
         )
     saved_at: dict[str, int] = {}
-    extras = dict(snapshot_extras or {})
+    extras = dict(task.snapshot_extras or {})
     if extras.get("vocab_file") is not None:  # read now: a resumed run's vocab.txt sits in a snapshot it may prune
         extras["vocab_file"] = Path(extras["vocab_file"]).read_bytes()
 
@@ -324,8 +267,8 @@ def fit(
             raise ValueError(error)
         saved_at[name] = step
 
-    # SIGTERM/SIGINT: the runner installed the handler for the whole command; a bare fit() call installs its own.
-    stop = dist.StopRequest.active
+    # SIGTERM/SIGINT: the runner installed the handler for the whole command (env.stop); a bare fit() installs its own.
+    stop = env.stop
     own_stop = stop is None
     if own_stop:
         stop = dist.StopRequest().install()

@@ -57,9 +57,11 @@ class SeedConfig(TrainConfig, dist.DistConfig):
     """The flags every one of the seed's scripts takes: training, processes, data and model size."""
 
     data_dir: str | None = field(
-        default=None, metadata={"help": "OFRecord dir (part-N), TFRecord file(s)/glob, or shards"}
+        default=None, metadata={"resume": "warned", "help": "OFRecord dir (part-N), TFRecord file(s)/glob, or shards"}
     )
-    data_part_num: int = field(default=32, metadata={"help": "number of part-N files used from an OFRecord data_dir"})
+    data_part_num: int = field(
+        default=32, metadata={"resume": "warned", "help": "number of part-N files used from an OFRecord data_dir"}
+    )
     eval_data_dir: str | None = field(default=None, metadata={"help": "held-out data for MLM/NSP accuracy"})
     use_boxing_v2: bool | None = field(
         default=None, metadata={"help": "accepted for the seed's command lines; no effect"}
@@ -67,16 +69,32 @@ class SeedConfig(TrainConfig, dist.DistConfig):
     bert_config_file: str | None = field(
         default=None, metadata={"help": "Google bert_config.json (instead of size flags)"}
     )
-    seq_length: int = field(default=512, metadata={"help": "tokens per sequence in the records"})
-    max_predictions_per_seq: int = field(default=80, metadata={"help": "masked slots per sequence in the records"})
-    num_hidden_layers: int = field(default=24, metadata={"help": "encoder layers"})
-    num_attention_heads: int = field(default=16, metadata={"help": "attention heads per layer"})
-    max_position_embeddings: int = field(default=512, metadata={"help": "longest sequence the model takes"})
-    type_vocab_size: int = field(default=2, metadata={"help": "token types (segments)"})
-    vocab_size: int = field(default=30522, metadata={"help": "WordPiece vocabulary size"})
-    attention_probs_dropout_prob: float = field(default=0.1, metadata={"help": "dropout on attention weights"})
-    hidden_dropout_prob: float = field(default=0.1, metadata={"help": "dropout on embeddings and layer outputs"})
-    hidden_size_per_head: int = field(default=64, metadata={"help": "hidden size = heads x this; FFN = 4 x hidden"})
+    seq_length: int = field(default=512, metadata={"resume": "refused", "help": "tokens per sequence in the records"})
+    max_predictions_per_seq: int = field(
+        default=80, metadata={"resume": "refused", "help": "masked slots per sequence in the records"}
+    )
+    num_hidden_layers: int = field(default=24, metadata={"resume": "refused", "size": True, "help": "encoder layers"})
+    num_attention_heads: int = field(
+        default=16, metadata={"resume": "refused", "size": True, "help": "attention heads per layer"}
+    )
+    max_position_embeddings: int = field(
+        default=512, metadata={"resume": "refused", "size": True, "help": "longest sequence the model takes"}
+    )
+    type_vocab_size: int = field(
+        default=2, metadata={"resume": "refused", "size": True, "help": "token types (segments)"}
+    )
+    vocab_size: int = field(
+        default=30522, metadata={"resume": "refused", "size": True, "help": "WordPiece vocabulary size"}
+    )
+    attention_probs_dropout_prob: float = field(
+        default=0.1, metadata={"resume": "snapshot", "size": True, "help": "dropout on attention weights"}
+    )
+    hidden_dropout_prob: float = field(
+        default=0.1, metadata={"resume": "snapshot", "size": True, "help": "dropout on embeddings and layer outputs"}
+    )
+    hidden_size_per_head: int = field(
+        default=64, metadata={"resume": "refused", "size": True, "help": "hidden size = heads x this; FFN = 4 x hidden"}
+    )
 
     def reconcile_node_names(self, num_nodes: int | None, node_ips: str | None) -> None:
         """The fine-tuning scripts' later names --num_nodes / --node_ips for --node_num / --node_list."""
@@ -221,7 +239,7 @@ def check_resume(cfg: TrainConfig) -> None:
     check_world_size(state, cfg.world_size, cfg.resume)
     saved = snapshot.snapshot_extras(cfg.resume)[2]
     if saved:  # flags that differ from the run that wrote it: refused (sizes, ...) or said which value wins
-        for line in snapshot.compare_flags(saved, dataclasses.asdict(cfg)):
+        for line in snapshot.compare_flags(saved, dataclasses.asdict(cfg), snapshot.resume_rules(cfg)):
             print(line)
 
 
@@ -295,12 +313,12 @@ def no_gpu(cfg) -> bool:
 
 
 def _in_process(cfg, body: Body):
-    stop = dist.StopRequest().install()
-    env = dist.setup(cfg.device, cfg.num_threads)
-    try:
-        result = body(cfg, env)
+    stop, threads = dist.StopRequest().install(), torch.get_num_threads()
+    try:  # the handler and torch's thread count are this command's: an in-process caller (a test) gets its own back
+        result = body(cfg, dist.setup(cfg.device, cfg.num_threads, stop))
     finally:
         stop.uninstall()
+        torch.set_num_threads(threads)
         dist.teardown()
     if stop.signum:  # a signal after training (while predicting, say): the work is done, but say it was stopped
         raise dist.Stopped(stop.signum, f"stopped by signal {stop.signum} after the work was done")
@@ -365,7 +383,7 @@ def _worker(cfg, body: Body, err_dir: str):
     Path(err_dir, f"rank-{rank}.started").touch()
     code, line = 0, None
     try:
-        env = dist.setup(cfg.device, cfg.num_threads)
+        env = dist.setup(cfg.device, cfg.num_threads, stop)
         body(cfg, env)
         code = 128 + stop.signum if stop.signum else 0  # signalled after training: done, but stopped
     except dist.Stopped as e:

@@ -21,7 +21,15 @@ import numpy as np
 from bertkit.data.loader import read_dataset
 from bertkit.data.records import Spec, write_ofrecord, write_tfrecord
 from bertkit.data.tokenizer import WordPieceTokenizer
+from bertkit.data.vocab import (
+    CHECK_CASING_HELP,
+    DO_LOWER_CASE_HELP,
+    check_data_vocab_target,
+    choose_tokenizer,
+    record_data_vocab,
+)
 from bertkit.runtime import dist
+from bertkit.runtime.atomic import refuse_existing
 from bertkit.tasks.glue.data import (
     SPLITS,
     TASK_HELP,
@@ -93,7 +101,8 @@ class CreateGlueDataConfig:
     vocab_file: str | None = field(
         default=None, metadata={"help": "vocab.txt of the model (default: bert-base-uncased)"}
     )
-    do_lower_case: bool = field(default=True, metadata={"help": "lowercase and strip accents: True for uncased models"})
+    do_lower_case: bool | None = field(default=None, metadata={"help": DO_LOWER_CASE_HELP})
+    check_casing: bool = field(default=True, metadata={"help": CHECK_CASING_HELP})
     max_seq_length: int = field(default=128, metadata={"help": "tokens per example, padded or cut to this"})
     splits: str = field(
         default="train,dev", metadata={"help": "which files: train, dev (-> eval records), test (-> predict)"}
@@ -170,15 +179,14 @@ def run_create_glue_data(cfg: CreateGlueDataConfig) -> dict[str, int]:
     paths = {s: cfg.output_paths(s) for s in cfg.split_list}
     if "test" in paths:
         paths["guids"] = [Path(cfg.output_dir) / GUIDS]
-    existing = [str(p) for ps in paths.values() for p in ps if p.exists()]
-    if existing:
-        one = len(existing) == 1
-        raise ValueError(f"{', '.join(existing)} already {'exists' if one else 'exist'}; remove "
-                         f"{'it' if one else 'them'} or choose another --output_dir")  # fmt: skip
+    refuse_existing([p for ps in paths.values() for p in ps], elsewhere="--output_dir")  # the one overwrite rule
     examples = {s: read_examples(task, cfg.data_dir, s) for s in cfg.split_list}  # all checked before any is written
     for ex in examples.values():
         check_labels(task, ex)
-    tokenizer = WordPieceTokenizer(cfg.vocab_file, cfg.do_lower_case)
+    choice = choose_tokenizer(cfg.vocab_file, cfg.do_lower_case, check=cfg.check_casing)  # data/vocab.py
+    check_data_vocab_target(Path(cfg.output_dir), Path(choice.path))
+    print(choice.line())
+    tokenizer = WordPieceTokenizer(choice.vocab_file, choice.do_lower_case)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     counts = {}
     for split, ex in examples.items():
@@ -191,6 +199,7 @@ def run_create_glue_data(cfg: CreateGlueDataConfig) -> dict[str, int]:
         where = str(paths[split][0]) + (f" ... {paths[split][-1].name}" if len(paths[split]) > 1 else "")
         print(f"{task.name} {split}: {len(feats)} examples -> {where} ({time.perf_counter() - start:.1f} s); "
               f"read with: {classify_command(cfg, split, len(feats))}")  # fmt: skip
+    record_data_vocab(cfg.output_dir, choice.path, choice.do_lower_case)  # what classify checks its model against
     return counts
 
 

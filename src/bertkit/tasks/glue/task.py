@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.checkpoint import formats as checkpoint
-from bertkit.checkpoint.snapshot import check_writable, existing_snapshots, load_snapshot
+from bertkit.checkpoint.snapshot import check_writable, existing_snapshots
 from bertkit.data.loader import ArrayLoader
 from bertkit.data.tokenizer import WordPieceTokenizer
-from bertkit.data.vocab import default_vocab_path
-from bertkit.model.bert import BertForSequenceClassification, num_parameters
-from bertkit.model.config import BertConfig
+from bertkit.data.vocab import CHECK_CASING_HELP, DO_LOWER_CASE_HELP, Tokenization, choose_tokenizer
+from bertkit.model.bert import BertForSequenceClassification
 from bertkit.runtime import dist
+from bertkit.runtime.atomic import refuse_existing
 from bertkit.runtime.precision import QUANTIZE
 from bertkit.tasks.glue import data as glue
 from bertkit.tasks.glue import labels
@@ -38,7 +38,9 @@ from bertkit.tasks.glue.predict import quantize_classifier
 from bertkit.tasks.glue.records import load_features, record_files, tsv_examples
 from bertkit.tasks.glue.results import write_predictions
 from bertkit.train import runner
-from bertkit.train.loop import fit, log_final_eval
+from bertkit.train.build import build_model, model_config
+from bertkit.train.loop import Task, fit
+from bertkit.train.metrics import log_final_eval
 
 # --- losses ----------------------------------------------------------------------------------------------------
 # Every batch is full (the loader wraps around epochs) and every example weighs the same, so each rank's batch
@@ -99,9 +101,14 @@ class ClassifyConfig(runner.SeedConfig):
         default=None, metadata={"help": "the task's GLUE folder: train.tsv, dev.tsv, test.tsv (MNLI: dev_matched...)"}
     )
     vocab_file: str | None = field(
-        default=None, metadata={"help": "vocab.txt of the model (default: the checkpoint's, else bert-base-uncased)"}
+        default=None,
+        metadata={
+            "resume": "warned",
+            "help": "vocab.txt of the model (default: the checkpoint's, else bert-base-uncased)",
+        },
     )
-    do_lower_case: bool = field(default=True, metadata={"help": "lowercase and strip accents: True for uncased models"})
+    do_lower_case: bool | None = field(default=None, metadata={"resume": "refused", "help": DO_LOWER_CASE_HELP})
+    check_casing: bool = field(default=True, metadata={"help": CHECK_CASING_HELP})
     init_checkpoint: str | None = field(
         default=None, metadata={"help": "Google's name for --model_load_dir: bertkit, HF, Google TF or OneFlow"}
     )
@@ -118,7 +125,7 @@ class ClassifyConfig(runner.SeedConfig):
                           "not exact); none: exact", "choices": QUANTIZE},
     )  # fmt: skip
     max_seq_length: int | None = field(
-        default=None, metadata={"help": "tokens per example, cut or padded (default: 128)"}
+        default=None, metadata={"resume": "refused", "help": "tokens per example, cut or padded (default: 128)"}
     )
     seq_length: int | None = field(default=None, metadata={"help": "OneFlow's name for --max_seq_length"})
     train_batch_size: int | None = field(
@@ -130,9 +137,15 @@ class ClassifyConfig(runner.SeedConfig):
         default=None,
         metadata={"help": "OneFlow's evaluation batch per process (default: --eval_batch_size / processes)"},
     )
-    num_train_epochs: float | None = field(default=None, metadata={"help": "passes over the train set (default: 3)"})
-    num_epochs: float | None = field(default=None, metadata={"help": "OneFlow's name for --num_train_epochs"})
-    warmup_proportion: float = field(default=0.1, metadata={"help": "warmup steps as a fraction of --iter_num"})
+    num_train_epochs: float | None = field(
+        default=None, metadata={"resume": "warned", "help": "passes over the train set (default: 3)"}
+    )
+    num_epochs: float | None = field(
+        default=None, metadata={"resume": "warned", "help": "OneFlow's name for --num_train_epochs"}
+    )
+    warmup_proportion: float = field(
+        default=0.1, metadata={"resume": "warned", "help": "warmup steps as a fraction of --iter_num"}
+    )
     output_dir: str = field(
         default="classify_output", metadata={"help": "folder for eval_results.txt, test_results.tsv and <TASK>.tsv"}
     )
@@ -146,10 +159,13 @@ class ClassifyConfig(runner.SeedConfig):
         default=True, metadata={"help": "keep the fine-tuned model: model_save_dir/last_snapshot at the end"}
     )
     train_data_dir: str | None = field(
-        default=None, metadata={"help": "OneFlow: folder of training part files (or one record file)"}
+        default=None,
+        metadata={"resume": "warned", "help": "OneFlow: folder of training part files (or one record file)"},
     )
     train_data_prefix: str = field(default="train.of_record-", metadata={"help": "training part files: prefix + i"})
-    train_data_part_num: int = field(default=0, metadata={"help": "training part files read (0: all there)"})
+    train_data_part_num: int = field(
+        default=0, metadata={"resume": "warned", "help": "training part files read (0: all there)"}
+    )
     train_example_num: int | None = field(
         default=None,
         metadata={
@@ -275,53 +291,30 @@ class ClassifyConfig(runner.SeedConfig):
 # --- the model, evaluation and prediction ----------------------------------------------------------------------
 
 
-def build_model(cfg: ClassifyConfig, env: dist.DistEnv, say: Callable[[str], None]
-                ) -> tuple[BertForSequenceClassification, BertConfig, dict | None]:  # fmt: skip
-    """(model on the device, its config, the train state when resuming)."""
-    num_labels = cfg.task.num_labels
-    if cfg.resume:
-        weights, bert_cfg, resume_state = load_snapshot(cfg.resume)
-        model = BertForSequenceClassification(bert_cfg, num_labels)
-        model.load_state_dict(weights)
-        say(f"Resuming from {cfg.resume} at iter {resume_state['step']}.")
-        return model.to(env.device), bert_cfg, resume_state
-    bert_cfg, source = cfg.model_config()
-    torch.manual_seed(cfg.seed)  # the new head's draws (and a random model's) follow --seed
-    model = BertForSequenceClassification(bert_cfg, num_labels)
-    c = bert_cfg
-    say(f"{runner.model_source(source)}: {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, "
-        f"{num_labels} output(s), {num_parameters(model) / 1e6:.1f}M parameters")  # fmt: skip
-    if cfg.model_load_dir:
-        path = cfg.model_load_dir
-        theirs = checkpoint.own_labels(path, checkpoint.detect_format(path))
-        perm = labels.label_order(cfg.task, theirs, f"--init_checkpoint {path}")  # before loading: a clear error
-        report = checkpoint.load_into(model, path)
-        say(f"Restoring model from {report}")
+def label_hook(cfg: ClassifyConfig, say: Callable[[str], None]) -> Callable | None:
+    """What the model builder does after loading --init_checkpoint: a classifier whose labels the checkpoint names
+    in another order is reordered to the task's (checked before loading, so a mismatch is a clear error)."""
+    path = cfg.model_load_dir
+    if cfg.resume or not path:
+        return None
+    theirs = checkpoint.own_labels(path, checkpoint.detect_format(path))
+    perm = labels.label_order(cfg.task, theirs, f"--init_checkpoint {path}")
+
+    def after_load(model: nn.Module, report: checkpoint.LoadReport) -> None:
         if theirs and "classifier.weight" in report.loaded and not cfg.task.is_regression:
             say(labels.describe(cfg.task, theirs, perm))
             if perm:
                 labels.reorder_classifier(model, perm)
-    else:
-        say("Init model on demand (random weights)")
-    return model.to(env.device), bert_cfg, None
+
+    return after_load
 
 
-def tokenizer_vocab_path(tokenizer: WordPieceTokenizer) -> str:
-    """The vocab.txt the tokenizer read (the bundled bert-base-uncased one when it was given none): what snapshots
-    carry, so that a fine-tuned snapshot tokenizes as its training did."""
-    path = Path(str(tokenizer.vocab_file))
-    return str(path) if path.is_file() else default_vocab_path()
-
-
-def vocab_file(cfg: ClassifyConfig) -> str | None:
-    """--vocab_file, else the vocab.txt beside --init_checkpoint (also when resuming: the snapshot's), else
-    None: bert-base-uncased's."""
-    source = cfg.resume or cfg.model_load_dir
-    if cfg.vocab_file or not source:
-        return cfg.vocab_file
-    path = Path(source)
-    vocab = (path if path.is_dir() else path.parent) / "vocab.txt"
-    return str(vocab) if vocab.is_file() else None
+def choose_vocab(cfg: ClassifyConfig, vocab_size: int) -> Tokenization:
+    """The vocabulary and casing by the one policy (data/vocab.py): the model's (the snapshot resumed, else
+    --init_checkpoint) against --vocab_file, --do_lower_case and the record data's."""
+    data = (("--train_data_dir", cfg.train_data_dir), ("--eval_data_dir", cfg.eval_data_dir))
+    checkpoint = cfg.resume if cfg.resume and cfg.resume != "latest" else cfg.model_load_dir
+    return choose_tokenizer(cfg.vocab_file, cfg.do_lower_case, checkpoint, vocab_size, cfg.check_casing, data)
 
 
 # --- the command -------------------------------------------------------------------------------------------------
@@ -349,14 +342,11 @@ def _check(cfg: ClassifyConfig) -> None:
     save_dir = Path(cfg.model_save_dir)
     if cfg.do_train and not cfg.resume:
         outputs += existing_snapshots(save_dir)
-    existing = [str(p) for p in outputs if p.exists()]
-    if existing and not cfg.overwrite_output_dir:
-        one = len(existing) == 1
-        raise ValueError(f"{', '.join(existing)} already {'exists' if one else 'exist'}; "
-                         f"pass --overwrite_output_dir to replace {'it' if one else 'them'}")  # fmt: skip
+    refuse_existing(outputs, "--overwrite_output_dir", overwrite=cfg.overwrite_output_dir)
     if cfg.do_train:
         check_writable(cfg.model_save_dir)
         runner.check_resume(cfg)
+    choose_vocab(cfg, model_config(cfg).vocab_size)  # after --resume latest is resolved
 
 
 def run(cfg: ClassifyConfig) -> dict | None:
@@ -367,10 +357,14 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
     say = print if env.is_main else (lambda *a, **k: None)
     say(runner.banner(cfg))
     task = cfg.task
-    model, bert_cfg, resume_state = build_model(cfg, env, say)
+    head = lambda c: BertForSequenceClassification(c, task.num_labels)  # noqa: E731
+    model, bert_cfg, resume_state = build_model(cfg, head, env, say, label_hook(cfg, say))
     batch = cfg.eval_batch_size_per_device
-    tokenizer = WordPieceTokenizer(vocab_file(cfg), cfg.do_lower_case)
-    say(f"vocabulary: {tokenizer.vocab_file} ({len(tokenizer.vocab)} pieces), do_lower_case {cfg.do_lower_case}")
+    choice = choose_vocab(cfg, bert_cfg.vocab_size)
+    say(choice.line())
+    if choice.note:
+        say(choice.note)
+    tokenizer = WordPieceTokenizer(choice.vocab_file, choice.do_lower_case)
     dev = None
     if cfg.do_eval:  # built first, so that a bad dev file fails before training, not after
         dev, _ = load_features(cfg, "eval", tokenizer, env, say)
@@ -399,10 +393,10 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
             return evaluate(m, task, dev, batch, env, cfg.precision)[0]
 
         loss_fn = regression_loss if task.is_regression else classification_loss
-        extras = {"vocab_file": tokenizer_vocab_path(tokenizer), "do_lower_case": cfg.do_lower_case,
+        extras = {"vocab_file": choice.path, "do_lower_case": choice.do_lower_case,
                   "run_config": dataclasses.asdict(cfg), "labels": task.labels or None}  # fmt: skip
-        summary = fit(model, bert_cfg, loss_fn, loader, cfg, env, eval_fn if dev is not None else None,
-                      resume_state, say, snapshot_extras=extras)  # fmt: skip
+        plugged = Task(loss_fn, loader, evaluate=eval_fn if dev is not None else None, snapshot_extras=extras)
+        summary = fit(model, bert_cfg, plugged, cfg, env, resume_state, say)
         step = summary["step"]
         if not cfg.save_last_snapshot and step % cfg.model_save_every_n_iter:
             say("note: the fine-tuned model is not kept (--save_last_snapshot False)")

@@ -38,8 +38,10 @@ import numpy as np
 from bertkit.data.records import atomic_output, record_writer, serialize_rows
 from bertkit.data.tokenizer import WordPieceTokenizer
 from bertkit.data.vocab import (
-    check_casing,
+    CHECK_CASING_HELP,
+    DO_LOWER_CASE_HELP,
     check_data_vocab_target,
+    choose_tokenizer,
     default_vocab_path,
     read_vocab,
     record_data_vocab,
@@ -74,12 +76,8 @@ class CreatePretrainingDataConfig:
     vocab_file: str | None = field(
         default=None, metadata={"help": "Google vocab.txt; None: the bert-base-uncased vocabulary bertkit ships"}
     )
-    do_lower_case: bool = field(default=True, metadata={"help": "lowercase and strip accents: True for uncased"})
-    check_casing: bool = field(
-        default=True,
-        metadata={"help": "stop when --do_lower_case contradicts the vocabulary (capitals in a cased one, none in an "
-                          "uncased one); False: use the flag as given"},
-    )  # fmt: skip
+    do_lower_case: bool | None = field(default=None, metadata={"help": DO_LOWER_CASE_HELP})
+    check_casing: bool = field(default=True, metadata={"help": CHECK_CASING_HELP})
     do_whole_word_mask: bool = field(
         default=False, metadata={"help": "mask all WordPieces of a word together, never some of them"}
     )
@@ -117,6 +115,9 @@ class CreatePretrainingDataConfig:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
+        # the one vocabulary and casing policy (data/vocab.py), decided once here so that every worker tokenizes
+        # alike: a casing the vocabulary contradicts is refused, none given is the vocabulary's
+        self.do_lower_case = choose_tokenizer(self.vocab_file, self.do_lower_case, check=self.check_casing)[1]
         if not self.input_file.strip(","):
             raise ValueError("--input_file is required")
         if bool(self.output_file.strip(",")) == bool(self.output_dir):
@@ -364,8 +365,8 @@ def create_pretraining_data(cfg: CreatePretrainingDataConfig, progress: bool = F
             f"--output_dir, or --num_shards 1 for one process"
         )
     vocab, data_dir = cfg.vocab_file or default_vocab_path(), _data_dir(cfg)
-    if cfg.check_casing:
-        check_casing(cfg.do_lower_case, vocab)
+    if progress:
+        print(choose_tokenizer(cfg.vocab_file, cfg.do_lower_case, check=cfg.check_casing).line())
     if cfg.output_format == "shards" and not cfg.output_dir:  # refuse before the work, not after it
         from bertkit.data.shards import check_shards_output
 

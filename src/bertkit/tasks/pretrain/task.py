@@ -18,11 +18,12 @@ from torch import Tensor, nn
 
 from bertkit.checkpoint.snapshot import check_writable, load_snapshot
 from bertkit.data.loader import PretrainingLoader, prefetch, resolve_inputs
-from bertkit.data.vocab import pretrain_vocab
+from bertkit.data.vocab import Tokenization, choose_tokenizer
 from bertkit.model.bert import BertForPreTraining
 from bertkit.runtime import dist
 from bertkit.train import runner
-from bertkit.train.loop import fit
+from bertkit.train.build import build_model, model_config, set_unpad
+from bertkit.train.loop import Task, fit
 
 
 def pretraining_loss(
@@ -116,8 +117,9 @@ class PretrainConfig(runner.SeedConfig):
     vocab_file: str | None = field(
         default=None,
         metadata={
+            "resume": "warned",
             "help": "vocab.txt the data was made with, carried into snapshots (default: the one "
-            "create-pretraining-data recorded beside --data_dir)"
+            "create-pretraining-data recorded beside --data_dir)",
         },
     )
 
@@ -179,6 +181,15 @@ def pretrain_accuracy_counts(model: nn.Module, batches, device: torch.device) ->
     return counts
 
 
+def choose_vocab(cfg: PretrainConfig, vocab_size: int) -> Tokenization:
+    """What snapshots carry, by the one policy (data/vocab.py): --vocab_file, else the checkpoint continued
+    (--resume, --model_load_dir), else the one the data recorded; refused when the data was made with another
+    vocabulary than the model's. None known is a warning (the snapshots then carry none)."""
+    checkpoint = cfg.resume if cfg.resume and cfg.resume != "latest" else cfg.model_load_dir
+    data = (("--data_dir", cfg.data_dir), ("--eval_data_dir", cfg.eval_data_dir))
+    return choose_tokenizer(cfg.vocab_file, None, checkpoint, vocab_size, data=data, fallback=False)
+
+
 def check(cfg: PretrainConfig) -> None:
     """Every user error before any worker starts (runs once, in the launching process)."""
     resolve_inputs(cfg.data_dir, data_part_num=cfg.data_part_num, flag="--data_dir")
@@ -186,16 +197,17 @@ def check(cfg: PretrainConfig) -> None:
         resolve_inputs(cfg.eval_data_dir, data_part_num=cfg.data_part_num, flag="--eval_data_dir")
     if cfg.model_load_dir and not Path(cfg.model_load_dir).exists():
         raise ValueError(f"--model_load_dir {cfg.model_load_dir}: no such file or directory")
-    bert_cfg = cfg.model_config()[0]  # reads --bert_config_file or the checkpoint's config: errors now, not later
+    cfg.model_config()  # reads --bert_config_file or the checkpoint's config: errors now, not later
     check_writable(cfg.model_save_dir)
     if cfg.phase1_snapshot and not cfg.resume:
         _check_phase1(cfg)
-    note = pretrain_vocab(cfg.vocab_file, cfg.data_dir, bert_cfg.vocab_size)[2]
-    if note:
-        print(note)
     runner.check_resume(cfg)
     if not cfg.resume:
         runner.check_fresh_save_dir(cfg)
+    choice = choose_vocab(cfg, model_config(cfg).vocab_size)
+    print(choice.line())
+    if choice.note:
+        print(choice.note)
 
 
 def _check_phase1(cfg: PretrainConfig) -> None:
@@ -225,36 +237,19 @@ def run(cfg: PretrainConfig) -> dict | None:
 
 def _run(cfg: PretrainConfig, env: dist.DistEnv) -> dict:
     say = print if env.is_main else (lambda *a, **k: None)
-    # like squad and classify: --bert_config_file, else the config of the checkpoint at --model_load_dir, else the
-    # size flags (a checkpoint of another size would otherwise be built from the flags and refused at loading)
-    bert_cfg, source = cfg.model_config()
-    resume_state = phase1_state = None
-    if cfg.resume:
-        weights, bert_cfg, resume_state = load_snapshot(cfg.resume, verify=False)  # verified by check()
-        source = cfg.resume
-    elif cfg.phase1_snapshot:
-        weights, bert_cfg, phase1_state = load_snapshot(cfg.phase1_snapshot, verify=False)  # verified by check()
-        source = cfg.phase1_snapshot
     say(runner.banner(cfg))
-    if source != runner.SIZE_FLAGS:
-        say(runner.model_source(source))
-    torch.manual_seed(cfg.seed)
-    model = BertForPreTraining(bert_cfg)
-    if resume_state is not None:
+    phase1_state = None
+    if cfg.phase1_snapshot and not cfg.resume:  # a second phase: the first's weights (and, in fit, its moments)
+        weights, bert_cfg, phase1_state = load_snapshot(cfg.phase1_snapshot, verify=False)  # verified by check()
+        torch.manual_seed(cfg.seed)
+        model = set_unpad(BertForPreTraining(bert_cfg), cfg)
         model.load_state_dict(weights)
-        say(f"Resuming from {cfg.resume} at iter {resume_state['step']}.")
-    elif phase1_state is not None:
-        model.load_state_dict(weights)
+        model.to(env.device)
+        resume_state = None
         say(f"Phase 2 from {cfg.phase1_snapshot} (its iter {phase1_state['step']}): weights and optimizer moments "
             f"carried, iter and schedule from 0.")  # fmt: skip
-    elif cfg.model_load_dir:
-        from bertkit.checkpoint.formats import load_into
-
-        report = load_into(model, cfg.model_load_dir)
-        say(f"Restoring model from {cfg.model_load_dir}. {report}")
-    else:
-        say("Init model on demand")
-    model.to(env.device)
+    else:  # --resume, --model_load_dir (the checkpoint's own config), or the size flags: the one builder
+        model, bert_cfg, resume_state = build_model(cfg, BertForPreTraining, env, say)
 
     def open_data(path: str, shuffle: bool) -> PretrainingLoader:
         return PretrainingLoader(
@@ -279,11 +274,12 @@ def _run(cfg: PretrainConfig, env: dist.DistEnv) -> dict:
             return {"mlm_accuracy": hits_mlm / max(n_mlm, 1.0), "nsp_accuracy": hits_nsp / max(n_nsp, 1.0)}
 
     global_norm = cfg.mlm_loss_normalization == "global_batch"
-    vocab, lower, _ = pretrain_vocab(cfg.vocab_file, cfg.data_dir, bert_cfg.vocab_size)
-    extras = {"vocab_file": vocab, "do_lower_case": lower, "run_config": dataclasses.asdict(cfg)}
+    choice = choose_vocab(cfg, bert_cfg.vocab_size)
+    extras = {"vocab_file": choice.vocab_file, "do_lower_case": choice.do_lower_case,
+              "run_config": dataclasses.asdict(cfg)}  # fmt: skip
     try:
-        summary = fit(model, bert_cfg, pretrain_step_loss, loader, cfg, env, eval_fn, resume_state, print_fn=say,
-                      count_fn=masked_count if global_norm else None, snapshot_extras=extras,
+        task = Task(pretrain_step_loss, loader, masked_count if global_norm else None, eval_fn, extras)
+        summary = fit(model, bert_cfg, task, cfg, env, resume_state, print_fn=say,
                       optimizer_state=phase1_state["optimizer"] if phase1_state else None)  # fmt: skip
     finally:
         getattr(loader, "close", lambda: None)()  # the prefetch thread, on a GPU

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bertkit.data.records import serialize_rows, write_serialized
-from bertkit.data.vocab import choose_tokenizer
+from bertkit.data.vocab import CHECK_CASING_HELP, DO_LOWER_CASE_HELP, choose_tokenizer, record_data_vocab
 from bertkit.tasks.squad.data import convert_examples_to_features, read_squad_examples, squad_tokenizer
 
 
@@ -37,9 +37,8 @@ class CreateSquadDataConfig:
     vocab_file: str | None = field(
         default=None, metadata={"help": "vocab.txt of the model to fine-tune (default: bert-base-uncased's)"}
     )
-    do_lower_case: bool | None = field(
-        default=None, metadata={"help": "lowercase and strip accents (default: what the vocabulary shows)"}
-    )
+    do_lower_case: bool | None = field(default=None, metadata={"help": DO_LOWER_CASE_HELP})
+    check_casing: bool = field(default=True, metadata={"help": CHECK_CASING_HELP})
     max_seq_length: int = field(default=384, metadata={"help": "tokens per window (the seed's --seq_length)"})
     doc_stride: int = field(default=128, metadata={"help": "tokens between the starts of a paragraph's windows"})
     max_query_length: int = field(default=64, metadata={"help": "questions are cut to this many tokens"})
@@ -60,10 +59,11 @@ class CreateSquadDataConfig:
 
 def window_records(cfg: CreateSquadDataConfig) -> tuple[dict[str, np.ndarray], int]:
     """({feature: (N, length) int32}, questions) for the windows of cfg.input_file, in OneFlow's SQuAD layout."""
-    vocab, lower, note = choose_tokenizer(cfg.vocab_file, cfg.do_lower_case)
-    if note:
-        print(note)
-    tokenizer = squad_tokenizer(vocab, lower)
+    choice = choose_tokenizer(cfg.vocab_file, cfg.do_lower_case, check=cfg.check_casing)  # data/vocab.py
+    print(choice.line())
+    if choice.note:
+        print(choice.note)
+    tokenizer = squad_tokenizer(choice.vocab_file, choice.do_lower_case)
     examples, _ = read_squad_examples(cfg.input_file, cfg.is_training, cfg.version_2_with_negative)
     f = convert_examples_to_features(
         examples, tokenizer, cfg.max_seq_length, cfg.doc_stride, cfg.max_query_length, cfg.is_training
@@ -96,4 +96,6 @@ def run(cfg: CreateSquadDataConfig) -> dict:
     print(f"wrote {n} {kind} of {questions} questions into {out}/part-0..{cfg.data_part_num - 1} "
           f"(seq_length {cfg.max_seq_length}): bertkit squad{'' if cfg.is_training else '-predict'} --data_dir {out} "
           f"--data_part_num {cfg.data_part_num}")  # fmt: skip
+    choice = choose_tokenizer(cfg.vocab_file, cfg.do_lower_case, check=cfg.check_casing)
+    record_data_vocab(out, choice.path, choice.do_lower_case)  # what squad checks its model against
     return {"windows": n, "questions": questions, "parts": [str(p) for p in parts]}
