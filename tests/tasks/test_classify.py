@@ -5,6 +5,7 @@ padding cut changes no logit; the training loop equals a plain transformers loop
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def free_port() -> int:
+    """A free loopback port for the two-process runs (the default 29500 may be held by another job)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_task(d: Path, n_train: int = 48, seed: int = 0, stsb: bool = False) -> Path:
@@ -159,7 +167,18 @@ def test_two_processes_train_and_evaluate(trained, tmp_path, capfd):
     gathered over ranks) equals one process's evaluation of the snapshot they wrote; the output holds plain lines
     (no progress bar when it is not a terminal)."""
     d = trained
-    argv = [*TRAIN, *common(d, tmp_path), "--gpu_num_per_node", "2", "--iter_num", "4", "--unpad", "True"]
+    argv = [
+        *TRAIN,
+        *common(d, tmp_path),
+        "--gpu_num_per_node",
+        "2",
+        "--iter_num",
+        "4",
+        "--unpad",
+        "True",
+        "--master_port",
+        str(free_port()),
+    ]
     assert main(argv) == 0
     out, err = capfd.readouterr()
     assert "\r" not in out + err and "Eval results" in out + err
@@ -181,7 +200,8 @@ def test_a_record_of_another_length_is_one_line_from_two_processes(trained, tmp_
     capfd.readouterr()
     argv = ["classify", "--task_name", "rte", "--train_data_dir", str(recs), "--seq_length", "32", "--bert_config_file",
             str(d / "tiny.json"), "--vocab_file", str(d / "vocab.txt"), "--gpu_num_per_node", "2", "--iter_num", "2",
-            "--output_dir", str(tmp_path / "out"), "--num_threads", "1", "--device", "cpu"]  # fmt: skip
+            "--output_dir", str(tmp_path / "out"), "--num_threads", "1", "--device", "cpu",
+            "--master_port", str(free_port())]  # fmt: skip
     assert main(argv) == 2
     out, err = capfd.readouterr()
     assert (out + err).count("feature 'input_ids': has 24 values but --seq_length is 32") == 1, out + err

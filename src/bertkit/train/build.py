@@ -20,7 +20,7 @@ from torch import nn
 
 from bertkit.checkpoint.formats import LoadReport, load_into
 from bertkit.checkpoint.snapshot import CONFIG, load_snapshot
-from bertkit.model.bert import Bert, num_parameters
+from bertkit.model.bert import Bert, BertForPreTraining, num_parameters
 from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
 from bertkit.train.runner import model_source
@@ -54,6 +54,9 @@ def build_model(
             after_load(model, report)
     else:
         say("Init model on demand (random weights)")
+        if not isinstance(model, BertForPreTraining):
+            say(f"warning: no --init_checkpoint: this task starts from random weights ({model_line(bert_cfg, model)}"
+                f"), not from a pretrained BERT; pass --init_checkpoint CHECKPOINT to fine-tune one")  # fmt: skip
     return model.to(env.device), bert_cfg, None
 
 
