@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bertkit.data import protobuf
+
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48  # two BlockHandles (at most 2 x 2 x 10 varint bytes), zero padding to 40, 8-byte magic
 BLOCK_TRAILER_SIZE = 5  # compression type (1 byte) + masked crc32c (4 bytes)
@@ -79,41 +81,26 @@ def unmask_crc(masked: int) -> int:
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise CheckpointError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise CheckpointError("varint longer than 10 bytes")
+    """A varint of the LevelDB table around the protobufs (block entries, handles), by the same decoder."""
+    try:
+        return protobuf.varint(buf, pos)
+    except protobuf.ParseError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def _fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """(field number, value) pairs: an int for varint and fixed-width fields, bytes for length-delimited."""
-    pos = 0
-    while pos < len(buf):
-        tag, pos = _varint(buf, pos)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire in (1, 5):
-            width = 8 if wire == 1 else 4
-            value = int.from_bytes(buf[pos : pos + width], "little")
-            pos += width
-        elif wire == 2:
-            length, pos = _varint(buf, pos)
-            value = bytes(buf[pos : pos + length])
-            pos += length
-        else:
-            raise CheckpointError(f"unsupported protobuf wire type {wire}")
-        if pos > len(buf):
-            raise CheckpointError("truncated protobuf message")
-        yield number, value
+    """(field number, value) pairs: an int for varint and fixed-width fields, bytes for length-delimited; decoded by
+    bertkit's one protobuf decoder (data/protobuf.py)."""
+    try:
+        for number, wire, a, b in protobuf.fields(buf):
+            if wire == 0:
+                yield number, protobuf.varint(buf, a, b)[0]
+            elif wire in (1, 5):
+                yield number, int.from_bytes(buf[a:b], "little")
+            else:
+                yield number, bytes(buf[a:b])
+    except protobuf.ParseError as e:
+        raise CheckpointError(f"malformed protobuf message: {e} (byte {e.pos})") from None
 
 
 def _int64(v: int) -> int:

@@ -35,6 +35,18 @@ class _ParseError(ValueError):
 # --- protobuf wire format: decoding -------------------------------------------------------------------------
 
 
+def varint(buf: bytes, pos: int, end: int | None = None) -> tuple[int, int]:
+    """One varint at buf[pos:end] -> (value, position after it); ParseError when truncated or over 10 bytes. The one
+    protobuf decoder bertkit has: records (here) and TensorFlow checkpoint indexes (checkpoint/tf_bundle.py) use it."""
+    return _varint(buf, pos, len(buf) if end is None else end)
+
+
+def fields(buf: bytes, pos: int = 0, end: int | None = None) -> Iterator[tuple[int, int, int, int]]:
+    """The fields of the message buf[pos:end] as (field number, wire type, value start, value end); ParseError on a
+    malformed message (wire types 3, 4, 6, 7, field 0, a field past the end)."""
+    return _fields(buf, pos, len(buf) if end is None else end)
+
+
 def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     """One varint at buf[pos:] -> (value, position after it). Used for tags and lengths only."""
     if pos < end and buf[pos] < 0x80:  # the common case: tags and short lengths are one byte
@@ -323,3 +335,6 @@ def serialize_rows(features: dict[str, np.ndarray], fmt: str) -> list[bytes]:
         return bodies
     outer = {size: _varint_bytes(1 << 3 | 2) + _varint_bytes(size) for size in set(map(len, bodies))}
     return [outer[len(b)] + b for b in bodies]  # the Example's field 1 around the feature map
+
+
+ParseError = _ParseError  # the public name, for other decoders of protobuf bytes (checkpoint/tf_bundle.py)
