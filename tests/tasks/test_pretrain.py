@@ -116,10 +116,14 @@ def test_seed_command_line_runs_and_prints_what_the_seed_prints(ofrecord_dir, tm
     assert re.search(r"iter 4, total_loss: [\d.]+, mlm_loss: [\d.]+, nsp_loss: [\d.]+, speed: [\d.]+\(sec/batch\), "
                      r"[\d.]+\(sentences/sec\)", out)  # fmt: skip
     assert "average speed: " in out and f"Saving model to {tmp_path / 'save' / 'last_snapshot'}" in out
+    assert "not saved" not in out
     assert len(metrics(tmp_path)) == 20
     # The snapshot loads back (--model_load_dir) into the next run.
     assert main(seed_flags(ofrecord_dir, tmp_path / "2", model_load_dir=tmp_path / "save" / "last_snapshot")) == 0
-    assert "Restoring model from" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Restoring model from" in out
+    # Without --save_last_snapshot True (the seed's default) nothing is kept at the end, and the run says so.
+    assert "note: the model after iter 20 is not saved (--save_last_snapshot False)" in out
     # The same command again into the same folders would train over the first run: refused, with the way on.
     assert main(seed_flags(ofrecord_dir, tmp_path)) == 2
     assert "--resume latest" in capsys.readouterr().err

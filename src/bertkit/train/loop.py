@@ -391,6 +391,9 @@ def fit(
             print_fn("-" * 66)
         if cfg.save_last_snapshot:
             snapshot("last_snapshot", done)
+        elif env.is_main and done % cfg.model_save_every_n_iter:  # the seed's default keeps nothing: say so
+            print_fn(f"note: the model after iter {done} is not saved (--save_last_snapshot False); pass "
+                     "--save_last_snapshot True to keep it")  # fmt: skip
     finally:
         bar.close()
         log.close()
