@@ -40,7 +40,8 @@ from bertkit.model.config import BertConfig
 from bertkit.runtime.dist import DistEnv
 from bertkit.runtime.precision import autocast
 from bertkit.tasks.pretrain.task import SyntheticData, pretrain_step_loss, random_batch
-from bertkit.train.loop import Task, TrainConfig, fit
+from bertkit.train.config import TrainConfig
+from bertkit.train.loop import Task, fit
 
 CONFIGS = {
     "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, batch=32),
@@ -93,8 +94,8 @@ def overhead(name: str, precision: str, steps: int) -> dict:
         b = random_batch(batch, SEQ, MAX_PRED, cfg.vocab_size, generator=torch.Generator().manual_seed(1))
         bare = bare_steps(model, b, precision, steps, warmup=3)
         loader = PretrainingLoader(shards, batch, SEQ, MAX_PRED)
-        tc = TrainConfig(batch_size_per_device=batch, iter_num=steps + 3, warmup_batches=1, learning_rate=1e-5,
-                         optimizer="adamw", precision=precision, log_every_n_iter=1, loss_print_every_n_iter=10,
+        tc = TrainConfig.from_flags(batch_size_per_device=batch, iter_num=steps + 3, warmup_batches=1, learning_rate=1e-5,
+                         optimizer="adamw", precision=precision, log_every_n_iter=1, loss_print_every_n_iter=1,
                          model_save_every_n_iter=10**9, log_dir=str(Path(tmp) / "log"),
                          model_save_dir=str(Path(tmp) / "save"))  # fmt: skip
         t0 = None
@@ -103,7 +104,6 @@ def overhead(name: str, precision: str, steps: int) -> dict:
         def note(s: str) -> None:  # time from the end of the 3 warm-up iterations, as the bare loop does
             marks.append((time.perf_counter(), s))
 
-        tc.loss_print_every_n_iter = 1
         summary = fit(model, cfg, Task(pretrain_step_loss, loader), tc, DistEnv(), print_fn=note)
         iters = [t for t, s in marks if s.startswith("iter ")]
         t0, t1 = iters[2], iters[-1]
@@ -298,7 +298,7 @@ def bf16_curve(iters: int) -> dict:
             if dropout_seed is not None:
                 torch.manual_seed(dropout_seed)
             data = SyntheticData(16, SEQ, MAX_PRED, cfg.vocab_size, seed=5, num_batches=8)
-            tc = TrainConfig(batch_size_per_device=16, iter_num=iters, warmup_batches=30, learning_rate=1e-3,
+            tc = TrainConfig.from_flags(batch_size_per_device=16, iter_num=iters, warmup_batches=30, learning_rate=1e-3,
                              precision=precision, log_every_n_iter=1, loss_print_every_n_iter=10**9,
                              model_save_every_n_iter=10**9, log_dir=str(Path(tmp) / run),
                              model_save_dir=str(Path(tmp) / "s"))  # fmt: skip

@@ -36,7 +36,8 @@ from bertkit.model.config import BertConfig
 from bertkit.runtime.dist import DistEnv
 from bertkit.runtime.precision import autocast
 from bertkit.tasks.pretrain.task import SyntheticData, masked_count, pretrain_step_loss, pretraining_loss, random_batch
-from bertkit.train.loop import Task, TrainConfig, fit
+from bertkit.train.config import TrainConfig
+from bertkit.train.loop import Task, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "src" / "bertkit" / "data" / "demo"
@@ -94,7 +95,7 @@ def pretrain_run(dev: torch.device, precision: str, steps: int) -> dict:
     model = BertForPreTraining(BertConfig(**TINY)).to(dev)
     data = SyntheticData(16, 64, 10, TINY["vocab_size"], seed=3, num_batches=4)
     with tempfile.TemporaryDirectory() as tmp:
-        tc = TrainConfig(learning_rate=1e-3, batch_size_per_device=16, iter_num=steps, warmup_batches=5,
+        tc = TrainConfig.from_flags(learning_rate=1e-3, batch_size_per_device=16, iter_num=steps, warmup_batches=5,
                          loss_print_every_n_iter=10, model_save_dir=f"{tmp}/save", log_dir=f"{tmp}/log",
                          precision=precision, optimizer="adamw")  # fmt: skip
         records = []

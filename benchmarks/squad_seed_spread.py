@@ -52,15 +52,17 @@ def main(argv: list[str] | None = None) -> None:
     from bertkit.checkpoint import formats as checkpoint
     from bertkit.model.bert import BertForQuestionAnswering
     from bertkit.runtime import dist
+    from bertkit.tasks.squad.config import SquadWindows
     from bertkit.tasks.squad.data import load_squad, squad_tokenizer
     from bertkit.tasks.squad.evaluate import evaluate_v1
     from bertkit.tasks.squad.predict import RawResults, predict_answers, predict_logits
-    from bertkit.tasks.squad.task import SquadFlags, SquadLoader, json_windows, squad_loss
-    from bertkit.train.loop import Task, TrainConfig, fit
+    from bertkit.tasks.squad.task import SquadLoader, json_windows, squad_loss
+    from bertkit.train.config import TrainConfig
+    from bertkit.train.loop import Task, fit
 
     torch.set_num_threads(args.threads)
     d = minilm_dir()
-    flags = SquadFlags(max_seq_length=256, doc_stride=128, max_query_length=64)
+    flags = SquadWindows(max_seq_length=256, doc_stride=128, max_query_length=64)
     tok = squad_tokenizer(d / "vocab.txt")
     _, feats, _ = json_windows(str(DATA / "train-v1.1-first44.json"), flags, tok, training=True)
     arrays = {"input_ids": feats.input_ids, "input_mask": feats.input_mask, "segment_ids": feats.segment_ids,
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.side == "ours":
         model = BertForQuestionAnswering(cfg)
         checkpoint.load_into(model, d)
-        tc = TrainConfig(learning_rate=lr, batch_size_per_device=32, iter_num=steps, warmup_batches=warmup,
+        tc = TrainConfig.from_flags(learning_rate=lr, batch_size_per_device=32, iter_num=steps, warmup_batches=warmup,
                          optimizer="adamw", weight_decay_rate=0.01, max_grad_norm=1.0, loss_print_every_n_iter=10,
                          log_every_n_iter=10, model_save_every_n_iter=10**9, log_dir=str(tmp / "log"),
                          model_save_dir=str(tmp / "save"))  # fmt: skip

@@ -35,30 +35,41 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per field of `cls`, typed from its annotation, helped from its metadata."""
+def config_flags(cls: type) -> list[tuple[str, object, object, dict, object]]:
+    """(name, type hint, default, metadata, help) of every flag of a config: a composed one's sections flattened
+    (runtime/config.py), a plain dataclass's fields."""
+    if hasattr(cls, "flags"):  # composed of sections: every section's fields, with this command's defaults
+        return [(f.name, f.hint, f.default, f.metadata, f.help) for f in cls.flags()]
     hints = typing.get_type_hints(cls)
+    out = []
     for f in dataclasses.fields(cls):
-        kind = hints[f.name]
+        default = f.default
+        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        out.append((f.name, hints[f.name], default, f.metadata, f.metadata["help"]))
+    return out
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of `cls` (of each of its sections), typed from its annotation, helped from its metadata."""
+    hidden = getattr(cls, "cli_hidden", ())
+    for name, kind, default, metadata, help_text in config_flags(cls):
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `int | None` -> int
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        choices = f.metadata.get("choices")
-        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        default = (f.default if f.default is not dataclasses.MISSING else f.default_factory()) if has_default else None
-        if f.metadata.get("positional"):  # given by place (`DATA.json`); required unless the field has a default
+        choices = metadata.get("choices")
+        has_default = default is not dataclasses.MISSING
+        default = default if has_default else None
+        if metadata.get("positional"):  # given by place (`DATA.json`); required unless the field has a default
             nargs = "?" if has_default else None
-            parser.add_argument(
-                f.name, type=kind, nargs=nargs, default=default, choices=choices, help=f.metadata["help"]
-            )
+            parser.add_argument(name, type=kind, nargs=nargs, default=default, choices=choices, help=help_text)
             continue
-        help_text = f.metadata["help"]
         if default is not None and "default" not in help_text:  # a help that states its default says it once
             help_text += " (default: %(default)s)"
-        if f.metadata.get("hidden") or f.name in getattr(cls, "cli_hidden", ()):  # accepted, not shown
+        if metadata.get("hidden") or name in hidden:  # accepted, not shown
             help_text = argparse.SUPPRESS
         if kind is bool:
             parser.add_argument(
-                f"--{f.name}",
+                f"--{name}",
                 type=parse_bool,
                 nargs="?",
                 const=True,
@@ -67,11 +78,13 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
                 metavar="BOOL",
             )
             continue
-        parser.add_argument(f"--{f.name}", type=kind, default=default, choices=choices, help=help_text)
+        parser.add_argument(f"--{name}", type=kind, default=default, choices=choices, help=help_text)
 
 
 def config_from_args(cls: type, ns: argparse.Namespace):
-    return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
+    """The config of the flags parsed into `ns`: built once, here (a composed config through its `from_flags`)."""
+    values = {name: getattr(ns, name) for name, *_ in config_flags(cls)}
+    return cls.from_flags(**values) if hasattr(cls, "from_flags") else cls(**values)
 
 
 # name -> (module, config dataclass, run function, one-line help). Held as names and imported only for the command
@@ -409,10 +422,11 @@ def describe_os_error(e: OSError, cfg) -> str:
     if e.filename is None:
         return what
     name = str(e.filename)
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
+    values = cfg.flat() if hasattr(cfg, "flat") else {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    positional = {n for n, _, _, metadata, _ in config_flags(type(cfg)) if metadata.get("positional")}
+    for flag_name, value in values.items():
         if isinstance(value, str) and name in (value, *value.split(",")):
-            flag = f.name if f.metadata.get("positional") else f"--{f.name}"
+            flag = flag_name if flag_name in positional else f"--{flag_name}"
             return f"{flag} {name}: {what}"
     return f"{name}: {what}"
 

@@ -57,15 +57,14 @@ def test_squad_flags_take_the_checkpoints_casing_and_refuse_a_contradiction(tmp_
     ckpt.mkdir()
     vocab(ckpt / "vocab.txt", ["paris", "france"])
     (ckpt / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
-    flags = Npy2JsonConfig(predict_file="dev.json")
-    choice = flags.tokenizer_setup(str(ckpt))
+    flags = Npy2JsonConfig.from_flags(predict_file="dev.json")
+    choice = flags.tokenizer.choose(str(ckpt))
     assert choice[:3] == (str(ckpt / "vocab.txt"), False, "")
     assert "do_lower_case False (vocabulary the checkpoint's; casing: it was trained with" in choice.line()
-    flags.do_lower_case = True
+    flags = flags.replace(do_lower_case=True)
     with pytest.raises(ValueError, match="--do_lower_case True with a cased model"):
-        flags.tokenizer_setup(str(ckpt))
-    flags.check_casing = False
-    assert flags.tokenizer_setup(str(ckpt))[1] is True
+        flags.tokenizer.choose(str(ckpt))
+    assert flags.replace(check_casing=False).tokenizer.choose(str(ckpt))[1] is True
 
 
 def test_vocab_file_against_the_checkpoint(tmp_path):

@@ -143,7 +143,7 @@ def test_rows_of_padding_only():
 
 
 def test_compile_and_unpad_are_refused_together():
-    from bertkit.train.loop import TrainConfig
+    from bertkit.train.config import TrainConfig
 
     with pytest.raises(ValueError, match="--compile and --unpad True"):
-        TrainConfig(compile=True, unpad=True).validate()
+        TrainConfig.from_flags(compile=True, unpad=True)

@@ -300,7 +300,8 @@ def test_fine_tuning_loop_equals_a_plain_hugging_face_loop(tiny_cfg, tmp_path, d
     probabilities, attention output, FFN output; then the pooled output)."""
     transformers = pytest.importorskip("transformers", reason="transformers is the test oracle ([test] extra)")
     from bertkit.checkpoint.convert import to_hf
-    from bertkit.train.loop import Task, TrainConfig, fit
+    from bertkit.train.config import TrainConfig
+    from bertkit.train.loop import Task, fit
     from bertkit.train.optim import learning_rate
 
     tiny_cfg.hidden_dropout_prob = tiny_cfg.attention_probs_dropout_prob = dropout
@@ -327,7 +328,7 @@ def test_fine_tuning_loop_equals_a_plain_hugging_face_loop(tiny_cfg, tmp_path, d
         def state_dict(self):
             return {}
 
-    tc = TrainConfig(learning_rate=1e-3, batch_size_per_device=4, iter_num=5, warmup_batches=1, optimizer="adamw",
+    tc = TrainConfig.from_flags(learning_rate=1e-3, batch_size_per_device=4, iter_num=5, warmup_batches=1, optimizer="adamw",
                      loss_print_every_n_iter=100, model_save_every_n_iter=10**9, log_dir=str(tmp_path / "log"),
                      model_save_dir=str(tmp_path / "save"))  # fmt: skip
     with torch.no_grad():
@@ -397,28 +398,26 @@ def test_config_errors_name_the_flags(flags, message, capsys):
 def test_banner_leaves_out_the_pretraining_flags_classify_only_accepts():
     from bertkit.train.runner import banner
 
-    text = banner(ClassifyConfig(task_name="rte", do_train=True, data_dir="d"))
+    text = banner(ClassifyConfig.from_flags(task_name="rte", do_train=True, data_dir="d"))
     names = {line.split(" = ")[0] for line in text.splitlines()}
     assert {"task_name", "train_data_part_num"} <= names
     assert not names & {"max_predictions_per_seq", "data_part_num", "use_boxing_v2"}
 
 
 def test_config_reconciles_googles_and_oneflows_names():
-    cfg = ClassifyConfig(task_name="MRPC", do_train=True, data_dir="d", train_batch_size=64, gpu_num_per_node=2,
-                         num_epochs=2.0, seq_length=96, init_checkpoint="ckpt", num_nodes=1)  # fmt: skip
-    assert (cfg.batch_size_per_device, cfg.num_train_epochs, cfg.max_seq_length, cfg.model_load_dir) == (
-        32,
-        2.0,
-        96,
-        "ckpt",
-    )
-    assert cfg.eval_batch_size_per_device == 4 and cfg.task.name == "MRPC" and cfg.iter_num is None
+    make = ClassifyConfig.from_flags
+    cfg = make(task_name="MRPC", do_train=True, data_dir="d", train_batch_size=64, gpu_num_per_node=2,
+               num_epochs=2.0, seq_length=96, init_checkpoint="ckpt", num_nodes=1)  # fmt: skip
+    assert (cfg.training.batch_size_per_device, cfg.task.num_train_epochs, cfg.data.max_seq_length,
+            cfg.model.model_load_dir) == (32, 2.0, 96, "ckpt")  # fmt: skip
+    assert cfg.task.eval_batch_size_per_device == 4 and cfg.data.task.name == "MRPC" and cfg.training.iter_num is None
     # Google's default global batch of 32, split over the processes; OneFlow's per-process batch as given
-    assert ClassifyConfig(task_name="rte", do_eval=True, data_dir="d", gpu_num_per_node=4).batch_size_per_device == 8
-    cfg = ClassifyConfig(task_name="rte", do_eval=True, data_dir="d", gpu_num_per_node=2, batch_size_per_device=16)
-    assert (cfg.batch_size_per_device, cfg.train_batch_size) == (16, 32)
-    cfg = ClassifyConfig(task_name="cola", train_data_dir="r", eval_data_dir="e")  # OneFlow's form: both implied
-    assert (cfg.do_train, cfg.do_eval, cfg.do_predict) == (True, True, False)
+    cfg = make(task_name="rte", do_eval=True, data_dir="d", gpu_num_per_node=4)
+    assert cfg.training.batch_size_per_device == 8
+    cfg = make(task_name="rte", do_eval=True, data_dir="d", gpu_num_per_node=2, batch_size_per_device=16)
+    assert (cfg.training.batch_size_per_device, cfg.task.train_batch_size) == (16, 32)
+    cfg = make(task_name="cola", train_data_dir="r", eval_data_dir="e")  # OneFlow's form: both implied
+    assert (cfg.task.do_train, cfg.task.do_eval, cfg.task.do_predict) == (True, True, False)
 
 
 def test_bad_files_are_named_before_any_work(tmp_path, capsys):

@@ -229,12 +229,13 @@ def _one_step(tmp, batch_size: int, accum: int, rank: int = 0, world: int = 1, n
     from bertkit.model.config import BertConfig
     from bertkit.runtime.dist import DistEnv
     from bertkit.tasks.pretrain.task import masked_count, pretrain_step_loss
-    from bertkit.train.loop import Task, TrainConfig, fit
+    from bertkit.train.config import TrainConfig
+    from bertkit.train.loop import Task, fit
 
     cfg = BertConfig(**NORM_CFG)
     torch.manual_seed(0)
     model = BertForPreTraining(cfg)
-    tc = TrainConfig(learning_rate=1e-2, batch_size_per_device=batch_size, num_accumulation_steps=accum, iter_num=1,
+    tc = TrainConfig.from_flags(learning_rate=1e-2, batch_size_per_device=batch_size, num_accumulation_steps=accum, iter_num=1,
                      warmup_batches=0, loss_print_every_n_iter=1, log_dir=str(tmp / "log"), max_grad_norm=0,
                      model_save_dir=str(tmp / "save"), optimizer="adamw")  # fmt: skip
     records, grads = [], {}

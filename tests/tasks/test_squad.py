@@ -490,20 +490,17 @@ def test_config_errors_name_the_flags(flags, message, capsys):
 
 
 def test_config_reconciles_the_seeds_and_googles_names():
-    cfg = SquadConfig(data_dir="d", data_part_num=2, num_train_epochs=2.0, train_batch_size=64, gpu_num_per_node=2,
-                      init_checkpoint="ckpt", do_eval=True, eval_data_dir="e", num_nodes=1)  # fmt: skip
-    assert (cfg.train_data_dir, cfg.train_data_part_num, cfg.num_epochs, cfg.batch_size_per_device) == ("d", 2, 2.0, 32)
-    assert (cfg.model_load_dir, cfg.do_predict, cfg.do_train, cfg.seq_length, cfg.output_dir) == (
-        "ckpt",
-        True,
-        True,
-        384,
-        "squad_output",
-    )
-    assert Npy2JsonConfig(predict_file="p.json").output_dir == "."
+    cfg = SquadConfig.from_flags(data_dir="d", data_part_num=2, num_train_epochs=2.0, train_batch_size=64,
+                                 gpu_num_per_node=2, init_checkpoint="ckpt", do_eval=True, eval_data_dir="e",
+                                 num_nodes=1).flat()  # fmt: skip
+    assert (cfg["train_data_dir"], cfg["train_data_part_num"], cfg["num_epochs"], cfg["batch_size_per_device"]) == (
+        "d", 2, 2.0, 32)  # fmt: skip
+    assert (cfg["model_load_dir"], cfg["do_predict"], cfg["do_train"], cfg["seq_length"], cfg["output_dir"]) == (
+        "ckpt", True, True, 384, "squad_output")  # fmt: skip
+    assert Npy2JsonConfig.from_flags(predict_file="p.json").answers.output_dir == "."
     # Google's way: the fine-tuned model and the log in --output_dir unless the seed's flags say otherwise
-    assert (cfg.model_save_dir, cfg.log_dir, cfg.save_last_snapshot) == ("squad_output", "squad_output", True)
-    seed = SquadConfig(data_dir="d", model_save_dir="m", log_dir="l", save_last_snapshot=False)
+    assert (cfg["model_save_dir"], cfg["log_dir"], cfg["save_last_snapshot"]) == ("squad_output", "squad_output", True)
+    seed = SquadConfig.from_flags(data_dir="d", model_save_dir="m", log_dir="l", save_last_snapshot=False).run
     assert (seed.model_save_dir, seed.log_dir, seed.save_last_snapshot) == ("m", "l", False)
 
 
@@ -519,7 +516,8 @@ def test_fine_tuning_loop_equals_a_plain_hugging_face_loop(tiny_cfg, tmp_path, d
     """
     transformers = pytest.importorskip("transformers", reason="transformers is the test oracle ([test] extra)")
     from bertkit.checkpoint.convert import to_hf
-    from bertkit.train.loop import Task, TrainConfig, fit
+    from bertkit.train.config import TrainConfig
+    from bertkit.train.loop import Task, fit
     from bertkit.train.optim import learning_rate
 
     tiny_cfg.hidden_dropout_prob = tiny_cfg.attention_probs_dropout_prob = dropout
@@ -547,7 +545,7 @@ def test_fine_tuning_loop_equals_a_plain_hugging_face_loop(tiny_cfg, tmp_path, d
         def state_dict(self):
             return {}
 
-    tc = TrainConfig(learning_rate=1e-3, batch_size_per_device=4, iter_num=5, warmup_batches=1, optimizer="adamw",
+    tc = TrainConfig.from_flags(learning_rate=1e-3, batch_size_per_device=4, iter_num=5, warmup_batches=1, optimizer="adamw",
                      loss_print_every_n_iter=100, model_save_every_n_iter=10**9, log_dir=str(tmp_path / "log"), model_save_dir=str(tmp_path / "save"))  # fmt: skip
     with torch.no_grad():  # the first batch's loss without dropout, before any step
         plain_first = squad_loss(ours.eval(), batches[0])[0].item()

@@ -13,8 +13,8 @@ from bertkit.train.build import build_model
 
 @pytest.mark.parametrize("head, warned", [(BertForQuestionAnswering, True), (BertForPreTraining, False)])
 def test_fine_tuning_from_random_weights_is_said(tiny_cfg, head, warned):
-    cfg = SimpleNamespace(resume=None, seed=1, unpad=False, compile=False, model_load_dir=None,
-                          model_config=lambda: (tiny_cfg, "flags"))  # fmt: skip
+    cfg = SimpleNamespace(run=SimpleNamespace(resume=None), training=SimpleNamespace(seed=1, unpad=False, compile=False),
+                          model=SimpleNamespace(model_load_dir=None, model_config=lambda: (tiny_cfg, "flags")))  # fmt: skip
     lines = []
     model, got, state = build_model(cfg, head, DistEnv(), lines.append)
     assert isinstance(model, head) and got is tiny_cfg and state is None

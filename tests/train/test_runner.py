@@ -409,10 +409,12 @@ def test_gpus_asked_for_on_a_machine_without_one_is_said_in_one_line(monkeypatch
     monkeypatch.setattr(runner, "_launch", lambda cfg, body: None)  # the line comes before any process starts
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     for n in (2, 4):
-        runner.run(PretrainConfig(data_dir="x", gpu_num_per_node=n), body=None)
+        runner.run(PretrainConfig.from_flags(data_dir="x", gpu_num_per_node=n), body=None)
         out = capsys.readouterr().out
         assert out == f"--gpu_num_per_node {n}: no GPU on this machine; {n} CPU processes are used instead\n"
-    runner.run(PretrainConfig(data_dir="x", gpu_num_per_node=2, device="cpu"), body=None)  # asked for the CPU
+    runner.run(
+        PretrainConfig.from_flags(data_dir="x", gpu_num_per_node=2, device="cpu"), body=None
+    )  # asked for the CPU
     assert capsys.readouterr().out == ""
 
 

@@ -15,7 +15,8 @@ from bertkit.model.bert import BertForPreTraining
 from bertkit.model.config import BertConfig
 from bertkit.runtime.dist import DistEnv, Stopped
 from bertkit.tasks.pretrain.task import SyntheticData, pretrain_step_loss
-from bertkit.train.loop import Task, TrainConfig, fit
+from bertkit.train.config import TrainConfig
+from bertkit.train.loop import Task, fit
 from bertkit.train.metrics import log_final_eval
 
 CFG = BertConfig(
@@ -30,9 +31,7 @@ def train_cfg(tmp_path, **kw) -> TrainConfig:
         model_save_every_n_iter=1000, model_save_dir=str(tmp_path / "save"), log_dir=str(tmp_path / "log"),
     )  # fmt: skip
     base.update(kw)
-    cfg = TrainConfig(**base)
-    cfg.validate()
-    return cfg
+    return TrainConfig.from_flags(**base)
 
 
 def run(tmp_path, resume=None, loader=None, model=None, quiet=True, extras=None, **kw):
@@ -124,11 +123,12 @@ def test_weights_cast_once_per_step_equal_a_cast_per_micro_step(tmp_path):
     cfg = train_cfg(tmp_path / "plain", **kw)  # the plain loop: autocast around each micro-step's forward
     torch.manual_seed(0)
     plain = BertForPreTraining(CFG).train()
-    opt = build_optimizer(cfg.optimizer, plain, cfg.learning_rate, cfg.weight_decay_rate)
+    opt = build_optimizer(cfg.optimizer.optimizer, plain, cfg.optimizer.learning_rate, cfg.optimizer.weight_decay_rate)
     it, plain_losses = iter(SyntheticData(4, 16, 3, CFG.vocab_size, seed=7)), []
     with CountCasts() as plain_casts:
-        for step in range(cfg.iter_num):
-            set_lr(opt, learning_rate(step, cfg.learning_rate, cfg.warmup_batches, cfg.iter_num))
+        o, steps = cfg.optimizer, cfg.training.iter_num
+        for step in range(steps):
+            set_lr(opt, learning_rate(step, o.learning_rate, o.warmup_batches, steps))
             total = 0.0
             for _ in range(2):
                 with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -143,7 +143,9 @@ def test_weights_cast_once_per_step_equal_a_cast_per_micro_step(tmp_path):
     for name, p in plain.state_dict().items():
         assert torch.equal(model.state_dict()[name], p), name
     weights = sum(isinstance(m, torch.nn.Linear) for m in plain.modules())
-    assert plain_casts.n - fit_casts.n >= weights * cfg.iter_num  # each Linear weight cast once a step, not twice
+    assert (
+        plain_casts.n - fit_casts.n >= weights * cfg.training.iter_num
+    )  # each Linear weight cast once a step, not twice
 
 
 def test_seed_log_lines_and_metrics(tmp_path):

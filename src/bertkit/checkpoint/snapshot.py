@@ -313,14 +313,13 @@ RESUME_RULES = ("refused", "warned", "snapshot")
 
 
 def resume_rules(cfg) -> dict[str, tuple[str, bool]]:
-    """{flag: (rule, is a model-size flag)} declared on the fields of `cfg`'s dataclass and its bases: a field a
-    subclass declares again (another default or help) keeps its base's rule unless it gives its own."""
+    """{flag: (rule, is a model-size flag)} declared on the fields of `cfg`'s sections (a composed config,
+    runtime/config.py, or its class)."""
     rules: dict[str, tuple[str, bool]] = {}
-    for cls in reversed(type(cfg).__mro__ if not isinstance(cfg, type) else cfg.__mro__):
-        for f in vars(cls).get("__dataclass_fields__", {}).values():
-            if "resume" in f.metadata:
-                assert f.metadata["resume"] in RESUME_RULES, (f.name, f.metadata["resume"])
-                rules[f.name] = (f.metadata["resume"], bool(f.metadata.get("size")))
+    for f in cfg.flags():
+        if "resume" in f.metadata:
+            assert f.metadata["resume"] in RESUME_RULES, (f.name, f.metadata["resume"])
+            rules[f.name] = (f.metadata["resume"], bool(f.metadata.get("size")))
     return rules
 
 

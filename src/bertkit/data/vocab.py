@@ -35,10 +35,12 @@ import os
 import re
 import shutil
 import unicodedata
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 from bertkit.runtime.atomic import atomic_output
+from bertkit.runtime.config import Section
 
 DATA_META, VOCAB, TOKENIZER_CONFIG = "bertkit_data.json", "vocab.txt", "tokenizer_config.json"
 MIN_PIECES = 1000  # a vocabulary with fewer alphabetic pieces and no capital is too small to call uncased
@@ -315,6 +317,26 @@ def choose_tokenizer(
         else:
             why = "as given" + (f"; it agrees: {evidence}" if cased is not None else "")
     return Tokenization(vocab, lower, note, f"vocabulary {source}; casing: {why}")
+
+
+@dataclass(frozen=True)
+class TokenizerFlags(Section):
+    """The tokenizer's section of every command that tokenizes (squad, squad-predict, npy2json, classify, ask,
+    serve, create-squad-data, create-glue-data, create-pretraining-data): its flags, declared once."""
+
+    vocab_file: str | None = field(
+        default=None,
+        metadata={"resume": "warned", "help": "vocab.txt of the model (default: the checkpoint's, else the one the "
+                  "data was made with, else bert-base-uncased's)"},
+    )  # fmt: skip
+    do_lower_case: bool | None = field(default=None, metadata={"resume": "refused", "help": DO_LOWER_CASE_HELP})
+    check_casing: bool = field(default=True, metadata={"help": CHECK_CASING_HELP})
+
+    def choose(
+        self, checkpoint: str | os.PathLike | None = None, vocab_size: int | None = None, data: tuple = ()
+    ) -> Tokenization:
+        """`choose_tokenizer` with these flags (ValueError, before any work, for what it refuses)."""
+        return choose_tokenizer(self.vocab_file, self.do_lower_case, checkpoint, vocab_size, self.check_casing, data)
 
 
 # --- what data was made with ----------------------------------------------------------------------------------

@@ -26,10 +26,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as tdist
 
+from bertkit.runtime.config import Section
 
-@dataclass
-class DistConfig:
-    """The seed's flags for where the processes run (torchrun's nproc_per_node, nnodes, node rank, master)."""
+
+@dataclass(frozen=True)
+class DistConfig(Section):
+    """The seed's flags for where the processes run (torchrun's nproc_per_node, nnodes, node rank, master): the
+    processes' section of every training command's config (runtime/config.py)."""
 
     gpu_num_per_node: int = field(
         default=1, metadata={"help": "processes per machine (GPUs; CPU processes without GPUs)"}
@@ -53,7 +56,7 @@ class DistConfig:
         },
     )
 
-    def check_dist_flags(self) -> None:
+    def __post_init__(self) -> None:
         if self.gpu_num_per_node <= 0 or self.node_num <= 0:
             raise ValueError("--gpu_num_per_node and --node_num must be positive")
         if self.node_num > 1 and not self.node_list:

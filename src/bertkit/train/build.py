@@ -1,7 +1,7 @@
 """The one model builder: every task's model, from a snapshot to resume, a checkpoint to start from, or flags.
 
     --resume SNAPSHOT   its bert_config.json, weights and train state (the check phase verified its manifest)
-    otherwise           `cfg.model_config()`: --bert_config_file, else the config the checkpoint at --model_load_dir
+    otherwise           `cfg.model.model_config()`: --bert_config_file, else the config the checkpoint at --model_load_dir
                         carries, else the size flags; initialised under --seed (a new head's draws follow it), then
                         the checkpoint's weights loaded, whatever its format (checkpoint/formats.py)
 
@@ -23,7 +23,7 @@ from bertkit.checkpoint.snapshot import CONFIG, load_snapshot
 from bertkit.model.bert import Bert, BertForPreTraining, num_parameters
 from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
-from bertkit.train.runner import model_source
+from bertkit.train.config import model_source
 
 
 def build_model(
@@ -33,22 +33,22 @@ def build_model(
     say: Callable[[str], None],
     after_load: Callable[[nn.Module, LoadReport], None] | None = None,
 ) -> tuple[nn.Module, BertConfig, dict | None]:
-    """(model on env's device, its config, the train state when resuming). `cfg`: a task's config (runner.SeedConfig:
-    resume, seed, model_load_dir, model_config()); `head`: e.g. BertForQuestionAnswering, or a lambda adding the
+    """(model on env's device, its config, the train state when resuming). `cfg`: a task's config (its sections run,
+    training and model: train/config.py); `head`: e.g. BertForQuestionAnswering, or a lambda adding the
     number of labels; `after_load(model, report)`: a task's adjustment once --model_load_dir is loaded (classify
     reorders a classifier's labels)."""
-    if cfg.resume:
-        weights, bert_cfg, resume_state = load_snapshot(cfg.resume, verify=False)  # verified by the check phase
+    if cfg.run.resume:
+        weights, bert_cfg, resume_state = load_snapshot(cfg.run.resume, verify=False)  # verified by the check phase
         model = set_unpad(head(bert_cfg), cfg)
         model.load_state_dict(weights)
-        say(f"Resuming from {cfg.resume} at iter {resume_state['step']}.")
+        say(f"Resuming from {cfg.run.resume} at iter {resume_state['step']}.")
         return model.to(env.device), bert_cfg, resume_state
-    bert_cfg, source = cfg.model_config()
-    torch.manual_seed(cfg.seed)  # a random model's draws, and a new head's, follow --seed
+    bert_cfg, source = cfg.model.model_config()
+    torch.manual_seed(cfg.training.seed)  # a random model's draws, and a new head's, follow --seed
     model = set_unpad(head(bert_cfg), cfg)
     say(f"{model_source(source)}: {model_line(bert_cfg, model)}")
-    if cfg.model_load_dir:
-        report = load_into(model, cfg.model_load_dir)
+    if cfg.model.model_load_dir:
+        report = load_into(model, cfg.model.model_load_dir)
         say(load_summary(report))
         if after_load is not None:
             after_load(model, report)
@@ -62,10 +62,10 @@ def build_model(
 
 def model_config(cfg) -> BertConfig:
     """The config `build_model` will give the model, read in the check phase: the snapshot's when resuming (after
-    `--resume latest` is resolved), else `cfg.model_config()`'s."""
-    if cfg.resume and cfg.resume != "latest" and (Path(cfg.resume) / CONFIG).is_file():
-        return BertConfig.from_json_file(Path(cfg.resume) / CONFIG)
-    return cfg.model_config()[0]
+    `--resume latest` is resolved), else `cfg.model.model_config()`'s."""
+    if cfg.run.resume and cfg.run.resume != "latest" and (Path(cfg.run.resume) / CONFIG).is_file():
+        return BertConfig.from_json_file(Path(cfg.run.resume) / CONFIG)
+    return cfg.model.model_config()[0]
 
 
 def set_unpad(model: nn.Module, cfg) -> nn.Module:
@@ -73,7 +73,7 @@ def set_unpad(model: nn.Module, cfg) -> nn.Module:
     graphs want fixed shapes), else None: padded in training, unpadded without gradients (bert.Bert)."""
     for m in model.modules():
         if isinstance(m, Bert):
-            m.unpad = True if cfg.unpad else False if cfg.compile else None
+            m.unpad = True if cfg.training.unpad else False if cfg.training.compile else None
     return model
 
 

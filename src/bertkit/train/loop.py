@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
 from bertkit.runtime.dist import DistEnv
 from bertkit.runtime.precision import autocast, no_autocast
+from bertkit.train.config import TrainConfig
 from bertkit.train.metrics import MetricsLog
 from bertkit.train.optim import build_optimizer, learning_rate, set_lr
 
@@ -56,95 +57,6 @@ class Task:
     count: Callable[[dict[str, Tensor]], Tensor] | None = None
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
     snapshot_extras: dict | None = None
-
-
-@dataclass
-class TrainConfig:
-    """Flags every training command shares (names and defaults from the seed's run_pretraining.py)."""
-
-    learning_rate: float = field(default=1e-4, metadata={"resume": "warned", "help": "peak learning rate"})
-    weight_decay_rate: float = field(
-        default=0.01, metadata={"resume": "warned", "help": "decoupled weight decay (not on LayerNorm/bias)"}
-    )
-    batch_size_per_device: int = field(
-        default=64, metadata={"resume": "refused", "help": "sequences per process per micro-step"}
-    )
-    iter_num: int = field(default=1144000, metadata={"resume": "warned", "help": "total optimizer steps to run"})
-    warmup_batches: int = field(
-        default=10000, metadata={"resume": "warned", "help": "linear warmup steps, then linear decay to 0"}
-    )
-    log_every_n_iter: int = field(default=1, metadata={"help": "write metrics to log_dir every N steps"})
-    loss_print_every_n_iter: int = field(
-        default=10, metadata={"help": "print the loss line every N steps: that step's losses, as the seed's line "
-                              "(every step's are in log_dir/metrics.jsonl)"}
-    )  # fmt: skip
-    model_save_every_n_iter: int = field(default=10000, metadata={"help": "write snapshot_{iter} every N steps"})
-    model_save_dir: str = field(default="./output/model_save", metadata={"help": "directory for snapshots"})
-    save_last_snapshot: bool = field(default=False, metadata={"help": "write model_save_dir/last_snapshot at the end"})
-    model_load_dir: str | None = field(default=None, metadata={"help": "initialise weights from this checkpoint"})
-    log_dir: str = field(default="./output", metadata={"help": "metrics.jsonl (and TensorBoard events) go here"})
-    use_fp16: bool | None = field(default=None, metadata={"help": "the seed's flag: same as --precision fp16"})
-    optimizer: str = field(
-        default="adam_weight_decay",
-        metadata={
-            "resume": "refused",
-            "help": "adam_weight_decay (Google's, no bias correction), adamw (torch, fused) or lamb",
-            "choices": ["adam_weight_decay", "adamw", "lamb"],
-        },
-    )
-    num_accumulation_steps: int = field(
-        default=1, metadata={"resume": "warned", "help": "micro-steps per optimizer step"}
-    )
-    max_grad_norm: float = field(
-        default=1.0, metadata={"resume": "warned", "help": "global-norm gradient clipping (0 = off)"}
-    )
-    precision: str = field(
-        default="fp32",
-        metadata={
-            "resume": "warned",
-            "help": "fp32, bf16 autocast, or fp16 autocast with loss scaling (CUDA)",
-            "choices": ["fp32", "bf16", "fp16"],
-        },
-    )
-    seed: int = field(default=12345, metadata={"resume": "refused", "help": "seed for init, dropout and data order"})
-    resume: str | None = field(default=None, metadata={"help": "continue exactly from this snapshot directory"})
-    eval_every_n_iter: int = field(default=0, metadata={"help": "evaluate on eval data every N steps (0 = never)"})
-    stop_check_every_n_iter: int = field(
-        default=10,
-        metadata={
-            "help": "with several processes, the ranks agree every N steps whether a SIGTERM/SIGINT asked them to "
-            "stop (one tiny all-reduce); the longest delay before the snapshot is N steps (one process: every step)"
-        },
-    )
-    keep_last_n: int = field(default=0, metadata={"help": "keep only the newest N snapshot_N directories (0 = all)"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
-    unpad: bool = field(
-        default=False,
-        metadata={
-            "resume": "warned",
-            "help": "for speed when batches carry padding: compute only real tokens (padding dropped before the "
-            "encoder, attention within each sequence). Same results as the default padded path without dropout; "
-            "with dropout the random masks differ, so the padded path stays the default and the reference for "
-            "accuracy comparisons. A SQuAD step measured 2.4x, an SST-2 step 1.45x faster on a CPU (README); no "
-            "gain when sequences are full. Evaluation and prediction take this path by default (not with --compile)",
-        },
-    )
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda", "choices": ["auto", "cpu", "cuda"]})
-
-    def validate(self) -> None:
-        for name in ("batch_size_per_device", "iter_num", "num_accumulation_steps", "loss_print_every_n_iter",
-                     "model_save_every_n_iter", "log_every_n_iter", "stop_check_every_n_iter"):  # fmt: skip
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
-        for name in ("learning_rate", "weight_decay_rate", "warmup_batches", "max_grad_norm", "eval_every_n_iter",
-                     "keep_last_n"):  # fmt: skip
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name} must not be negative, got {getattr(self, name)}")
-        if self.compile and self.unpad:
-            raise ValueError("--compile and --unpad True do not combine (the unpadded path's shapes change with "
-                             "every batch, so the compiled graph would be rebuilt); give one")  # fmt: skip
-        if self.use_fp16:
-            self.precision = "fp16"
 
 
 # --- the loop ------------------------------------------------------------------------------------------
@@ -195,7 +107,7 @@ def fit(
     on_log: Callable[[dict], None] | None = None,
     optimizer_state: dict | None = None,
 ) -> dict:
-    """Train `model` (its config `bert_cfg`, for snapshots) on `task` (see Task) for cfg.iter_num steps.
+    """Train `model` (its config `bert_cfg`, for snapshots) on `task` (see Task) for cfg.training.iter_num steps.
 
     on_log(record) receives every step's record (losses are reduced once per print window, not per step). The
     model's encoder path (`unpad`) is the model's own, set where it is built (train/build.py), never here.
@@ -208,15 +120,15 @@ def fit(
     """
     raw, loader, loss_fn, count_fn, eval_fn = model, task.batches, task.loss, task.count, task.evaluate
     if env.rank:  # each rank its own dropout masks (rank 0 keeps the run's stream: one process is unchanged)
-        torch.manual_seed(dist.rank_seed(cfg.seed, env.rank))
-    if cfg.compile:
+        torch.manual_seed(dist.rank_seed(cfg.training.seed, env.rank))
+    if cfg.training.compile:
         model = torch.compile(model)
     if env.world_size > 1:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None
         )
-    opt = build_optimizer(cfg.optimizer, raw, cfg.learning_rate, cfg.weight_decay_rate)
-    use_scaler = cfg.precision == "fp16" and env.device.type == "cuda"
+    opt = build_optimizer(cfg.optimizer.optimizer, raw, cfg.optimizer.learning_rate, cfg.optimizer.weight_decay_rate)
+    use_scaler = cfg.training.precision == "fp16" and env.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     start = 0
     if resume_state is not None:
@@ -233,14 +145,14 @@ def fit(
             if "step" in st:
                 st["step"] = st["step"] * 0  # an int or a tensor, kept as it is
     params = [p for p in raw.parameters() if p.requires_grad]
-    accum = cfg.num_accumulation_steps
-    global_batch = cfg.batch_size_per_device * env.world_size * accum
-    log = MetricsLog(cfg.log_dir, env.is_main, start)  # a fresh run replaces an old log: each step once
-    if cfg.precision == "fp16" and not use_scaler and env.is_main:
+    accum = cfg.training.num_accumulation_steps
+    global_batch = cfg.training.batch_size_per_device * env.world_size * accum
+    log = MetricsLog(cfg.run.log_dir, env.is_main, start)  # a fresh run replaces an old log: each step once
+    if cfg.training.precision == "fp16" and not use_scaler and env.is_main:
         print_fn("warning: fp16 without a GPU runs without loss scaling; --precision bf16 is the CPU's mixed precision")
-    if cfg.warmup_batches > cfg.iter_num and env.is_main:
+    if cfg.optimizer.warmup_batches > cfg.training.iter_num and env.is_main:
         print_fn(
-            f"warning: warmup_batches ({cfg.warmup_batches}) > iter_num ({cfg.iter_num}): the peak rate is never reached"
+            f"warning: warmup_batches ({cfg.optimizer.warmup_batches}) > iter_num ({cfg.training.iter_num}): the peak rate is never reached"
         )
     saved_at: dict[str, int] = {}
     extras = dict(task.snapshot_extras or {})
@@ -252,13 +164,13 @@ def fit(
         per_rank = dist.all_gather_object({"rng": rng_state(env.device), "loader": loader.state_dict()}, env)
         error = None
         if env.is_main:
-            path = Path(cfg.model_save_dir) / name
+            path = Path(cfg.run.model_save_dir) / name
             print_fn(f"Saving model to {path}")
             state = {"step": step, "world_size": env.world_size, "optimizer": opt.state_dict(),
                      "scaler": scaler.state_dict() if use_scaler else None, "ranks": per_rank}  # fmt: skip
             try:
                 save_snapshot(path, raw, bert_cfg, state, **extras)
-                prune_snapshots(cfg.model_save_dir, cfg.keep_last_n)
+                prune_snapshots(cfg.run.model_save_dir, cfg.run.keep_last_n)
             except (OSError, ValueError) as e:
                 error = str(e) if isinstance(e, ValueError) else f"cannot write the snapshot {path}: {e}"
         if env.world_size > 1:
@@ -277,7 +189,7 @@ def fit(
     it = iter(loader)
     # A progress bar only where stderr is a terminal (rank 0); redirected output gets the seed's plain lines.
     show_bar = env.is_main and sys.stderr.isatty()
-    bar = tqdm(total=cfg.iter_num, initial=start, desc="train", unit="iter", disable=not show_bar, leave=False)
+    bar = tqdm(total=cfg.training.iter_num, initial=start, desc="train", unit="iter", disable=not show_bar, leave=False)
     if print_fn is print and show_bar:
         print_fn = tqdm.write
     window: list[Tensor] = []  # per step: the loss parts and the gradient norm, on the device
@@ -306,7 +218,7 @@ def fit(
                         print_fn(f"iter {s - 1}, {losses}, speed: {dt:.3f}(sec/batch), "
                                  f"{global_batch / dt:.3f}(sentences/sec)")  # fmt: skip
                     t_window = now
-            if s % cfg.log_every_n_iter == 0:
+            if s % cfg.run.log_every_n_iter == 0:
                 log.write(record)
             summary["first"] = summary["first"] or record
             summary["last"] = record
@@ -317,9 +229,9 @@ def fit(
 
     skipped = 0
     try:
-        for step in range(start, cfg.iter_num):
+        for step in range(start, cfg.training.iter_num):
             # -- learning rate
-            lr = learning_rate(step, cfg.learning_rate, cfg.warmup_batches, cfg.iter_num)
+            lr = learning_rate(step, cfg.optimizer.learning_rate, cfg.optimizer.warmup_batches, cfg.training.iter_num)
             set_lr(opt, lr)
             # -- the step's micro-batches; a global count for losses normalised over the whole global batch
             batches = [{k: v.to(env.device, non_blocking=True) for k, v in next(it).items()} for _ in range(accum)]
@@ -329,19 +241,19 @@ def fit(
                 norm = dist.all_reduce_sum(local, env) / (accum * env.world_size)
             # -- micro-steps: gradients add up; DDP syncs only on the last one
             sums = None
-            with autocast(cfg.precision, env.device):  # one context: the weights cast once for all micro-steps
+            with autocast(cfg.training.precision, env.device):  # one context: the weights cast once for all micro-steps
                 for micro, batch in enumerate(batches):
                     sync = contextlib.nullcontext() if micro == accum - 1 or env.world_size == 1 else model.no_sync()
                     with sync:
                         loss, parts = loss_fn(model, batch) if norm is None else loss_fn(model, batch, norm)
-                        with no_autocast(cfg.precision, env.device):
+                        with no_autocast(cfg.training.precision, env.device):
                             scaler.scale(loss / accum).backward()
                     names = list(parts)  # e.g. total_loss, mlm_loss, nsp_loss: the seed's order
                     stacked = torch.stack([p.detach().float() for p in parts.values()])
                     sums = stacked if sums is None else sums + stacked
             # -- unscale, clip, step (fp16: a step with inf/nan gradients is skipped and the scale lowered)
             scaler.unscale_(opt)
-            max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+            max_norm = cfg.optimizer.max_grad_norm if cfg.optimizer.max_grad_norm > 0 else float("inf")
             grad_norm = nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
             scale_before = scaler.get_scale() if use_scaler else 1.0
             scaler.step(opt)
@@ -354,21 +266,21 @@ def fit(
             window.append(torch.cat([sums / accum, grad_norm.detach().float().reshape(1).to(sums.device)]))
             lrs.append(lr)
             # -- log: losses stay on the device until the print cadence
-            at_print = done % cfg.loss_print_every_n_iter == 0
-            if at_print or done == cfg.iter_num:
+            at_print = done % cfg.run.loss_print_every_n_iter == 0
+            if at_print or done == cfg.training.iter_num:
                 flush(print_line=at_print)
             # -- evaluate and snapshot
-            if eval_fn is not None and cfg.eval_every_n_iter and done % cfg.eval_every_n_iter == 0:
+            if eval_fn is not None and cfg.run.eval_every_n_iter and done % cfg.run.eval_every_n_iter == 0:
                 model.eval()
                 metrics = eval_fn(raw)
                 model.train()
                 if env.is_main:
                     log.write({"step": done, **{f"eval_{k}": v for k, v in metrics.items()}})
                     print_fn(f"eval at iter {step}: " + ", ".join(f"{k}: {v:.4f}" for k, v in metrics.items()))
-            if done % cfg.model_save_every_n_iter == 0:
+            if done % cfg.run.model_save_every_n_iter == 0:
                 snapshot(f"snapshot_{done}", done)
             # -- stop together: every rank learns at the same step whether any rank was signalled
-            if env.world_size == 1 or done % cfg.stop_check_every_n_iter == 0:
+            if env.world_size == 1 or done % cfg.run.stop_check_every_n_iter == 0:
                 signum = stop.agreed(env)
                 if signum:
                     if window:
@@ -376,7 +288,7 @@ def fit(
                     name = f"snapshot_{done}"
                     if saved_at.get(name) != done:
                         snapshot(name, done)
-                    path = Path(cfg.model_save_dir) / name
+                    path = Path(cfg.run.model_save_dir) / name
                     if env.is_main:
                         print_fn(f"stopped by signal {signum} ({signal.Signals(signum).name}) after iter {step} "
                                  f"({done} steps done): "
@@ -389,9 +301,9 @@ def fit(
             print_fn("-" * 66)
             print_fn(f"average speed: {speed:.3f}(sentences/sec)")
             print_fn("-" * 66)
-        if cfg.save_last_snapshot:
+        if cfg.run.save_last_snapshot:
             snapshot("last_snapshot", done)
-        elif env.is_main and done % cfg.model_save_every_n_iter:  # the seed's default keeps nothing: say so
+        elif env.is_main and done % cfg.run.model_save_every_n_iter:  # the seed's default keeps nothing: say so
             print_fn(f"note: the model after iter {done} is not saved (--save_last_snapshot False); pass "
                      "--save_last_snapshot True to keep it")  # fmt: skip
     finally:

@@ -15,26 +15,23 @@ naming the rank. Under `torchrun` the environment is already set and each proces
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import signal
 import sys
 import tempfile
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
-from bertkit.checkpoint import formats as checkpoint
 from bertkit.checkpoint import snapshot
-from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
-from bertkit.train.loop import TrainConfig, check_world_size
+from bertkit.train.loop import check_world_size
 
-Body = Callable[[object, dist.DistEnv], object]
+Config = object  # a training command's config (runtime/config.py): sections run, training, dist, model among them
+Body = Callable[[Config, dist.DistEnv], object]
 
 
 class Failed(Exception):
@@ -52,101 +49,15 @@ def one_of(names: tuple[str, str], a, b, default=None):
     return a if a is not None else b if b is not None else default
 
 
-@dataclass
-class SeedConfig(TrainConfig, dist.DistConfig):
-    """The flags every one of the seed's scripts takes: training, processes, data and model size."""
-
-    data_dir: str | None = field(
-        default=None, metadata={"resume": "warned", "help": "OFRecord dir (part-N), TFRecord file(s)/glob, or shards"}
-    )
-    data_part_num: int = field(
-        default=32, metadata={"resume": "warned", "help": "number of part-N files used from an OFRecord data_dir"}
-    )
-    eval_data_dir: str | None = field(default=None, metadata={"help": "held-out data for MLM/NSP accuracy"})
-    use_boxing_v2: bool | None = field(
-        default=None, metadata={"help": "accepted for the seed's command lines; no effect"}
-    )
-    bert_config_file: str | None = field(
-        default=None, metadata={"help": "Google bert_config.json (instead of size flags)"}
-    )
-    seq_length: int = field(default=512, metadata={"resume": "refused", "help": "tokens per sequence in the records"})
-    max_predictions_per_seq: int = field(
-        default=80, metadata={"resume": "refused", "help": "masked slots per sequence in the records"}
-    )
-    num_hidden_layers: int = field(default=24, metadata={"resume": "refused", "size": True, "help": "encoder layers"})
-    num_attention_heads: int = field(
-        default=16, metadata={"resume": "refused", "size": True, "help": "attention heads per layer"}
-    )
-    max_position_embeddings: int = field(
-        default=512, metadata={"resume": "refused", "size": True, "help": "longest sequence the model takes"}
-    )
-    type_vocab_size: int = field(
-        default=2, metadata={"resume": "refused", "size": True, "help": "token types (segments)"}
-    )
-    vocab_size: int = field(
-        default=30522, metadata={"resume": "refused", "size": True, "help": "WordPiece vocabulary size"}
-    )
-    attention_probs_dropout_prob: float = field(
-        default=0.1, metadata={"resume": "snapshot", "size": True, "help": "dropout on attention weights"}
-    )
-    hidden_dropout_prob: float = field(
-        default=0.1, metadata={"resume": "snapshot", "size": True, "help": "dropout on embeddings and layer outputs"}
-    )
-    hidden_size_per_head: int = field(
-        default=64, metadata={"resume": "refused", "size": True, "help": "hidden size = heads x this; FFN = 4 x hidden"}
-    )
-
-    def reconcile_node_names(self, num_nodes: int | None, node_ips: str | None) -> None:
-        """The fine-tuning scripts' later names --num_nodes / --node_ips for --node_num / --node_list."""
-        if num_nodes is not None:  # --node_num has a default (1), so only a different value disagrees
-            self.node_num = one_of(("node_num", "num_nodes"), None if self.node_num == 1 else self.node_num, num_nodes)
-        self.node_list = one_of(("node_list", "node_ips"), self.node_list, node_ips)
-
-    def validate_before_derived(self) -> None:
-        """TrainConfig.validate while --iter_num and --warmup_batches may still be None (derived later from the
-        data), standing in as valid."""
-        iter_num, warmup = self.iter_num, self.warmup_batches
-        self.iter_num, self.warmup_batches = iter_num or 1, warmup or 0
-        try:
-            self.validate()
-        finally:
-            self.iter_num, self.warmup_batches = iter_num, warmup
-
-    def bert_config(self) -> BertConfig:
-        """--bert_config_file, else the seed's size flags."""
-        if self.bert_config_file:
-            return BertConfig.from_json_file(self.bert_config_file)
-        return BertConfig.from_head_size(
-            self.num_attention_heads,
-            self.hidden_size_per_head,
-            num_hidden_layers=self.num_hidden_layers,
-            max_position_embeddings=self.max_position_embeddings,
-            type_vocab_size=self.type_vocab_size,
-            vocab_size=self.vocab_size,
-            attention_probs_dropout_prob=self.attention_probs_dropout_prob,
-            hidden_dropout_prob=self.hidden_dropout_prob,
-        )
-
-    def model_config(self) -> tuple[BertConfig, str]:
-        """The fine-tuning model's config: --bert_config_file, else the config the checkpoint at --model_load_dir
-        carries (Hugging Face's config.json, a snapshot's, OneFlow's), else the seed's size flags; and which of the
-        three it was (for `model_source`)."""
-        if self.bert_config_file:
-            return BertConfig.from_json_file(self.bert_config_file), "--bert_config_file"
-        if self.model_load_dir:
-            path = Path(self.model_load_dir)
-            own = checkpoint.own_config(path, checkpoint.detect_format(path))
-            if own is not None:
-                return own, "the checkpoint's config"
-        return self.bert_config(), SIZE_FLAGS
-
-
-SIZE_FLAGS = "the size flags"
-
-
-def model_source(source: str) -> str:
-    """`model from <source>` for the log, saying when the size flags printed in the banner are not the model's."""
-    return f"model from {source}" + ("" if source == SIZE_FLAGS else "; the size flags above are not used")
+def node_names(values: dict) -> dict:
+    """The fine-tuning scripts' later names --num_nodes / --node_ips for --node_num / --node_list (flat values of
+    a config being built, runtime/config.py): one value each, both names set to it."""
+    num_nodes = values.pop("num_nodes")
+    node_num = values["node_num"]  # it has a default (1), so only a different value disagrees
+    if num_nodes is not None:
+        node_num = one_of(("node_num", "num_nodes"), None if node_num == 1 else node_num, num_nodes)
+    node_list = one_of(("node_list", "node_ips"), values["node_list"], values.pop("node_ips"))
+    return values | {"node_num": node_num, "num_nodes": node_num, "node_list": node_list, "node_ips": node_list}
 
 
 # The seed prints its arguments in this order; bertkit's additions follow.
@@ -162,15 +73,14 @@ SEED_ORDER = (
 def banner(cfg) -> str:
     """The seed's banner: every argument as `name = value`, the seed's first, then a time stamp. Flags a command
     accepts only so that the seed's command lines parse (its `cli_hidden`) are left out."""
-    hidden = getattr(cfg, "cli_hidden", frozenset())
-    names = [f.name for f in dataclasses.fields(cfg) if f.name not in hidden]
-    ordered = [n for n in SEED_ORDER if n in names] + [n for n in names if n not in SEED_ORDER]
+    values = {n: v for n, v in cfg.flat().items() if n not in cfg.cli_hidden}
+    ordered = [n for n in SEED_ORDER if n in values] + [n for n in values if n not in SEED_ORDER]
     lines = [
         "=" * 66,
-        f"Running bert: num_gpu_per_node = {cfg.gpu_num_per_node}, num_nodes = {cfg.node_num}.",
+        f"Running bert: num_gpu_per_node = {cfg.dist.gpu_num_per_node}, num_nodes = {cfg.dist.node_num}.",
         "=" * 66,
     ]
-    lines += [f"{n} = {getattr(cfg, n)}" for n in ordered]
+    lines += [f"{n} = {values[n]}" for n in ordered]
     lines += ["-" * 66, f"Time stamp: {datetime.now().strftime('%Y-%m-%d-%H:%M:%S')}"]
     return "\n".join(lines)
 
@@ -189,64 +99,67 @@ def snapshot_step(path: Path) -> int | None:
         return None
 
 
-def finished_run(cfg: TrainConfig) -> tuple[Path, int, int] | None:
+def finished_run(cfg: Config) -> tuple[Path, int, int] | None:
     """(last_snapshot, its step, the run's iter_num) when model_save_dir's last_snapshot ends the run: written at
     or past --iter_num (or, while --iter_num is still to be derived from the data, the iter_num it was run with)."""
-    last = Path(cfg.model_save_dir) / "last_snapshot"
+    last = Path(cfg.run.model_save_dir) / "last_snapshot"
     step = snapshot_step(last)
     if step is None:
         return None
-    target = cfg.iter_num
+    target = cfg.training.iter_num
     if target is None:
         target = (snapshot.snapshot_extras(last)[2] or {}).get("iter_num")
     return (last, step, target) if target is not None and step >= target else None
 
 
-def check_resume(cfg: TrainConfig) -> None:
-    """Resolve `--resume latest` and refuse a snapshot written by another number of processes, before launch.
+def check_resume(cfg: Config) -> Config:
+    """The config with `--resume latest` resolved (a new config: configs are never changed); refuses a snapshot
+    written by another number of processes or with flags a resumed run cannot change, before launch.
 
     `latest` is the newest complete snapshot (snapshot_N or last_snapshot, by step); Finished when last_snapshot
     already ends the run, so a finished run is said to be finished instead of trained again."""
-    if not cfg.resume:
-        return
-    if cfg.resume == "latest":
+    resume, save_dir = cfg.run.resume, cfg.run.model_save_dir
+    if not resume:
+        return cfg
+    if resume == "latest":
         done = finished_run(cfg)
         if done is not None:
             last, step, target = done
-            raise Finished(f"--resume latest: the run in {cfg.model_save_dir} is finished ({last} at iter {step} "
+            raise Finished(f"--resume latest: the run in {save_dir} is finished ({last} at iter {step} "
                            f"of {target}); nothing to train. To train further give a larger --iter_num; to start "
                            f"again, another --model_save_dir")  # fmt: skip
         found = []
         with contextlib.suppress(ValueError):
-            found.append(snapshot.latest_snapshot(cfg.model_save_dir))
-        last = Path(cfg.model_save_dir) / "last_snapshot"
+            found.append(snapshot.latest_snapshot(save_dir))
+        last = Path(save_dir) / "last_snapshot"
         if snapshot_step(last) is not None:
             found.append(last)
         if not found:
-            print(f"--resume latest: no snapshot in {cfg.model_save_dir} yet; starting from the beginning")
-            cfg.resume = None
-            return
-        cfg.resume = str(max(found, key=lambda p: snapshot_step(p) or 0))
-        print(f"--resume latest: {cfg.resume}")
-    state_file = Path(cfg.resume) / "train_state.pt"
+            print(f"--resume latest: no snapshot in {save_dir} yet; starting from the beginning")
+            return cfg.replace(resume=None)
+        resume = str(max(found, key=lambda p: snapshot_step(p) or 0))
+        cfg = cfg.replace(resume=resume)
+        print(f"--resume latest: {resume}")
+    state_file = Path(resume) / "train_state.pt"
     if not state_file.is_file():
-        raise ValueError(f"--resume {cfg.resume}: not a bertkit snapshot (train_state.pt is missing)")
-    snapshot.verify_snapshot(cfg.resume)  # every file against the manifest, once, before any worker loads it
+        raise ValueError(f"--resume {resume}: not a bertkit snapshot (train_state.pt is missing)")
+    snapshot.verify_snapshot(resume)  # every file against the manifest, once, before any worker loads it
     try:
         state = torch.load(state_file, mmap=True, weights_only=True, map_location="cpu")
     except Exception as e:
-        raise ValueError(f"--resume {cfg.resume}: train_state.pt cannot be read ({type(e).__name__}: {e})") from None
-    check_world_size(state, cfg.world_size, cfg.resume)
-    saved = snapshot.snapshot_extras(cfg.resume)[2]
+        raise ValueError(f"--resume {resume}: train_state.pt cannot be read ({type(e).__name__}: {e})") from None
+    check_world_size(state, cfg.dist.world_size, resume)
+    saved = snapshot.snapshot_extras(resume)[2]
     if saved:  # flags that differ from the run that wrote it: refused (sizes, ...) or said which value wins
-        for line in snapshot.compare_flags(saved, dataclasses.asdict(cfg), snapshot.resume_rules(cfg)):
+        for line in snapshot.compare_flags(saved, cfg.flat(), snapshot.resume_rules(cfg)):
             print(line)
+    return cfg
 
 
-def check_fresh_save_dir(cfg: TrainConfig) -> None:
+def check_fresh_save_dir(cfg: Config) -> None:
     """A run without --resume must not silently train over snapshots of another run (a scheduler's re-launch
     passes --resume latest)."""
-    d = Path(cfg.model_save_dir)
+    d = Path(cfg.run.model_save_dir)
     found = [p.name for p in snapshot.existing_snapshots(d)]
     if not found:
         return
@@ -263,45 +176,47 @@ def check_fresh_save_dir(cfg: TrainConfig) -> None:
 
 def same_task(run_config: dict | None, cfg) -> bool:
     """Whether a snapshot's run_config.json was written by a run of cfg's command (the same flags)."""
-    return run_config is not None and set(run_config) == {f.name for f in dataclasses.fields(cfg)}
+    return run_config is not None and set(run_config) == set(cfg.flat())
 
 
-def beside_other_tasks(cfg, task: str) -> None:
+def beside_other_tasks(cfg: Config, task: str) -> Config:
     """When --model_save_dir holds another command's snapshots (the tutorial runs SQuAD into its pretraining folder),
     this run's snapshots and log go beside them, in <dir>/<task> (or <task>-2, ... when that is taken): what is
-    there is kept, and the line printed says where the new ones go."""
-    d = Path(cfg.model_save_dir)
+    there is kept, and the line printed says where the new ones go. Returns the config (a new one when moved)."""
+    d = Path(cfg.run.model_save_dir)
     found = snapshot.existing_snapshots(d)
     if not found or any(same_task(snapshot.snapshot_extras(p)[2], cfg) for p in found):
-        return  # empty, or this command's own snapshots: the usual refusal / --resume applies
+        return cfg  # empty, or this command's own snapshots: the usual refusal / --resume applies
     n, sub = 1, d / task
     while snapshot.existing_snapshots(sub):
         n += 1
         sub = d / f"{task}-{n}"
-    moved = ["--model_save_dir"]
-    if Path(cfg.log_dir) == d:
-        cfg.log_dir = str(sub)
-        moved.append("--log_dir")
-    cfg.model_save_dir = str(sub)
-    print(f"{' and '.join(moved)} {d} hold{'s' if len(moved) == 1 else ''} another run's "
+    moved = {"model_save_dir": str(sub)}
+    if Path(cfg.run.log_dir) == d:
+        moved["log_dir"] = str(sub)
+    print(f"{' and '.join('--' + k for k in moved)} {d} hold{'s' if len(moved) == 1 else ''} another run's "
           f"{', '.join(p.name for p in found[:3])}, kept; this run's snapshots go beside them, in {sub}")  # fmt: skip
+    return cfg.replace(**moved)
 
 
-def run(cfg: dist.DistConfig, body: Body, check: Callable[[object], None] | None = None):
-    """Check, then run body(cfg, env) here or in cfg.world_size workers; returns body's result (None when launched).
+def run(cfg: Config, body: Body, check: Callable[[Config], Config] | None = None):
+    """Check, then run body(cfg, env) here or in the processes --gpu_num_per_node x --node_num asks for; returns
+    body's result (None when launched). `check(cfg)` returns the config the workers get (`--resume latest`
+    resolved, ...): built once here, in the launching process, and sent to them as it is.
 
     Raises ValueError (user error), dist.Stopped (signal; snapshot written) or Failed (a rank failed).
     """
     if check is not None:  # under torchrun every rank checks alike (reads only), so every rank fails alike
         try:
-            check(cfg)
+            cfg = check(cfg)
         except Finished as e:
             print(e)
             return None
-    if cfg.world_size > 1 and not dist.is_launched_worker() and no_gpu(cfg):
-        print(f"--gpu_num_per_node {cfg.gpu_num_per_node}: no GPU on this machine; {cfg.world_size} CPU processes "
+    world = cfg.dist.world_size
+    if world > 1 and not dist.is_launched_worker() and no_gpu(cfg):
+        print(f"--gpu_num_per_node {cfg.dist.gpu_num_per_node}: no GPU on this machine; {world} CPU processes "
               f"are used instead")  # fmt: skip
-    if cfg.world_size > 1 and not dist.is_launched_worker():
+    if world > 1 and not dist.is_launched_worker():
         _launch(cfg, body)
         return None
     return _in_process(cfg, body)
@@ -309,13 +224,13 @@ def run(cfg: dist.DistConfig, body: Body, check: Callable[[object], None] | None
 
 def no_gpu(cfg) -> bool:
     """Whether GPUs were asked for (--device auto, the seed's --gpu_num_per_node) on a machine without one."""
-    return getattr(cfg, "device", "auto") == "auto" and not torch.cuda.is_available()
+    return cfg.training.device == "auto" and not torch.cuda.is_available()
 
 
 def _in_process(cfg, body: Body):
     stop, threads = dist.StopRequest().install(), torch.get_num_threads()
     try:  # the handler and torch's thread count are this command's: an in-process caller (a test) gets its own back
-        result = body(cfg, dist.setup(cfg.device, cfg.num_threads, stop))
+        result = body(cfg, dist.setup(cfg.training.device, cfg.dist.num_threads, stop))
     finally:
         stop.uninstall()
         torch.set_num_threads(threads)
@@ -326,14 +241,15 @@ def _in_process(cfg, body: Body):
 
 
 def _launch(cfg, body: Body) -> None:
-    node_list = cfg.node_list.split(",") if cfg.node_list else None
+    d = cfg.dist
+    node_list = d.node_list.split(",") if d.node_list else None
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     with tempfile.TemporaryDirectory(prefix="bertkit-ranks-") as err_dir:
         try:
-            dist.launch(_worker, (cfg, body, err_dir), cfg.gpu_num_per_node, cfg.node_num, node_list,
-                        cfg.node_rank, cfg.master_port, cfg.shutdown_timeout)  # fmt: skip
+            dist.launch(_worker, (cfg, body, err_dir), d.gpu_num_per_node, d.node_num, node_list, d.node_rank,
+                        d.master_port, d.shutdown_timeout)  # fmt: skip
         except SignalException as e:  # the agent forwarded it and waited for the workers' snapshot
             signum = int(e.sigval)
             raise dist.Stopped(signum, "") from None
@@ -378,12 +294,12 @@ def _failure(e, err_dir: Path) -> Exception:
 
 def _worker(cfg, body: Body, err_dir: str):
     """One launched process: join, run, and leave an exit status the launcher can read (never a traceback page)."""
-    stop = dist.StopRequest(hard_timeout=max(1, cfg.shutdown_timeout - 5)).install()
+    stop = dist.StopRequest(hard_timeout=max(1, cfg.dist.shutdown_timeout - 5)).install()
     rank = int(os.environ.get("RANK", "0"))
     Path(err_dir, f"rank-{rank}.started").touch()
     code, line = 0, None
     try:
-        env = dist.setup(cfg.device, cfg.num_threads, stop)
+        env = dist.setup(cfg.training.device, cfg.dist.num_threads, stop)
         body(cfg, env)
         code = 128 + stop.signum if stop.signum else 0  # signalled after training: done, but stopped
     except dist.Stopped as e:

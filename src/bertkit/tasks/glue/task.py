@@ -10,7 +10,6 @@ Hugging Face's run_glue does it: one output, mean squared error. The data, featu
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,10 +25,12 @@ from bertkit.checkpoint import formats as checkpoint
 from bertkit.checkpoint.snapshot import check_writable, existing_snapshots
 from bertkit.data.loader import ArrayLoader
 from bertkit.data.tokenizer import WordPieceTokenizer
-from bertkit.data.vocab import CHECK_CASING_HELP, DO_LOWER_CASE_HELP, Tokenization, choose_tokenizer
+from bertkit.data.vocab import Tokenization, TokenizerFlags
 from bertkit.model.bert import BertForSequenceClassification
 from bertkit.runtime import dist
 from bertkit.runtime.atomic import refuse_existing
+from bertkit.runtime.config import Composed, Section, positive
+from bertkit.runtime.dist import DistConfig
 from bertkit.runtime.precision import QUANTIZE
 from bertkit.tasks.glue import data as glue
 from bertkit.tasks.glue import labels
@@ -39,6 +40,7 @@ from bertkit.tasks.glue.records import load_features, record_files, tsv_examples
 from bertkit.tasks.glue.results import write_predictions
 from bertkit.train import runner
 from bertkit.train.build import build_model, model_config
+from bertkit.train.config import ModelSection, OptimizerSection, RunSection, TrainingSection
 from bertkit.train.loop import Task, fit
 from bertkit.train.metrics import log_final_eval
 
@@ -79,36 +81,68 @@ class ClassifyLoader(ArrayLoader):
 # --- the config: Google's flags and OneFlow's, each declared once ---------------------------------------------------
 
 
-@dataclass
-class ClassifyConfig(runner.SeedConfig):
-    """Fine-tune BERT on a GLUE task, evaluate on its dev set, predict its test set: Google's run_classifier.py
-    and OneFlow's.
-
-    Google's form reads GLUE's tsv files in --data_dir; OneFlow's reads record part files (--train_data_dir,
-    --eval_data_dir, --predict_data_dir; `bertkit create-glue-data` writes them). A checkpoint that names its labels
-    (Hugging Face id2label/label2id, bertkit's labels.txt) is read in its own order, mapped onto the task's (the
-    mapping is printed); labels the task does not know are an error. Checkpoints that name none (Google's, and
-    transformers' placeholders LABEL_0, ...) are read in the task's order, as Google's run_classifier reads them. --do_eval writes OUTPUT_DIR/eval_results.txt,
-    --do_predict Google's test_results.tsv and GLUE's submission file (RTE.tsv, ...). --iter_num defaults to the
-    epochs' steps, --warmup_batches to --warmup_proportion of them.
-    """
-
-    # the seed's pretraining flags that classification takes (its command lines carry them) but never uses
-    cli_hidden: ClassVar[frozenset[str]] = frozenset({"max_predictions_per_seq", "data_part_num", "use_boxing_v2"})
+@dataclass(frozen=True)
+class GlueData(Section):
+    """A GLUE task's data: Google's tsv files in --data_dir, or OneFlow's record part files per split."""
 
     task_name: str | None = field(default=None, metadata={"help": glue.TASK_HELP})
     data_dir: str | None = field(
         default=None, metadata={"help": "the task's GLUE folder: train.tsv, dev.tsv, test.tsv (MNLI: dev_matched...)"}
     )
-    vocab_file: str | None = field(
+    max_seq_length: int | None = field(
+        default=None, metadata={"resume": "refused", "help": "tokens per example, cut or padded (default: 128)"}
+    )
+    seq_length: int | None = field(default=None, metadata={"help": "OneFlow's name for --max_seq_length"})
+    train_data_dir: str | None = field(
+        default=None,
+        metadata={"resume": "warned", "help": "OneFlow: folder of training part files (or one record file)"},
+    )
+    train_data_prefix: str = field(default="train.of_record-", metadata={"help": "training part files: prefix + i"})
+    train_data_part_num: int = field(
+        default=0, metadata={"resume": "warned", "help": "training part files read (0: all there)"}
+    )
+    train_example_num: int | None = field(
         default=None,
         metadata={
-            "resume": "warned",
-            "help": "vocab.txt of the model (default: the checkpoint's, else bert-base-uncased)",
+            "help": "OneFlow's count of training examples (a note when the data holds another count: all of it is used)"
         },
     )
-    do_lower_case: bool | None = field(default=None, metadata={"resume": "refused", "help": DO_LOWER_CASE_HELP})
-    check_casing: bool = field(default=True, metadata={"help": CHECK_CASING_HELP})
+    eval_data_dir: str | None = field(
+        default=None, metadata={"help": "OneFlow: folder of evaluation part files (or one record file)"}
+    )
+    eval_data_prefix: str = field(default="eval.of_record-", metadata={"help": "evaluation part files: prefix + i"})
+    eval_data_part_num: int = field(default=0, metadata={"help": "evaluation part files read (0: all there)"})
+    eval_example_num: int | None = field(
+        default=None,
+        metadata={
+            "help": "OneFlow's count of evaluation examples (a note when the data holds another count: all of it is used)"
+        },
+    )
+    predict_data_dir: str | None = field(
+        default=None, metadata={"help": "test part files (create-glue-data --splits test), or one record file"}
+    )
+    predict_data_prefix: str = field(default="predict.of_record-", metadata={"help": "test part files: prefix + i"})
+    predict_data_part_num: int = field(default=0, metadata={"help": "test part files read (0: all there)"})
+    predict_example_num: int | None = field(
+        default=None, metadata={"help": "the count of test examples (a note when the records hold another)"}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.task_name:
+            raise ValueError(f"--task_name is required: one of {', '.join(t.name for t in glue.TASKS.values())}")
+        glue.get_task(self.task_name)  # an unknown name fails here, listing the known ones
+        if self.max_seq_length is not None and self.max_seq_length < 3:
+            raise ValueError(f"--max_seq_length must be at least 3 ([CLS] text [SEP]), got {self.max_seq_length}")
+
+    @property
+    def task(self) -> glue.GlueTask:
+        return glue.get_task(self.task_name)
+
+
+@dataclass(frozen=True)
+class ClassifyTask(Section):
+    """classify's own flags: what to do, Google's global batches, epochs, where results go, the seed's names."""
+
     init_checkpoint: str | None = field(
         default=None, metadata={"help": "Google's name for --model_load_dir: bertkit, HF, Google TF or OneFlow"}
     )
@@ -124,10 +158,6 @@ class ClassifyConfig(runner.SeedConfig):
         metadata={"help": "int8: --do_predict (and --do_eval) with dynamic int8 Linear layers on the CPU (faster, "
                           "not exact); none: exact", "choices": QUANTIZE},
     )  # fmt: skip
-    max_seq_length: int | None = field(
-        default=None, metadata={"resume": "refused", "help": "tokens per example, cut or padded (default: 128)"}
-    )
-    seq_length: int | None = field(default=None, metadata={"help": "OneFlow's name for --max_seq_length"})
     train_batch_size: int | None = field(
         default=None, metadata={"help": "Google's global batch: --batch_size_per_device = it / processes (default: 32)"}
     )
@@ -150,137 +180,116 @@ class ClassifyConfig(runner.SeedConfig):
         default="classify_output", metadata={"help": "folder for eval_results.txt, test_results.tsv and <TASK>.tsv"}
     )
     overwrite_output_dir: bool = field(default=False, metadata={"help": "replace result files and snapshots"})
-    # Google's run_classifier keeps everything in --output_dir, the fine-tuned model included: so do these defaults
-    model_save_dir: str | None = field(
-        default=None, metadata={"help": "directory for snapshots (default: --output_dir)"}
-    )
-    log_dir: str | None = field(default=None, metadata={"help": "metrics.jsonl goes here (default: --output_dir)"})
-    save_last_snapshot: bool = field(
-        default=True, metadata={"help": "keep the fine-tuned model: model_save_dir/last_snapshot at the end"}
-    )
-    train_data_dir: str | None = field(
-        default=None,
-        metadata={"resume": "warned", "help": "OneFlow: folder of training part files (or one record file)"},
-    )
-    train_data_prefix: str = field(default="train.of_record-", metadata={"help": "training part files: prefix + i"})
-    train_data_part_num: int = field(
-        default=0, metadata={"resume": "warned", "help": "training part files read (0: all there)"}
-    )
-    train_example_num: int | None = field(
-        default=None,
-        metadata={
-            "help": "OneFlow's count of training examples (a note when the data holds another count: all of it is used)"
-        },
-    )
-    eval_data_dir: str | None = field(
-        default=None, metadata={"help": "OneFlow: folder of evaluation part files (or one record file)"}
-    )
-    eval_data_prefix: str = field(default="eval.of_record-", metadata={"help": "evaluation part files: prefix + i"})
-    eval_data_part_num: int = field(default=0, metadata={"help": "evaluation part files read (0: all there)"})
-    predict_data_dir: str | None = field(
-        default=None, metadata={"help": "test part files (create-glue-data --splits test), or one record file"}
-    )
-    predict_data_prefix: str = field(default="predict.of_record-", metadata={"help": "test part files: prefix + i"})
-    predict_data_part_num: int = field(default=0, metadata={"help": "test part files read (0: all there)"})
-    predict_example_num: int | None = field(
-        default=None, metadata={"help": "the count of test examples (a note when the records hold another)"}
-    )
-    eval_example_num: int | None = field(
-        default=None,
-        metadata={
-            "help": "OneFlow's count of evaluation examples (a note when the data holds another count: all of it is used)"
-        },
-    )
     num_nodes: int | None = field(default=None, metadata={"help": "OneFlow's later name for --node_num"})
     node_ips: str | None = field(default=None, metadata={"help": "OneFlow's later name for --node_list"})
-    # Fine-tuning defaults that differ from pretraining's (Google's run_classifier.py and OneFlow's):
-    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate"})
-    batch_size_per_device: int | None = field(
-        default=None, metadata={"help": "OneFlow's examples per process per micro-step (default: --train_batch_size)"}
-    )
-    iter_num: int | None = field(
-        default=None,
-        metadata={"help": "optimizer steps (default: Google's int(examples / batch x epochs) for tsv, OneFlow's "
-                          "ceil(examples / batch) x epochs for records)"},
-    )  # fmt: skip
-    warmup_batches: int | None = field(
-        default=None, metadata={"help": "linear warmup steps (default: --warmup_proportion x --iter_num)"}
-    )
+    # the seed's pretraining flags that classification takes (its command lines carry them) but never uses
+    data_part_num: int = field(default=32, metadata={"help": "accepted for the seed's command lines; unused"})
+    max_predictions_per_seq: int = field(default=80, metadata={"help": "accepted for the seed's command lines; unused"})
+    use_boxing_v2: bool | None = field(default=None, metadata={"help": "accepted for the seed's command lines; unused"})
 
     def __post_init__(self) -> None:
-        self.reconcile_node_names(self.num_nodes, self.node_ips)
-        self.num_nodes, self.node_ips = self.node_num, self.node_list
-        self.check_dist_flags()
-        if not self.task_name:
-            raise ValueError(f"--task_name is required: one of {', '.join(t.name for t in glue.TASKS.values())}")
-        glue.get_task(self.task_name)  # an unknown name fails here, listing the known ones
-        self.model_save_dir = self.model_save_dir or self.output_dir
-        self.log_dir = self.log_dir or self.output_dir
+        positive(self, "eval_batch_size", "predict_batch_size", "num_train_epochs", "eval_batch_size_per_device")
+        if not 0 <= self.warmup_proportion <= 1:
+            raise ValueError(f"--warmup_proportion must be in [0, 1], got {self.warmup_proportion}")
+
+
+@dataclass(frozen=True)
+class ClassifyConfig(Composed):
+    """Fine-tune BERT on a GLUE task, evaluate on its dev set, predict its test set: Google's run_classifier.py
+    and OneFlow's.
+
+    Google's form reads GLUE's tsv files in --data_dir; OneFlow's reads record part files (--train_data_dir,
+    --eval_data_dir, --predict_data_dir; `bertkit create-glue-data` writes them). A checkpoint that names its labels
+    (Hugging Face id2label/label2id, bertkit's labels.txt) is read in its own order, mapped onto the task's (the
+    mapping is printed); labels the task does not know are an error. Checkpoints that name none (Google's, and
+    transformers' placeholders LABEL_0, ...) are read in the task's order, as Google's run_classifier reads them. --do_eval writes OUTPUT_DIR/eval_results.txt,
+    --do_predict Google's test_results.tsv and GLUE's submission file (RTE.tsv, ...). --iter_num defaults to the
+    epochs' steps, --warmup_batches to --warmup_proportion of them.
+    """
+
+    tokenizer: TokenizerFlags
+    data: GlueData
+    model: ModelSection
+    task: ClassifyTask
+    optimizer: OptimizerSection
+    training: TrainingSection
+    run: RunSection
+    dist: DistConfig
+
+    cli_hidden: ClassVar[frozenset[str]] = frozenset({"max_predictions_per_seq", "data_part_num", "use_boxing_v2"})
+    # Fine-tuning defaults that differ from pretraining's (Google's run_classifier.py and OneFlow's); Google's
+    # run_classifier keeps everything in --output_dir, the fine-tuned model included: so do these defaults.
+    DEFAULTS: ClassVar[dict] = {"model_save_dir": None, "log_dir": None, "save_last_snapshot": True,
+                                "learning_rate": 5e-5, "batch_size_per_device": None, "iter_num": None,
+                                "warmup_batches": None}  # fmt: skip
+    HELP: ClassVar[dict] = {
+        "model_save_dir": "directory for snapshots (default: --output_dir)",
+        "log_dir": "metrics.jsonl goes here (default: --output_dir)",
+        "save_last_snapshot": "keep the fine-tuned model: model_save_dir/last_snapshot at the end",
+        "batch_size_per_device": "OneFlow's examples per process per micro-step (default: --train_batch_size)",
+        "iter_num": "optimizer steps (default: Google's int(examples / batch x epochs) for tsv, OneFlow's "
+        "ceil(examples / batch) x epochs for records)",
+        "warmup_batches": "linear warmup steps (default: --warmup_proportion x --iter_num)",
+    }
+
+    @classmethod
+    def resolve(cls, v: dict) -> dict:
+        v = runner.node_names(v)
         one = runner.one_of
-        self.model_load_dir = self.init_checkpoint = one(
-            ("model_load_dir", "init_checkpoint"), self.model_load_dir, self.init_checkpoint
-        )
-        self.max_seq_length = self.seq_length = one(
-            ("max_seq_length", "seq_length"), self.max_seq_length, self.seq_length, 128
-        )
-        self.num_train_epochs = self.num_epochs = one(
-            ("num_train_epochs", "num_epochs"), self.num_train_epochs, self.num_epochs, 3.0
-        )
-        processes = self.world_size
-        tbs, per = self.train_batch_size, self.batch_size_per_device
+        v["model_save_dir"] = v["model_save_dir"] or v["output_dir"]
+        v["log_dir"] = v["log_dir"] or v["output_dir"]
+        v["model_load_dir"] = one(("model_load_dir", "init_checkpoint"), v["model_load_dir"], v["init_checkpoint"])
+        v["max_seq_length"] = v["seq_length"] = one(("max_seq_length", "seq_length"), v["max_seq_length"],
+                                                    v["seq_length"], 128)  # fmt: skip
+        v["num_train_epochs"] = v["num_epochs"] = one(("num_train_epochs", "num_epochs"), v["num_train_epochs"],
+                                                      v["num_epochs"], 3.0)  # fmt: skip
+        processes = v["gpu_num_per_node"] * v["node_num"]
+        tbs, per = v["train_batch_size"], v["batch_size_per_device"]
         if tbs is not None:
             if tbs <= 0 or tbs % processes:
                 raise ValueError(f"--train_batch_size {tbs} must be a positive multiple of the {processes} processes")
             if per is not None and per != tbs // processes:
                 raise ValueError(f"--train_batch_size {tbs} is {tbs // processes} per process for {processes} "
                                  f"processes, but --batch_size_per_device is {per}; give one")  # fmt: skip
-            self.batch_size_per_device = tbs // processes
+            per = tbs // processes
         elif per is None:  # Google's default global batch
             if 32 % processes:
                 raise ValueError(f"the default --train_batch_size 32 does not split over {processes} processes; "
                                  "give --train_batch_size or --batch_size_per_device")  # fmt: skip
-            self.batch_size_per_device = 32 // processes
-        self.train_batch_size = self.batch_size_per_device * processes
-        for name in ("eval_batch_size", "predict_batch_size", "max_seq_length", "num_train_epochs"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
-        self.eval_batch_size_per_device = self.eval_batch_size_per_device or math.ceil(self.eval_batch_size / processes)
-        if self.eval_batch_size_per_device <= 0:
-            raise ValueError(f"--eval_batch_size_per_device must be positive, got {self.eval_batch_size_per_device}")
-        if self.max_seq_length < 3:
-            raise ValueError(f"--max_seq_length must be at least 3 ([CLS] text [SEP]), got {self.max_seq_length}")
-        if not 0 <= self.warmup_proportion <= 1:
-            raise ValueError(f"--warmup_proportion must be in [0, 1], got {self.warmup_proportion}")
-        if self.do_train is None:  # OneFlow's form: record files given are used
-            self.do_train = bool(self.train_data_dir)
-        if self.do_eval is None:
-            self.do_eval = bool(self.eval_data_dir)
-        if self.quantize != "none" and self.device == "cuda":
+            per = 32 // processes
+        v["batch_size_per_device"], v["train_batch_size"] = per, per * processes
+        if v["eval_batch_size"] <= 0:
+            raise ValueError(f"--eval_batch_size must be positive, got {v['eval_batch_size']}")
+        v["eval_batch_size_per_device"] = v["eval_batch_size_per_device"] or math.ceil(v["eval_batch_size"] / processes)
+        if v["do_train"] is None:  # OneFlow's form: record files given are used
+            v["do_train"] = bool(v["train_data_dir"])
+        if v["do_eval"] is None:
+            v["do_eval"] = bool(v["eval_data_dir"])
+        if v["quantize"] != "none" and v["device"] == "cuda":
             raise ValueError("--quantize int8 runs on the CPU only: pass --device cpu")
-        if not (self.do_train or self.do_eval or self.do_predict):
+        if not (v["do_train"] or v["do_eval"] or v["do_predict"]):
             raise ValueError("nothing to do: pass at least one of --do_train, --do_eval, --do_predict")
-        if self.do_train and not (self.train_data_dir or self.data_dir):
+        if v["do_train"] and not (v["train_data_dir"] or v["data_dir"]):
             raise ValueError("--do_train needs --data_dir (GLUE tsv files) or --train_data_dir (record files)")
-        if self.do_eval and not (self.eval_data_dir or self.data_dir):
+        if v["do_eval"] and not (v["eval_data_dir"] or v["data_dir"]):
             raise ValueError("--do_eval needs --data_dir (GLUE tsv files) or --eval_data_dir (record files)")
-        if self.do_predict and not (self.predict_data_dir or self.data_dir):
-            raise ValueError(f"--do_predict needs --data_dir holding {self.task.name}'s test file, or "
-                             "--predict_data_dir (record files)")  # fmt: skip
-        for flag, split, records in (("do_train", "train", self.train_data_dir), ("do_eval", "dev", self.eval_data_dir),
-                                     ("do_predict", "test", self.predict_data_dir)):  # fmt: skip
-            if getattr(self, flag) and not records and self.task.file(split) is None:
-                raise ValueError(f"--{flag}: {self.task.missing(split)}")
-        self.validate_before_derived()
-
-    @property
-    def task(self) -> glue.GlueTask:
-        return glue.get_task(self.task_name)
+        if v["task_name"]:  # (its absence is GlueData's error)
+            task = glue.get_task(v["task_name"])
+            if v["do_predict"] and not (v["predict_data_dir"] or v["data_dir"]):
+                raise ValueError(f"--do_predict needs --data_dir holding {task.name}'s test file, or "
+                                 "--predict_data_dir (record files)")  # fmt: skip
+            for flag, split, records in (("do_train", "train", v["train_data_dir"]),
+                                         ("do_eval", "dev", v["eval_data_dir"]),
+                                         ("do_predict", "test", v["predict_data_dir"])):  # fmt: skip
+                if v[flag] and not records and task.file(split) is None:
+                    raise ValueError(f"--{flag}: {task.missing(split)}")
+        return v
 
     def outputs(self) -> list[Path]:
         """The result files this run writes."""
-        out = Path(self.output_dir)
-        names = (["eval_results.txt"] if self.do_eval else []) + (
-            ["test_results.tsv", f"{self.task.name}.tsv"] if self.do_predict else []
+        out = Path(self.task.output_dir)
+        names = (["eval_results.txt"] if self.task.do_eval else []) + (
+            ["test_results.tsv", f"{self.data.task.name}.tsv"] if self.task.do_predict else []
         )
         return [out / n for n in names]
 
@@ -294,15 +303,15 @@ class ClassifyConfig(runner.SeedConfig):
 def label_hook(cfg: ClassifyConfig, say: Callable[[str], None]) -> Callable | None:
     """What the model builder does after loading --init_checkpoint: a classifier whose labels the checkpoint names
     in another order is reordered to the task's (checked before loading, so a mismatch is a clear error)."""
-    path = cfg.model_load_dir
-    if cfg.resume or not path:
+    path = cfg.model.model_load_dir
+    if cfg.run.resume or not path:
         return None
     theirs = checkpoint.own_labels(path, checkpoint.detect_format(path))
-    perm = labels.label_order(cfg.task, theirs, f"--init_checkpoint {path}")
+    perm = labels.label_order(cfg.data.task, theirs, f"--init_checkpoint {path}")
 
     def after_load(model: nn.Module, report: checkpoint.LoadReport) -> None:
-        if theirs and "classifier.weight" in report.loaded and not cfg.task.is_regression:
-            say(labels.describe(cfg.task, theirs, perm))
+        if theirs and "classifier.weight" in report.loaded and not cfg.data.task.is_regression:
+            say(labels.describe(cfg.data.task, theirs, perm))
             if perm:
                 labels.reorder_classifier(model, perm)
 
@@ -312,41 +321,44 @@ def label_hook(cfg: ClassifyConfig, say: Callable[[str], None]) -> Callable | No
 def choose_vocab(cfg: ClassifyConfig, vocab_size: int) -> Tokenization:
     """The vocabulary and casing by the one policy (data/vocab.py): the model's (the snapshot resumed, else
     --init_checkpoint) against --vocab_file, --do_lower_case and the record data's."""
-    data = (("--train_data_dir", cfg.train_data_dir), ("--eval_data_dir", cfg.eval_data_dir))
-    checkpoint = cfg.resume if cfg.resume and cfg.resume != "latest" else cfg.model_load_dir
-    return choose_tokenizer(cfg.vocab_file, cfg.do_lower_case, checkpoint, vocab_size, cfg.check_casing, data)
+    data = (("--train_data_dir", cfg.data.train_data_dir), ("--eval_data_dir", cfg.data.eval_data_dir))
+    checkpoint = cfg.run.resume if cfg.run.resume and cfg.run.resume != "latest" else cfg.model.model_load_dir
+    return cfg.tokenizer.choose(checkpoint, vocab_size, data)
 
 
 # --- the command -------------------------------------------------------------------------------------------------
 
 
-def _check(cfg: ClassifyConfig) -> None:
-    """Every user error before any worker starts: inputs there and well-formed, outputs not about to be replaced."""
+def _check(cfg: ClassifyConfig) -> ClassifyConfig:
+    """Every user error before any worker starts: inputs there and well-formed, outputs not about to be replaced.
+    Returns the config the workers get (--resume latest resolved)."""
+    flags = cfg.flat()
     for flag in ("data_dir", "model_load_dir", "bert_config_file", "vocab_file"):
-        value = getattr(cfg, flag)
+        value = flags[flag]
         if value and not Path(value).exists():
             raise ValueError(f"--{flag} {value}: no such file or directory")
-    bert_cfg, source = cfg.model_config()
-    if cfg.max_seq_length > bert_cfg.max_position_embeddings:
-        raise ValueError(f"--max_seq_length {cfg.max_seq_length} exceeds the model's max_position_embeddings "
+    bert_cfg, source = cfg.model.model_config()
+    if cfg.data.max_seq_length > bert_cfg.max_position_embeddings:
+        raise ValueError(f"--max_seq_length {cfg.data.max_seq_length} exceeds the model's max_position_embeddings "
                          f"{bert_cfg.max_position_embeddings} ({source})")  # fmt: skip
     # Rows, columns and labels of every tsv file used (reading is quick; tokenizing waits for the workers).
-    for wanted, which, split, records in ((cfg.do_train, "train", "train", cfg.train_data_dir),
-                                          (cfg.do_eval, "eval", "dev", cfg.eval_data_dir),
-                                          (cfg.do_predict, "predict", "test", cfg.predict_data_dir)):  # fmt: skip
+    for wanted, which, split, records in ((cfg.task.do_train, "train", "train", cfg.data.train_data_dir),
+                                          (cfg.task.do_eval, "eval", "dev", cfg.data.eval_data_dir),
+                                          (cfg.task.do_predict, "predict", "test", cfg.data.predict_data_dir)):  # fmt: skip
         if wanted and records:
-            record_files(cfg, which)
+            record_files(cfg.data, which)
         elif wanted:
-            tsv_examples(cfg, split)
+            tsv_examples(cfg.data, split)
     outputs = cfg.outputs()
-    save_dir = Path(cfg.model_save_dir)
-    if cfg.do_train and not cfg.resume:
+    save_dir = Path(cfg.run.model_save_dir)
+    if cfg.task.do_train and not cfg.run.resume:
         outputs += existing_snapshots(save_dir)
-    refuse_existing(outputs, "--overwrite_output_dir", overwrite=cfg.overwrite_output_dir)
-    if cfg.do_train:
-        check_writable(cfg.model_save_dir)
-        runner.check_resume(cfg)
+    refuse_existing(outputs, "--overwrite_output_dir", overwrite=cfg.task.overwrite_output_dir)
+    if cfg.task.do_train:
+        check_writable(cfg.run.model_save_dir)
+        cfg = runner.check_resume(cfg)
     choose_vocab(cfg, model_config(cfg).vocab_size)  # after --resume latest is resolved
+    return cfg
 
 
 def run(cfg: ClassifyConfig) -> dict | None:
@@ -356,68 +368,70 @@ def run(cfg: ClassifyConfig) -> dict | None:
 def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
     say = print if env.is_main else (lambda *a, **k: None)
     say(runner.banner(cfg))
-    task = cfg.task
+    task = cfg.data.task
     head = lambda c: BertForSequenceClassification(c, task.num_labels)  # noqa: E731
     model, bert_cfg, resume_state = build_model(cfg, head, env, say, label_hook(cfg, say))
-    batch = cfg.eval_batch_size_per_device
+    batch = cfg.task.eval_batch_size_per_device
     choice = choose_vocab(cfg, bert_cfg.vocab_size)
     say(choice.line())
     if choice.note:
         say(choice.note)
     tokenizer = WordPieceTokenizer(choice.vocab_file, choice.do_lower_case)
     dev = None
-    if cfg.do_eval:  # built first, so that a bad dev file fails before training, not after
-        dev, _ = load_features(cfg, "eval", tokenizer, env, say)
+    if cfg.task.do_eval:  # built first, so that a bad dev file fails before training, not after
+        dev, _ = load_features(cfg.data, "eval", tokenizer, env, say)
         check_ids(dev, bert_cfg, "dev set")
     summary, metrics, step = None, None, resume_state["step"] if resume_state else 0
-    if cfg.do_train:
-        train, _ = load_features(cfg, "train", tokenizer, env, say)
+    if cfg.task.do_train:
+        train, _ = load_features(cfg.data, "train", tokenizer, env, say)
         check_ids(train, bert_cfg, "train set")
         n = len(train)
-        global_batch = cfg.batch_size_per_device * env.world_size * cfg.num_accumulation_steps
-        if cfg.iter_num is None:
-            if cfg.train_data_dir:  # OneFlow: whole batches per epoch, times the epochs
-                cfg.iter_num = max(1, math.ceil(math.ceil(n / global_batch) * cfg.num_train_epochs))
+        global_batch = cfg.training.batch_size_per_device * env.world_size * cfg.training.num_accumulation_steps
+        steps, epochs = cfg.training.iter_num, cfg.task.num_train_epochs
+        if steps is None:
+            if cfg.data.train_data_dir:  # OneFlow: whole batches per epoch, times the epochs
+                steps = max(1, math.ceil(math.ceil(n / global_batch) * epochs))
             else:  # Google: int(len(train_examples) / train_batch_size * num_train_epochs)
-                cfg.iter_num = max(1, int(n / global_batch * cfg.num_train_epochs))
-        if cfg.warmup_batches is None:
-            cfg.warmup_batches = int(cfg.iter_num * cfg.warmup_proportion)
-        cfg.validate()
-        say(f"training {task.name}: {n} examples, global batch {global_batch}, iter_num {cfg.iter_num}, "
-            f"warmup_batches {cfg.warmup_batches}")  # fmt: skip
+                steps = max(1, int(n / global_batch * epochs))
+        warmup = cfg.optimizer.warmup_batches
+        cfg = cfg.replace(
+            iter_num=steps, warmup_batches=int(steps * cfg.task.warmup_proportion) if warmup is None else warmup
+        )  # counted from the data: a new config, for the loop and the snapshots
+        say(f"training {task.name}: {n} examples, global batch {global_batch}, iter_num {cfg.training.iter_num}, "
+            f"warmup_batches {cfg.optimizer.warmup_batches}")  # fmt: skip
         loader = ClassifyLoader({k: v for k, v in train.arrays().items() if k != "is_real_example"},
-                                cfg.batch_size_per_device, rank=env.rank, world_size=env.world_size,
-                                seed=cfg.seed)  # fmt: skip
+                                cfg.training.batch_size_per_device, rank=env.rank, world_size=env.world_size,
+                                seed=cfg.training.seed)  # fmt: skip
 
         def eval_fn(m: nn.Module) -> dict[str, float]:
-            return evaluate(m, task, dev, batch, env, cfg.precision)[0]
+            return evaluate(m, task, dev, batch, env, cfg.training.precision)[0]
 
         loss_fn = regression_loss if task.is_regression else classification_loss
         extras = {"vocab_file": choice.path, "do_lower_case": choice.do_lower_case,
-                  "run_config": dataclasses.asdict(cfg), "labels": task.labels or None}  # fmt: skip
+                  "run_config": cfg.flat(), "labels": task.labels or None}  # fmt: skip
         plugged = Task(loss_fn, loader, evaluate=eval_fn if dev is not None else None, snapshot_extras=extras)
         summary = fit(model, bert_cfg, plugged, cfg, env, resume_state, say)
         step = summary["step"]
-        if not cfg.save_last_snapshot and step % cfg.model_save_every_n_iter:
+        if not cfg.run.save_last_snapshot and step % cfg.run.model_save_every_n_iter:
             say("note: the fine-tuned model is not kept (--save_last_snapshot False)")
-    model = quantize_classifier(model, cfg.quantize)  # after training: evaluation and prediction only
-    out = Path(cfg.output_dir)
+    model = quantize_classifier(model, cfg.task.quantize)  # after training: evaluation and prediction only
+    out = Path(cfg.task.output_dir)
     if dev is not None:
-        metrics, example_loss = evaluate(model, task, dev, batch, env, cfg.precision, progress=env.is_main)
+        metrics, example_loss = evaluate(model, task, dev, batch, env, cfg.training.precision, progress=env.is_main)
         if env.is_main:
-            batch_loss = mean_batch_loss(example_loss, cfg.eval_batch_size)
+            batch_loss = mean_batch_loss(example_loss, cfg.task.eval_batch_size)
             lines = write_eval_results(out / "eval_results.txt", metrics, step, batch_loss)
             say(f"***** Eval results ({task.name} dev, {len(dev)} examples) *****")
             for line in lines:  # as Google logs them
                 say(f"  {line}")
             say(f"wrote {out / 'eval_results.txt'}")
             if summary is not None:  # trained in this run: its log ends with the closing evaluation
-                log_final_eval(cfg.log_dir, step, metrics)
-    if cfg.do_predict:
-        test, guids = load_features(cfg, "predict", tokenizer, env, say)
+                log_final_eval(cfg.run.log_dir, step, metrics)
+    if cfg.task.do_predict:
+        test, guids = load_features(cfg.data, "predict", tokenizer, env, say)
         check_ids(test, bert_cfg, "test set")
-        logits = predict_logits(model, test, math.ceil(cfg.predict_batch_size / env.world_size), env,
-                                cfg.precision, env.is_main)  # fmt: skip
+        logits = predict_logits(model, test, math.ceil(cfg.task.predict_batch_size / env.world_size), env,
+                                cfg.training.precision, env.is_main)  # fmt: skip
         if env.is_main:
             paths = write_predictions(task, guids, logits, out)
             say(f"wrote {', '.join(str(p) for p in paths)} ({len(guids)} test examples)")

@@ -8,7 +8,6 @@ OneFlow-Benchmark's BERT `pretrain.py`, which compute the same quantities:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +20,10 @@ from bertkit.data.loader import PretrainingLoader, prefetch, resolve_inputs
 from bertkit.data.vocab import Tokenization, choose_tokenizer
 from bertkit.model.bert import BertForPreTraining
 from bertkit.runtime import dist
+from bertkit.runtime.config import Composed, Section, positive
 from bertkit.train import runner
 from bertkit.train.build import build_model, model_config, set_unpad
+from bertkit.train.config import ModelSection, OptimizerSection, RunSection, TrainingSection
 from bertkit.train.loop import Task, fit
 
 
@@ -110,10 +111,21 @@ class SyntheticData:
 # --- the `bertkit pretrain` command: the seed's run_pretraining.py ------------------------------------
 
 
-@dataclass
-class PretrainConfig(runner.SeedConfig):
-    """Pretrain BERT (masked LM + next sentence) on OFRecord / TFRecord / shard data: the seed's run_pretraining.py."""
+@dataclass(frozen=True)
+class PretrainData(Section):
+    """Pretraining records: where they are, their shape, and the vocabulary they were made with."""
 
+    data_dir: str | None = field(
+        default=None, metadata={"resume": "warned", "help": "OFRecord dir (part-N), TFRecord file(s)/glob, or shards"}
+    )
+    data_part_num: int = field(
+        default=32, metadata={"resume": "warned", "help": "number of part-N files used from an OFRecord data_dir"}
+    )
+    eval_data_dir: str | None = field(default=None, metadata={"help": "held-out data for MLM/NSP accuracy"})
+    seq_length: int = field(default=512, metadata={"resume": "refused", "help": "tokens per sequence in the records"})
+    max_predictions_per_seq: int = field(
+        default=80, metadata={"resume": "refused", "help": "masked slots per sequence in the records"}
+    )
     vocab_file: str | None = field(
         default=None,
         metadata={
@@ -122,6 +134,19 @@ class PretrainConfig(runner.SeedConfig):
             "create-pretraining-data recorded beside --data_dir)",
         },
     )
+    use_boxing_v2: bool | None = field(
+        default=None, metadata={"help": "accepted for the seed's command lines; no effect"}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.data_dir:
+            raise ValueError("--data_dir is required (an OFRecord directory, TFRecord files or shards)")
+        positive(self, "data_part_num", "seq_length", "max_predictions_per_seq")
+
+
+@dataclass(frozen=True)
+class PretrainTask(Section):
+    """The pretraining task's own flags: its loss's normalisation and a second phase."""
 
     phase1_snapshot: str | None = field(
         default=None,
@@ -141,13 +166,24 @@ class PretrainConfig(runner.SeedConfig):
         },
     )
 
-    def __post_init__(self) -> None:
-        self.validate()
-        self.check_dist_flags()
-        if not self.data_dir:
-            raise ValueError("--data_dir is required (an OFRecord directory, TFRecord files or shards)")
-        if self.phase1_snapshot and self.model_load_dir:
+
+@dataclass(frozen=True)
+class PretrainConfig(Composed):
+    """Pretrain BERT (masked LM + next sentence) on OFRecord / TFRecord / shard data: the seed's run_pretraining.py."""
+
+    model: ModelSection
+    data: PretrainData
+    task: PretrainTask
+    optimizer: OptimizerSection
+    training: TrainingSection
+    run: RunSection
+    dist: dist.DistConfig
+
+    @classmethod
+    def resolve(cls, values: dict) -> dict:
+        if values["phase1_snapshot"] and values["model_load_dir"]:
             raise ValueError("--phase1_snapshot and --model_load_dir both say where the weights come from: pass one")
+        return values
 
 
 def pretrain_step_loss(
@@ -185,41 +221,42 @@ def choose_vocab(cfg: PretrainConfig, vocab_size: int) -> Tokenization:
     """What snapshots carry, by the one policy (data/vocab.py): --vocab_file, else the checkpoint continued
     (--resume, --model_load_dir), else the one the data recorded; refused when the data was made with another
     vocabulary than the model's. None known is a warning (the snapshots then carry none)."""
-    checkpoint = cfg.resume if cfg.resume and cfg.resume != "latest" else cfg.model_load_dir
-    data = (("--data_dir", cfg.data_dir), ("--eval_data_dir", cfg.eval_data_dir))
-    return choose_tokenizer(cfg.vocab_file, None, checkpoint, vocab_size, data=data, fallback=False)
+    checkpoint = cfg.run.resume if cfg.run.resume and cfg.run.resume != "latest" else cfg.model.model_load_dir
+    data = (("--data_dir", cfg.data.data_dir), ("--eval_data_dir", cfg.data.eval_data_dir))
+    return choose_tokenizer(cfg.data.vocab_file, None, checkpoint, vocab_size, data=data, fallback=False)
 
 
-def check(cfg: PretrainConfig) -> None:
+def check(cfg: PretrainConfig) -> PretrainConfig:
     """Every user error before any worker starts (runs once, in the launching process)."""
-    resolve_inputs(cfg.data_dir, data_part_num=cfg.data_part_num, flag="--data_dir")
-    if cfg.eval_data_dir:
-        resolve_inputs(cfg.eval_data_dir, data_part_num=cfg.data_part_num, flag="--eval_data_dir")
-    if cfg.model_load_dir and not Path(cfg.model_load_dir).exists():
-        raise ValueError(f"--model_load_dir {cfg.model_load_dir}: no such file or directory")
-    cfg.model_config()  # reads --bert_config_file or the checkpoint's config: errors now, not later
-    check_writable(cfg.model_save_dir)
-    if cfg.phase1_snapshot and not cfg.resume:
+    resolve_inputs(cfg.data.data_dir, data_part_num=cfg.data.data_part_num, flag="--data_dir")
+    if cfg.data.eval_data_dir:
+        resolve_inputs(cfg.data.eval_data_dir, data_part_num=cfg.data.data_part_num, flag="--eval_data_dir")
+    if cfg.model.model_load_dir and not Path(cfg.model.model_load_dir).exists():
+        raise ValueError(f"--model_load_dir {cfg.model.model_load_dir}: no such file or directory")
+    cfg.model.model_config()  # reads --bert_config_file or the checkpoint's config: errors now, not later
+    check_writable(cfg.run.model_save_dir)
+    if cfg.task.phase1_snapshot and not cfg.run.resume:
         _check_phase1(cfg)
-    runner.check_resume(cfg)
-    if not cfg.resume:
+    cfg = runner.check_resume(cfg)
+    if not cfg.run.resume:
         runner.check_fresh_save_dir(cfg)
     choice = choose_vocab(cfg, model_config(cfg).vocab_size)
     print(choice.line())
     if choice.note:
         print(choice.note)
+    return cfg
 
 
 def _check_phase1(cfg: PretrainConfig) -> None:
     """The phase-1 snapshot exists, is whole, was trained with this --optimizer and takes --seq_length tokens."""
     from bertkit.checkpoint.snapshot import snapshot_extras, verify_snapshot
 
-    d = Path(cfg.phase1_snapshot)
+    d = Path(cfg.task.phase1_snapshot)
     if not (d / "train_state.pt").is_file():
         raise ValueError(f"--phase1_snapshot {d}: not a bertkit snapshot (train_state.pt is missing)")
     verify_snapshot(d)
     saved = snapshot_extras(d)[2] or {}
-    if saved.get("optimizer", cfg.optimizer) != cfg.optimizer:
+    if saved.get("optimizer", cfg.optimizer.optimizer) != cfg.optimizer.optimizer:
         raise ValueError(
             f"--phase1_snapshot {d} was trained with --optimizer {saved['optimizer']}; phase 2 carries its moments: "
             f"pass --optimizer {saved['optimizer']}"
@@ -227,8 +264,8 @@ def _check_phase1(cfg: PretrainConfig) -> None:
     from bertkit.model.config import BertConfig
 
     positions = BertConfig.from_json_file(d / "bert_config.json").max_position_embeddings
-    if cfg.seq_length > positions:
-        raise ValueError(f"--seq_length {cfg.seq_length}: the phase-1 model takes at most {positions} tokens")
+    if cfg.data.seq_length > positions:
+        raise ValueError(f"--seq_length {cfg.data.seq_length}: the phase-1 model takes at most {positions} tokens")
 
 
 def run(cfg: PretrainConfig) -> dict | None:
@@ -239,33 +276,35 @@ def _run(cfg: PretrainConfig, env: dist.DistEnv) -> dict:
     say = print if env.is_main else (lambda *a, **k: None)
     say(runner.banner(cfg))
     phase1_state = None
-    if cfg.phase1_snapshot and not cfg.resume:  # a second phase: the first's weights (and, in fit, its moments)
-        weights, bert_cfg, phase1_state = load_snapshot(cfg.phase1_snapshot, verify=False)  # verified by check()
-        torch.manual_seed(cfg.seed)
+    if (
+        cfg.task.phase1_snapshot and not cfg.run.resume
+    ):  # a second phase: the first's weights (and, in fit, its moments)
+        weights, bert_cfg, phase1_state = load_snapshot(cfg.task.phase1_snapshot, verify=False)  # verified by check()
+        torch.manual_seed(cfg.training.seed)
         model = set_unpad(BertForPreTraining(bert_cfg), cfg)
         model.load_state_dict(weights)
         model.to(env.device)
         resume_state = None
-        say(f"Phase 2 from {cfg.phase1_snapshot} (its iter {phase1_state['step']}): weights and optimizer moments "
+        say(f"Phase 2 from {cfg.task.phase1_snapshot} (its iter {phase1_state['step']}): weights and optimizer moments "
             f"carried, iter and schedule from 0.")  # fmt: skip
     else:  # --resume, --model_load_dir (the checkpoint's own config), or the size flags: the one builder
         model, bert_cfg, resume_state = build_model(cfg, BertForPreTraining, env, say)
 
     def open_data(path: str, shuffle: bool) -> PretrainingLoader:
         return PretrainingLoader(
-            path, cfg.batch_size_per_device, cfg.seq_length, cfg.max_predictions_per_seq,
-            data_part_num=cfg.data_part_num, rank=env.rank, world_size=env.world_size, seed=cfg.seed,
+            path, cfg.training.batch_size_per_device, cfg.data.seq_length, cfg.data.max_predictions_per_seq,
+            data_part_num=cfg.data.data_part_num, rank=env.rank, world_size=env.world_size, seed=cfg.training.seed,
             shuffle=shuffle, progress=env.is_main, vocab_size=bert_cfg.vocab_size,
-            type_vocab_size=bert_cfg.type_vocab_size, cache_dir=Path(cfg.log_dir) / "data_cache",
+            type_vocab_size=bert_cfg.type_vocab_size, cache_dir=Path(cfg.run.log_dir) / "data_cache",
         )  # fmt: skip
 
     # Record files become memory-mapped shards once (one process per machine builds them, under --log_dir), so
     # each rank's private memory does not grow with the data set.
-    loader = prefetch(open_data(cfg.data_dir, shuffle=True), env.device)
+    loader = prefetch(open_data(cfg.data.data_dir, shuffle=True), env.device)
     eval_fn = None
-    if cfg.eval_data_dir:
-        eval_data = open_data(cfg.eval_data_dir, shuffle=False)
-        n_batches = max(1, eval_data.num_samples // (cfg.batch_size_per_device * env.world_size))
+    if cfg.data.eval_data_dir:
+        eval_data = open_data(cfg.data.eval_data_dir, shuffle=False)
+        n_batches = max(1, eval_data.num_samples // (cfg.training.batch_size_per_device * env.world_size))
 
         def eval_fn(m: nn.Module) -> dict[str, float]:
             eval_data.batches = 0  # the same held-out samples every time
@@ -273,10 +312,10 @@ def _run(cfg: PretrainConfig, env: dist.DistEnv) -> dict:
             hits_mlm, n_mlm, hits_nsp, n_nsp = dist.all_reduce_sum(counts, env).tolist()
             return {"mlm_accuracy": hits_mlm / max(n_mlm, 1.0), "nsp_accuracy": hits_nsp / max(n_nsp, 1.0)}
 
-    global_norm = cfg.mlm_loss_normalization == "global_batch"
+    global_norm = cfg.task.mlm_loss_normalization == "global_batch"
     choice = choose_vocab(cfg, bert_cfg.vocab_size)
     extras = {"vocab_file": choice.vocab_file, "do_lower_case": choice.do_lower_case,
-              "run_config": dataclasses.asdict(cfg)}  # fmt: skip
+              "run_config": cfg.flat()}  # fmt: skip
     try:
         task = Task(pretrain_step_loss, loader, masked_count if global_norm else None, eval_fn, extras)
         summary = fit(model, bert_cfg, task, cfg, env, resume_state, print_fn=say,

@@ -1,8 +1,10 @@
-"""The flags of `bertkit squad`, `squad-predict` and `npy2json`: Google's run_squad.py and the seed's scripts.
+"""The flags of `bertkit squad`, `squad-predict` and `npy2json`: Google's run_squad.py and the seed's scripts, as
+sections (runtime/config.py): the tokenizer (data/vocab.py), windows, answers, records, the model, optimizer,
+training, run and processes (train/config.py, runtime/dist.py), and each command's own.
 
 Each flag is declared once; where the seed and Google name one thing twice (--data_dir / --train_data_dir,
---num_epochs / --num_train_epochs, --train_batch_size / --batch_size_per_device), both are accepted and must agree.
-The commands themselves are in `task.py`.
+--num_epochs / --num_train_epochs, --train_batch_size / --batch_size_per_device), both are accepted and must agree
+(`resolve`). The commands themselves are in `task.py`.
 """
 
 from __future__ import annotations
@@ -10,30 +12,23 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from bertkit.data.tokenizer import WordPieceTokenizer
-from bertkit.data.vocab import CHECK_CASING_HELP, DO_LOWER_CASE_HELP, Tokenization, choose_tokenizer
+from bertkit.data.vocab import Tokenization, TokenizerFlags
+from bertkit.runtime.config import Composed, Section, positive
+from bertkit.runtime.dist import DistConfig
 from bertkit.runtime.precision import QUANTIZE
 from bertkit.tasks.squad.data import squad_tokenizer
 from bertkit.train import runner
+from bertkit.train.config import ModelSection, OptimizerSection, RunSection, TrainingSection
 
-# --- configs: each flag declared once; where the seed and Google name one thing twice, both are accepted --------
+# --- sections -------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class SquadFlags:
-    """Google's run_squad.py flags for windows and answers, shared by squad, squad-predict and npy2json."""
+@dataclass(frozen=True)
+class SquadWindows(Section):
+    """Google's windows over a paragraph: [CLS] question [SEP] context [SEP], strided."""
 
-    vocab_file: str | None = field(
-        default=None,
-        metadata={
-            "resume": "warned",
-            "help": "vocab.txt of the model (default: the checkpoint's, else bert-base-uncased)",
-        },
-    )
-    do_lower_case: bool | None = field(default=None, metadata={"resume": "refused", "help": DO_LOWER_CASE_HELP})
-    check_casing: bool = field(default=True, metadata={"help": CHECK_CASING_HELP})
     max_seq_length: int = field(
         default=384, metadata={"resume": "refused", "help": "tokens per window: [CLS] question [SEP] context [SEP]"}
     )
@@ -43,16 +38,27 @@ class SquadFlags:
     max_query_length: int = field(
         default=64, metadata={"resume": "refused", "help": "questions are cut to this many tokens"}
     )
+
+    def __post_init__(self) -> None:
+        positive(self, "max_seq_length", "doc_stride", "max_query_length")
+        if self.max_seq_length <= self.max_query_length + 3:
+            raise ValueError(
+                f"--max_seq_length ({self.max_seq_length}) must exceed --max_query_length ({self.max_query_length}) + 3"
+            )
+
+
+@dataclass(frozen=True)
+class SquadAnswers(Section):
+    """Google's answers: the file to answer, where predictions go, and the answer rules."""
+
     predict_file: str | None = field(
         default=None, metadata={"help": "SQuAD json to answer (dev-v1.1.json); scored when it holds answers"}
     )
-    output_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "folder for predictions.json, nbest_predictions.json, null_odds.json (v2.0) and all_results.npy "
-            "(default: squad_output for squad, the working folder otherwise)"
-        },
-    )
+    output_dir: str = field(
+        default=".",
+        metadata={"help": "folder for predictions.json, nbest_predictions.json, null_odds.json (v2.0) and "
+                          "all_results.npy"},
+    )  # fmt: skip
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "replace prediction files and snapshots that already exist"}
     )
@@ -66,65 +72,22 @@ class SquadFlags:
         default=False, metadata={"help": "print each answer whose text cannot be mapped back"}
     )
 
-    def check_squad_flags(self, default_output_dir: str) -> None:
-        for name in ("max_seq_length", "doc_stride", "max_query_length", "n_best_size", "max_answer_length"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
-        if self.max_seq_length <= self.max_query_length + 3:
-            raise ValueError(
-                f"--max_seq_length ({self.max_seq_length}) must exceed --max_query_length ({self.max_query_length}) + 3"
-            )
-        if self.output_dir is None:
-            self.output_dir = default_output_dir
-
-    def tokenizer_setup(
-        self, checkpoint: str | None = None, vocab_size: int | None = None, data: tuple = ()
-    ) -> Tokenization:
-        """The vocabulary and casing for the model at `checkpoint` and the record `data` ((flag, path) pairs), by
-        the one policy (`data.vocab.choose_tokenizer`); ValueError before any work for what it refuses."""
-        return choose_tokenizer(self.vocab_file, self.do_lower_case, checkpoint, vocab_size, self.check_casing, data)
-
-    def tokenizer(
-        self,
-        checkpoint: str | None = None,
-        vocab_size: int | None = None,
-        say: Callable[[str], None] = print,
-        data: tuple = (),
-    ) -> tuple[WordPieceTokenizer, Tokenization]:
-        """Google's SQuAD tokenizer with what `tokenizer_setup` chooses, the decision printed with `say`."""
-        choice = self.tokenizer_setup(checkpoint, vocab_size, data)
-        say(choice.line())
-        if choice.note:
-            say(choice.note)
-        return squad_tokenizer(choice.vocab_file, choice.do_lower_case), choice
-
-
-@dataclass
-class Npy2JsonConfig(SquadFlags):
-    """Write predictions.json (and nbest_predictions.json, null_odds.json) from all_results.npy: the seed's npy2json.py."""
-
-    all_results_file: str = field(
-        default="all_results.npy", metadata={"help": "logits per window, from squad-predict (or the seed's script)"}
-    )
-    bert_config_file: str | None = field(
-        default=None, metadata={"help": "accepted for the seed's command lines; unused"}
-    )
-    do_train: bool = field(default=False, metadata={"help": "accepted for the seed's command lines; unused"})
-    do_predict: bool = field(default=True, metadata={"help": "accepted for the seed's command lines; unused"})
-
     def __post_init__(self) -> None:
-        self.check_squad_flags(default_output_dir=".")
-        if not self.predict_file:
-            raise ValueError("--predict_file is required: the SQuAD json the logits were predicted on")
+        positive(self, "n_best_size", "max_answer_length")
 
 
-@dataclass
-class SquadModelConfig(runner.SeedConfig, SquadFlags):
-    """What squad and squad-predict share: the seed's run_pretraining.py flags (its SQuAD scripts take them too),
-    Google's window and answer flags, and a checkpoint to start from."""
+@dataclass(frozen=True)
+class SquadRecords(Section):
+    """The seed's record windows (OFRecord part files, or Google's eval.tf_record) and its data flags."""
 
-    init_checkpoint: str | None = field(
-        default=None, metadata={"help": "Google's name for --model_load_dir: bertkit, HF, Google TF or OneFlow"}
+    data_dir: str | None = field(
+        default=None, metadata={"resume": "warned", "help": "OFRecord dir (part-N), TFRecord file(s)/glob, or shards"}
+    )
+    data_part_num: int = field(
+        default=32, metadata={"resume": "warned", "help": "number of part-N files used from an OFRecord data_dir"}
+    )
+    eval_data_dir: str | None = field(
+        default=None, metadata={"help": "record windows to answer (input_ids, ..., unique_ids), e.g. the seed's dev"}
     )
     seq_length: int | None = field(
         default=None, metadata={"help": "tokens per window in record files (default: --max_seq_length)"}
@@ -132,70 +95,15 @@ class SquadModelConfig(runner.SeedConfig, SquadFlags):
     max_predictions_per_seq: int = field(
         default=80, metadata={"help": "accepted for the seed's command lines; unused by SQuAD"}
     )
-
-    def _check_model_flags(self, default_output_dir: str) -> None:
-        self.check_squad_flags(default_output_dir)
-        self.check_dist_flags()
-        # the name the user typed, for errors (the two names are one value from here on)
-        self.checkpoint_flag = (
-            "--init_checkpoint" if self.init_checkpoint and not self.model_load_dir else "--model_load_dir"
-        )
-        self.model_load_dir = self.init_checkpoint = runner.one_of(
-            ("model_load_dir", "init_checkpoint"), self.model_load_dir, self.init_checkpoint
-        )
-        self.seq_length = self.seq_length or self.max_seq_length
-
-
-@dataclass
-class SquadPredictConfig(SquadModelConfig):
-    """Answer SQuAD questions with a fine-tuned model: the seed's run_squad_predict.py.
-
-    Windows come from --predict_file (a SQuAD json, windows built here) or from --data_dir (the seed's OFRecord
-    windows, or Google's eval.tf_record). all_results.npy is written to --output_dir (default: the working folder),
-    and predictions.json etc. when a json is given. --iter_num x --batch_size_per_device limits the record windows.
-    """
-
-    eval_data_dir: str | None = field(default=None, metadata={"help": "same as --data_dir"})
-    quantize: str = field(
-        default="none",
-        metadata={"help": "int8: the Linear layers in dynamic int8 on the CPU (faster, not exact); none: exact",
-                  "choices": QUANTIZE},
-    )  # fmt: skip
-    # Flags that only training uses: accepted (the seed's predict command lines carry them), hidden from --help.
-    cli_hidden: ClassVar[frozenset[str]] = frozenset(
-        "learning_rate weight_decay_rate warmup_batches log_every_n_iter loss_print_every_n_iter "
-        "model_save_every_n_iter model_save_dir save_last_snapshot log_dir optimizer num_accumulation_steps "
-        "max_grad_norm resume eval_every_n_iter stop_check_every_n_iter keep_last_n use_boxing_v2 "
-        "max_predictions_per_seq hidden_dropout_prob attention_probs_dropout_prob".split()
+    use_boxing_v2: bool | None = field(
+        default=None, metadata={"help": "accepted for the seed's command lines; no effect"}
     )
 
-    def __post_init__(self) -> None:
-        self._check_model_flags(default_output_dir=".")
-        self.validate()
-        self.data_dir = self.eval_data_dir = runner.one_of(
-            ("data_dir", "eval_data_dir"), self.data_dir, self.eval_data_dir
-        )
-        if not self.data_dir and not self.predict_file:
-            raise ValueError("give --predict_file (a SQuAD json) or --data_dir (record windows) to predict on")
-        if self.quantize != "none" and self.device == "cuda":
-            raise ValueError("--quantize int8 runs on the CPU only: pass --device cpu")
 
+@dataclass(frozen=True)
+class SquadData(SquadRecords):
+    """squad's training data (a SQuAD json or record windows) besides the records to answer."""
 
-@dataclass
-class SquadConfig(SquadModelConfig):
-    """Fine-tune BERT on SQuAD, then answer and score: the seed's run_squad.py and Google's run_squad.py.
-
-    Training windows come from --train_file (a SQuAD json; windows built and cached) or --train_data_dir /
-    --data_dir (the seed's OFRecord windows, or Google's train.tf_record). --do_predict (or the seed's --do_eval)
-    answers --predict_file / --eval_data_dir after training, writes predictions.json etc. to --output_dir, and
-    prints exact match and F1 when the json holds answers. --iter_num defaults to `train_steps` (Google's count of
-    questions for --num_train_epochs with --train_file, else the seed's count of windows), --warmup_batches to
-    --warmup_proportion of it.
-    """
-
-    do_train: bool | None = field(default=None, metadata={"help": "fine-tune (default: when training data is given)"})
-    do_predict: bool = field(default=False, metadata={"help": "answer --predict_file / --eval_data_dir and score"})
-    do_eval: bool = field(default=False, metadata={"help": "the seed's name for --do_predict"})
     train_file: str | None = field(
         default=None, metadata={"resume": "warned", "help": "SQuAD json to train on (train-v1.1.json)"}
     )
@@ -216,6 +124,32 @@ class SquadConfig(SquadModelConfig):
             "help": "the seed's count of training windows (a note when the data holds another count: all of it is used)"
         },
     )
+    eval_data_part_num: int = field(default=0, metadata={"help": "part-N files read from --eval_data_dir (0: all)"})
+    eval_example_num: int | None = field(
+        default=None,
+        metadata={
+            "help": "the seed's count of evaluation windows (a note when the data holds another count: all of it is used)"
+        },
+    )
+    features_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "cache of windows built from json, by file hash (default: OUTPUT_DIR/cache with --do_predict, else "
+            "LOG_DIR/cache)"
+        },
+    )
+
+
+@dataclass(frozen=True)
+class SquadTask(Section):
+    """squad's own flags: what to do, epochs, Google's global batches, and the seed's names for shared ones."""
+
+    init_checkpoint: str | None = field(
+        default=None, metadata={"help": "Google's name for --model_load_dir: bertkit, HF, Google TF or OneFlow"}
+    )
+    do_train: bool | None = field(default=None, metadata={"help": "fine-tune (default: when training data is given)"})
+    do_predict: bool = field(default=False, metadata={"help": "answer --predict_file / --eval_data_dir and score"})
+    do_eval: bool = field(default=False, metadata={"help": "the seed's name for --do_predict"})
     num_epochs: float | None = field(
         default=None,
         metadata={"resume": "warned", "help": "passes over the training windows: the seed's step count (default 3)"},
@@ -233,87 +167,205 @@ class SquadConfig(SquadModelConfig):
     train_batch_size: int | None = field(
         default=None, metadata={"help": "Google's global batch: sets --batch_size_per_device to it / processes"}
     )
-    eval_data_dir: str | None = field(
-        default=None, metadata={"help": "record windows to answer (input_ids, ..., unique_ids), e.g. the seed's dev"}
-    )
-    eval_data_part_num: int = field(default=0, metadata={"help": "part-N files read from --eval_data_dir (0: all)"})
-    eval_example_num: int | None = field(
-        default=None,
-        metadata={
-            "help": "the seed's count of evaluation windows (a note when the data holds another count: all of it is used)"
-        },
-    )
     eval_batch_size_per_device: int = field(default=64, metadata={"help": "windows per process per prediction batch"})
     predict_batch_size: int | None = field(
         default=None, metadata={"help": "Google's global prediction batch: sets --eval_batch_size_per_device"}
     )
-    features_cache_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "cache of windows built from json, by file hash (default: OUTPUT_DIR/cache with --do_predict, else "
-            "LOG_DIR/cache)"
-        },
-    )
     model: str = field(default="SQuAD", metadata={"help": "the seed's run name, printed in the banner"})
     num_nodes: int | None = field(default=None, metadata={"help": "the seed's later name for --node_num"})
     node_ips: str | None = field(default=None, metadata={"help": "the seed's later name for --node_list"})
-    # Google's run_squad keeps everything in --output_dir, the fine-tuned model included: so do these defaults
-    model_save_dir: str | None = field(
-        default=None, metadata={"help": "directory for snapshots (default: --output_dir)"}
-    )
-    log_dir: str | None = field(default=None, metadata={"help": "metrics.jsonl goes here (default: --output_dir)"})
-    save_last_snapshot: bool = field(
-        default=True, metadata={"help": "keep the fine-tuned model: model_save_dir/last_snapshot at the end"}
-    )
-    # Fine-tuning defaults that differ from pretraining's (Google's README and the seed's run_squad.sh):
-    learning_rate: float = field(default=3e-5, metadata={"help": "peak learning rate"})
-    batch_size_per_device: int = field(default=32, metadata={"help": "windows per process per micro-step"})
-    iter_num: int | None = field(
-        default=None,
-        metadata={
-            "help": "optimizer steps (default: Google's int(questions / train_batch_size x num_train_epochs) with "
-            "--train_file and --num_train_epochs, else the seed's epochs x windows / global batch, rounded up)"
-        },
-    )
-    warmup_batches: int | None = field(
-        default=None, metadata={"help": "linear warmup steps (default: --warmup_proportion x --iter_num)"}
-    )
 
     def __post_init__(self) -> None:
-        self.reconcile_node_names(self.num_nodes, self.node_ips)
-        self.num_nodes, self.node_ips = self.node_num, self.node_list
-        self._check_model_flags(default_output_dir="squad_output")
-        self.model_save_dir = self.model_save_dir or self.output_dir
-        self.log_dir = self.log_dir or self.output_dir
+        if not 0 <= self.warmup_proportion <= 1:
+            raise ValueError(f"--warmup_proportion must be in [0, 1], got {self.warmup_proportion}")
+        positive(self, "num_epochs", "eval_batch_size_per_device")
+
+
+@dataclass(frozen=True)
+class PredictTask(Section):
+    """squad-predict's own flags."""
+
+    init_checkpoint: str | None = field(
+        default=None, metadata={"help": "Google's name for --model_load_dir: bertkit, HF, Google TF or OneFlow"}
+    )
+    quantize: str = field(
+        default="none",
+        metadata={"help": "int8: the Linear layers in dynamic int8 on the CPU (faster, not exact); none: exact",
+                  "choices": QUANTIZE},
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Npy2JsonTask(Section):
+    """npy2json's own flags."""
+
+    all_results_file: str = field(
+        default="all_results.npy", metadata={"help": "logits per window, from squad-predict (or the seed's script)"}
+    )
+    bert_config_file: str | None = field(
+        default=None, metadata={"help": "accepted for the seed's command lines; unused"}
+    )
+    do_train: bool = field(default=False, metadata={"help": "accepted for the seed's command lines; unused"})
+    do_predict: bool = field(default=True, metadata={"help": "accepted for the seed's command lines; unused"})
+
+
+# --- the commands' configs --------------------------------------------------------------------------------------
+
+
+def _checkpoint(values: dict) -> dict:
+    """--init_checkpoint (Google's) and --model_load_dir (the seed's): one value; --init_checkpoint keeps what was
+    typed, so that errors name the flag the user gave (`checkpoint_flag`)."""
+    one = runner.one_of(("model_load_dir", "init_checkpoint"), values["model_load_dir"], values["init_checkpoint"])
+    return values | {"model_load_dir": one}
+
+
+def checkpoint_flag(cfg) -> str:
+    """The name the user gave the checkpoint: --init_checkpoint or --model_load_dir."""
+    return "--init_checkpoint" if cfg.task.init_checkpoint else "--model_load_dir"
+
+
+@dataclass(frozen=True)
+class Npy2JsonConfig(Composed):
+    """Write predictions.json (and nbest_predictions.json, null_odds.json) from all_results.npy: the seed's npy2json.py."""
+
+    tokenizer: TokenizerFlags
+    windows: SquadWindows
+    answers: SquadAnswers
+    task: Npy2JsonTask
+
+    @classmethod
+    def resolve(cls, values: dict) -> dict:
+        if not values["predict_file"]:
+            raise ValueError("--predict_file is required: the SQuAD json the logits were predicted on")
+        return values
+
+
+@dataclass(frozen=True)
+class SquadPredictConfig(Composed):
+    """Answer SQuAD questions with a fine-tuned model: the seed's run_squad_predict.py.
+
+    Windows come from --predict_file (a SQuAD json, windows built here) or from --data_dir (the seed's OFRecord
+    windows, or Google's eval.tf_record). all_results.npy is written to --output_dir (default: the working folder),
+    and predictions.json etc. when a json is given. --iter_num x --batch_size_per_device limits the record windows.
+    """
+
+    tokenizer: TokenizerFlags
+    windows: SquadWindows
+    answers: SquadAnswers
+    data: SquadRecords
+    model: ModelSection
+    task: PredictTask
+    optimizer: OptimizerSection
+    training: TrainingSection
+    run: RunSection
+    dist: DistConfig
+
+    HELP = {"eval_data_dir": "same as --data_dir"}
+    # Flags that only training uses: accepted (the seed's predict command lines carry them), hidden from --help.
+    cli_hidden = frozenset(
+        "learning_rate weight_decay_rate warmup_batches log_every_n_iter loss_print_every_n_iter "
+        "model_save_every_n_iter model_save_dir save_last_snapshot log_dir optimizer num_accumulation_steps "
+        "max_grad_norm resume eval_every_n_iter stop_check_every_n_iter keep_last_n use_boxing_v2 "
+        "max_predictions_per_seq hidden_dropout_prob attention_probs_dropout_prob".split()
+    )
+
+    @classmethod
+    def resolve(cls, values: dict) -> dict:
+        values = _checkpoint(values)
+        values["seq_length"] = values["seq_length"] or values["max_seq_length"]
+        data = runner.one_of(("data_dir", "eval_data_dir"), values["data_dir"], values["eval_data_dir"])
+        values |= {"data_dir": data, "eval_data_dir": data}
+        if not data and not values["predict_file"]:
+            raise ValueError("give --predict_file (a SQuAD json) or --data_dir (record windows) to predict on")
+        if values["quantize"] != "none" and values["device"] == "cuda":
+            raise ValueError("--quantize int8 runs on the CPU only: pass --device cpu")
+        return values
+
+
+@dataclass(frozen=True)
+class SquadConfig(Composed):
+    """Fine-tune BERT on SQuAD, then answer and score: the seed's run_squad.py and Google's run_squad.py.
+
+    Training windows come from --train_file (a SQuAD json; windows built and cached) or --train_data_dir /
+    --data_dir (the seed's OFRecord windows, or Google's train.tf_record). --do_predict (or the seed's --do_eval)
+    answers --predict_file / --eval_data_dir after training, writes predictions.json etc. to --output_dir, and
+    prints exact match and F1 when the json holds answers. --iter_num defaults to `train_steps` (Google's count of
+    questions for --num_train_epochs with --train_file, else the seed's count of windows), --warmup_batches to
+    --warmup_proportion of it.
+    """
+
+    tokenizer: TokenizerFlags
+    windows: SquadWindows
+    answers: SquadAnswers
+    data: SquadData
+    model: ModelSection
+    task: SquadTask
+    optimizer: OptimizerSection
+    training: TrainingSection
+    run: RunSection
+    dist: DistConfig
+
+    # Fine-tuning defaults that differ from pretraining's (Google's README and the seed's run_squad.sh); Google's
+    # run_squad keeps everything in --output_dir, the fine-tuned model included: so do these defaults.
+    DEFAULTS = {"output_dir": "squad_output", "model_save_dir": None, "log_dir": None, "save_last_snapshot": True,
+                "learning_rate": 3e-5, "batch_size_per_device": 32, "iter_num": None, "warmup_batches": None}  # fmt: skip
+    HELP = {
+        "model_save_dir": "directory for snapshots (default: --output_dir)",
+        "log_dir": "metrics.jsonl goes here (default: --output_dir)",
+        "save_last_snapshot": "keep the fine-tuned model: model_save_dir/last_snapshot at the end",
+        "batch_size_per_device": "windows per process per micro-step",
+        "iter_num": "optimizer steps (default: Google's int(questions / train_batch_size x num_train_epochs) with "
+        "--train_file and --num_train_epochs, else the seed's epochs x windows / global batch, rounded up)",
+        "warmup_batches": "linear warmup steps (default: --warmup_proportion x --iter_num)",
+    }
+
+    @classmethod
+    def resolve(cls, v: dict) -> dict:
+        v = _checkpoint(runner.node_names(v))
+        v["seq_length"] = v["seq_length"] or v["max_seq_length"]
+        v["model_save_dir"] = v["model_save_dir"] or v["output_dir"]
+        v["log_dir"] = v["log_dir"] or v["output_dir"]
         # num_train_epochs stays as given: it selects Google's step count (train_steps)
-        self.num_epochs = runner.one_of(("num_epochs", "num_train_epochs"), self.num_epochs, self.num_train_epochs, 3.0)
-        if self.data_dir:  # the tutorial's run_squad.py: --data_dir holds the training windows
-            self.train_data_dir = runner.one_of(("data_dir", "train_data_dir"), self.data_dir, self.train_data_dir)
-            self.train_data_part_num = self.train_data_part_num or self.data_part_num
-        processes = self.gpu_num_per_node * self.node_num
+        v["num_epochs"] = runner.one_of(("num_epochs", "num_train_epochs"), v["num_epochs"], v["num_train_epochs"], 3.0)
+        if v["data_dir"]:  # the tutorial's run_squad.py: --data_dir holds the training windows
+            v["train_data_dir"] = runner.one_of(("data_dir", "train_data_dir"), v["data_dir"], v["train_data_dir"])
+            v["train_data_part_num"] = v["train_data_part_num"] or v["data_part_num"]
+        processes = v["gpu_num_per_node"] * v["node_num"]
         for google, ours in (("train_batch_size", "batch_size_per_device"),
                              ("predict_batch_size", "eval_batch_size_per_device")):  # fmt: skip
-            total = getattr(self, google)
+            total = v[google]
             if total is not None:
                 if total <= 0 or total % processes:
                     raise ValueError(f"--{google} {total} must be a positive multiple of the {processes} processes")
-                setattr(self, ours, total // processes)
-        self.do_predict = self.do_eval = self.do_predict or self.do_eval
-        if self.do_train is None:
-            self.do_train = bool(self.train_file or self.train_data_dir)
-        if self.do_train and bool(self.train_file) == bool(self.train_data_dir):
+                v[ours] = total // processes
+        v["do_predict"] = v["do_eval"] = v["do_predict"] or v["do_eval"]
+        if v["do_train"] is None:
+            v["do_train"] = bool(v["train_file"] or v["train_data_dir"])
+        if v["do_train"] and bool(v["train_file"]) == bool(v["train_data_dir"]):
             raise ValueError("--do_train needs one of --train_file (SQuAD json) or --train_data_dir (record windows)")
-        if self.do_predict and not (self.predict_file or self.eval_data_dir):
+        if v["do_predict"] and not (v["predict_file"] or v["eval_data_dir"]):
             raise ValueError("--do_predict needs --predict_file (SQuAD json) or --eval_data_dir (record windows)")
-        if not (self.do_train or self.do_predict):
+        if not (v["do_train"] or v["do_predict"]):
             raise ValueError(
                 "nothing to do: pass --do_train with --train_file, and/or --do_predict with --predict_file"
             )
-        if not 0 <= self.warmup_proportion <= 1:
-            raise ValueError(f"--warmup_proportion must be in [0, 1], got {self.warmup_proportion}")
-        if self.num_epochs <= 0 or self.eval_batch_size_per_device <= 0:
-            raise ValueError("--num_epochs and --eval_batch_size_per_device must be positive")
-        self.validate_before_derived()
+        return v
+
+
+def make_tokenizer(
+    cfg,
+    checkpoint: str | None = None,
+    vocab_size: int | None = None,
+    say: Callable[[str], None] = print,
+    data: tuple = (),
+) -> tuple[WordPieceTokenizer, Tokenization]:
+    """Google's SQuAD tokenizer with what the one policy chooses (`cfg.tokenizer.choose`: data/vocab.py) for the
+    model at `checkpoint` and the record `data` ((flag, path) pairs), the decision printed with `say`."""
+    choice = cfg.tokenizer.choose(checkpoint, vocab_size, data)
+    say(choice.line())
+    if choice.note:
+        say(choice.note)
+    return squad_tokenizer(choice.vocab_file, choice.do_lower_case), choice
 
 
 def train_steps(cfg: SquadConfig, windows: int, questions: int | None, global_batch: int) -> tuple[int, str]:
@@ -324,20 +376,23 @@ def train_steps(cfg: SquadConfig, windows: int, questions: int | None, global_ba
     ceil(num_epochs * windows / global batch), used for --num_epochs, neither flag, or record windows (whose
     questions are not known). At least 1 step either way.
     """
-    if cfg.num_train_epochs is not None and questions is not None:
-        steps = int(questions / global_batch * cfg.num_train_epochs)  # Google's expression, in Google's order
-        rule = f"int({questions} questions / batch {global_batch} x {cfg.num_train_epochs:g} epochs): Google's count"
+    epochs, google_epochs = cfg.task.num_epochs, cfg.task.num_train_epochs
+    if google_epochs is not None and questions is not None:
+        steps = int(questions / global_batch * google_epochs)  # Google's expression, in Google's order
+        rule = f"int({questions} questions / batch {global_batch} x {google_epochs:g} epochs): Google's count"
     else:
-        steps = math.ceil(cfg.num_epochs * windows / global_batch)
-        rule = f"ceil({cfg.num_epochs:g} epochs x {windows} windows / batch {global_batch}): the seed's count"
+        steps = math.ceil(epochs * windows / global_batch)
+        rule = f"ceil({epochs:g} epochs x {windows} windows / batch {global_batch}): the seed's count"
     return max(1, steps), rule
 
 
-def model_checkpoint(cfg: SquadModelConfig) -> str | None:
+def model_checkpoint(cfg: SquadConfig | SquadPredictConfig) -> str | None:
     """The checkpoint whose vocabulary and casing count: the snapshot resumed, else --model_load_dir."""
-    return cfg.resume if cfg.resume and cfg.resume != "latest" else cfg.model_load_dir or cfg.init_checkpoint
+    resume = cfg.run.resume
+    return resume if resume and resume != "latest" else cfg.model.model_load_dir
 
 
-def record_data(cfg: SquadModelConfig) -> tuple[tuple[str, str | None], ...]:
+def record_data(cfg: SquadConfig | SquadPredictConfig) -> tuple[tuple[str, str | None], ...]:
     """(flag, path) of the record windows read, whose recorded vocabulary must be the model's."""
-    return tuple((f"--{name}", getattr(cfg, name, None)) for name in ("train_data_dir", "eval_data_dir", "data_dir"))
+    names = ("train_data_dir", "eval_data_dir", "data_dir")
+    return tuple((f"--{name}", getattr(cfg.data, name, None)) for name in names)

@@ -11,7 +11,6 @@ write_predictions, the all_results.npy format) in `squad_predict`.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import warnings
@@ -36,9 +35,10 @@ from bertkit.runtime.precision import quantize
 from bertkit.tasks.squad.config import (
     Npy2JsonConfig,
     SquadConfig,
-    SquadFlags,
-    SquadModelConfig,
     SquadPredictConfig,
+    SquadWindows,
+    checkpoint_flag,
+    make_tokenizer,
     model_checkpoint,
     record_data,
     train_steps,
@@ -57,6 +57,9 @@ from bertkit.train import runner
 from bertkit.train.build import build_model, model_config
 from bertkit.train.loop import Task, fit
 from bertkit.train.metrics import log_final_eval
+
+ModelConfigs = SquadConfig | SquadPredictConfig  # the commands that run a model
+AnyConfig = SquadConfig | SquadPredictConfig | Npy2JsonConfig  # their sections tokenizer, windows, answers
 
 # --- training: Google's loss and shuffled batches of windows -------------------------------------------------
 
@@ -104,12 +107,12 @@ class SquadLoader(ArrayLoader):
 # --- running: model, windows, answers ------------------------------------------------------------------------
 
 
-def check_lengths(cfg: SquadModelConfig, bert_cfg: BertConfig) -> None:
+def check_lengths(cfg: ModelConfigs, bert_cfg: BertConfig) -> None:
     """Windows no longer than the model takes: --max_seq_length for json, --seq_length for record windows."""
-    uses_json = cfg.predict_file or getattr(cfg, "train_file", None)
-    uses_records = cfg.data_dir or cfg.eval_data_dir or getattr(cfg, "train_data_dir", None)
-    for flag, length, used in (("max_seq_length", cfg.max_seq_length, uses_json),
-                               ("seq_length", cfg.seq_length, uses_records)):  # fmt: skip
+    uses_json = cfg.answers.predict_file or getattr(cfg.data, "train_file", None)
+    uses_records = cfg.data.data_dir or cfg.data.eval_data_dir or getattr(cfg.data, "train_data_dir", None)
+    for flag, length, used in (("max_seq_length", cfg.windows.max_seq_length, uses_json),
+                               ("seq_length", cfg.data.seq_length, uses_records)):  # fmt: skip
         if used and length > bert_cfg.max_position_embeddings:
             raise ValueError(f"--{flag} {length} exceeds the model's max_position_embeddings "
                              f"{bert_cfg.max_position_embeddings}")  # fmt: skip
@@ -118,42 +121,50 @@ def check_lengths(cfg: SquadModelConfig, bert_cfg: BertConfig) -> None:
 WINDOWS_VERSION = 2  # bump when convert_examples_to_features changes what it makes (2: answers in leading whitespace)
 
 
-def _cache_key(path: str | Path, tokenizer: WordPieceTokenizer, cfg: SquadFlags, training: bool) -> str:
+def _cache_key(path: str | Path, tokenizer: WordPieceTokenizer, w: SquadWindows, training: bool, v2: bool) -> str:
     h = hashlib.sha256(Path(path).read_bytes())
     h.update("\n".join(tokenizer.inv_vocab).encode())
-    params = [WINDOWS_VERSION, tokenizer.do_lower_case, tokenizer.max_input_chars_per_word, cfg.max_seq_length,
-              cfg.doc_stride, cfg.max_query_length, training, cfg.version_2_with_negative]  # fmt: skip
+    params = [WINDOWS_VERSION, tokenizer.do_lower_case, tokenizer.max_input_chars_per_word, w.max_seq_length,
+              w.doc_stride, w.max_query_length, training, v2]  # fmt: skip
     h.update(json.dumps(params).encode())
     return h.hexdigest()[:20]
 
 
 def json_windows(
     path: str | Path,
-    cfg: SquadFlags,
+    windows: SquadWindows,
     tokenizer: WordPieceTokenizer,
     training: bool,
     cache_dir: str | Path | None = None,
     env: dist.DistEnv | None = None,
+    version_2_with_negative: bool = False,
 ) -> tuple[list[SquadExample], SquadFeatures, list[str]]:
-    """(examples, their windows, notes on skipped training questions) of a SQuAD json.
+    """(examples, their windows, notes on skipped training questions) of a SQuAD json, cut into `windows`.
 
     With `cache_dir`, the windows are kept in `squad-windows-<hash of file, vocabulary and flags>.npz` there: rank 0
     builds and writes it, every rank reads it.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        examples, _ = read_squad_examples(path, training, cfg.version_2_with_negative)
+        examples, _ = read_squad_examples(path, training, version_2_with_negative)
     notes = [str(w.message) for w in caught]
 
     def build() -> SquadFeatures:
         return convert_examples_to_features(
-            examples, tokenizer, cfg.max_seq_length, cfg.doc_stride, cfg.max_query_length, training
+            examples,
+            tokenizer,
+            windows.max_seq_length,
+            windows.doc_stride,
+            windows.max_query_length,
+            training,
         )
 
     if cache_dir is None:
         return examples, build(), notes
     env = env or dist.DistEnv()
-    cache = Path(cache_dir) / f"squad-windows-{_cache_key(path, tokenizer, cfg, training)}.npz"
+    cache = (
+        Path(cache_dir) / f"squad-windows-{_cache_key(path, tokenizer, windows, training, version_2_with_negative)}.npz"
+    )
     if env.is_main and not cache.is_file():
         cache.parent.mkdir(parents=True, exist_ok=True)
         build().save(cache)
@@ -180,18 +191,24 @@ class EvalSet:
 
 
 def eval_set(
-    cfg: SquadModelConfig, tokenizer: WordPieceTokenizer, data_dir: str | None, part_num: int | None,
+    cfg: ModelConfigs, tokenizer: WordPieceTokenizer, data_dir: str | None, part_num: int | None,
     limit: int | None, say: Callable[[str], None], progress: bool,
 ) -> EvalSet:  # fmt: skip
     """Windows from record files (the first `limit`, each unique_id once) or built from --predict_file."""
     examples = features = dataset = None
-    if cfg.predict_file:
-        examples, features, _ = json_windows(cfg.predict_file, cfg, tokenizer, training=False)
-        dataset = load_squad(cfg.predict_file)
+    if cfg.answers.predict_file:
+        examples, features, _ = json_windows(
+            cfg.answers.predict_file,
+            cfg.windows,
+            tokenizer,
+            False,
+            version_2_with_negative=cfg.answers.version_2_with_negative,
+        )
+        dataset = load_squad(cfg.answers.predict_file)
     if not data_dir:
         return EvalSet(features.input_ids, features.input_mask, features.segment_ids, features.unique_id,
                        examples, features, dataset)  # fmt: skip
-    a = record_windows(data_dir, part_num, cfg.seq_length, training=False, progress=progress)
+    a = record_windows(data_dir, part_num, cfg.data.seq_length, training=False, progress=progress)
     ids = a["unique_ids"].reshape(-1).astype(np.int64)
     if limit is not None and limit < len(ids):
         say(f"predicting the first {limit} of {len(ids)} windows (--iter_num x batch size)")
@@ -199,11 +216,11 @@ def eval_set(
     keep = np.sort(np.unique(ids, return_index=True)[1])  # the seed's reader cycles: each window once
     if features is not None:
         common, mine, theirs = np.intersect1d(ids[keep], features.unique_id, return_indices=True)
-        T = min(cfg.seq_length, cfg.max_seq_length)
+        T = min(cfg.data.seq_length, cfg.windows.max_seq_length)
         differ = (a["input_ids"][keep][mine, :T] != features.input_ids[theirs, :T]).any(1).sum()
         if differ:
             say(f"warning: {differ} of {len(common)} windows in {data_dir} differ from those built from "
-                f"{cfg.predict_file}: were they made with other flags or another vocabulary?")  # fmt: skip
+                f"{cfg.answers.predict_file}: were they made with other flags or another vocabulary?")  # fmt: skip
     return EvalSet(a["input_ids"][keep], a["input_mask"][keep], a["segment_ids"][keep], ids[keep],
                    examples, features, dataset)  # fmt: skip
 
@@ -220,25 +237,25 @@ def score(dataset: dict, preds: SquadPredictions) -> dict | None:
 
 
 def answer(
-    model: nn.Module, es: EvalSet, cfg: SquadModelConfig, tokenizer: WordPieceTokenizer, env: dist.DistEnv,
+    model: nn.Module, es: EvalSet, cfg: ModelConfigs, tokenizer: WordPieceTokenizer, env: dist.DistEnv,
     batch_size: int, write: bool, say: Callable[[str], None],
 ) -> dict | None:  # fmt: skip
     """Run the model on the windows; on rank 0 write all_results.npy and (with a json) the prediction files, and
     return the metrics when the json holds answers."""
-    start, end = predict_logits(model, es.input_ids, es.input_mask, es.segment_ids, batch_size, env, cfg.precision,
+    start, end = predict_logits(model, es.input_ids, es.input_mask, es.segment_ids, batch_size, env, cfg.training.precision,
                                 progress=env.is_main and write)  # fmt: skip
     if not env.is_main:
         return None
     results = RawResults(es.unique_id, start, end)
-    out = Path(cfg.output_dir)
+    out = Path(cfg.answers.output_dir)
     if write:
         out.mkdir(parents=True, exist_ok=True)
         results.save(out / "all_results.npy")
         say(f"{len(es.unique_id)} results saved to {out / 'all_results.npy'}")
     if es.examples is None:
         return None
-    preds = predict_answers(es.examples, es.features, results, tokenizer, cfg.n_best_size, cfg.max_answer_length,
-                            cfg.version_2_with_negative, cfg.null_score_diff_threshold, cfg.verbose_logging)  # fmt: skip
+    preds = predict_answers(es.examples, es.features, results, tokenizer, cfg.answers.n_best_size, cfg.answers.max_answer_length,
+                            cfg.answers.version_2_with_negative, cfg.answers.null_score_diff_threshold, cfg.answers.verbose_logging)  # fmt: skip
     if write:
         say(f"wrote {', '.join(str(p) for p in preds.write(out))}")
     metrics = score(es.dataset, preds)
@@ -252,11 +269,11 @@ def check_outputs(paths: list[Path], overwrite: bool) -> None:
     refuse_existing(paths, "--overwrite_output_dir", overwrite=overwrite)
 
 
-def prediction_outputs(cfg: SquadFlags, with_json: bool, with_npy: bool = True) -> list[Path]:
+def prediction_outputs(cfg: AnyConfig, with_json: bool, with_npy: bool = True) -> list[Path]:
     names = ["all_results.npy"] if with_npy else []
     if with_json:
-        names += list(PREDICTION_FILES[: 3 if cfg.version_2_with_negative else 2])
-    return [Path(cfg.output_dir) / name for name in names]
+        names += list(PREDICTION_FILES[: 3 if cfg.answers.version_2_with_negative else 2])
+    return [Path(cfg.answers.output_dir) / name for name in names]
 
 
 def _printer(env: dist.DistEnv) -> Callable[[str], None]:
@@ -269,24 +286,31 @@ def _printer(env: dist.DistEnv) -> Callable[[str], None]:
 def run_npy2json(cfg: Npy2JsonConfig) -> SquadPredictions:
     """all_results.npy + the SQuAD json it was predicted on -> predictions.json, nbest_predictions.json (+ v2.0
     null_odds.json) in --output_dir; prints exact match and F1 when the json holds answers."""
-    check_outputs(prediction_outputs(cfg, with_json=True, with_npy=False), cfg.overwrite_output_dir)
-    tokenizer, _ = cfg.tokenizer()
-    results = RawResults.load(cfg.all_results_file)
-    examples, features, _ = json_windows(cfg.predict_file, cfg, tokenizer, training=False)
-    preds = predict_answers(examples, features, results, tokenizer, cfg.n_best_size, cfg.max_answer_length,
-                            cfg.version_2_with_negative, cfg.null_score_diff_threshold, cfg.verbose_logging)  # fmt: skip
-    print(f"wrote {', '.join(str(p) for p in preds.write(cfg.output_dir))}")
-    metrics = score(load_squad(cfg.predict_file), preds)
+    check_outputs(prediction_outputs(cfg, with_json=True, with_npy=False), cfg.answers.overwrite_output_dir)
+    tokenizer, _ = make_tokenizer(cfg)
+    results = RawResults.load(cfg.task.all_results_file)
+    examples, features, _ = json_windows(
+        cfg.answers.predict_file,
+        cfg.windows,
+        tokenizer,
+        False,
+        version_2_with_negative=cfg.answers.version_2_with_negative,
+    )
+    preds = predict_answers(examples, features, results, tokenizer, cfg.answers.n_best_size, cfg.answers.max_answer_length,
+                            cfg.answers.version_2_with_negative, cfg.answers.null_score_diff_threshold, cfg.answers.verbose_logging)  # fmt: skip
+    print(f"wrote {', '.join(str(p) for p in preds.write(cfg.answers.output_dir))}")
+    metrics = score(load_squad(cfg.answers.predict_file), preds)
     if metrics is not None:
         print(json.dumps(metrics))
     return preds
 
 
-def check_predict(cfg: SquadPredictConfig) -> None:
+def check_predict(cfg: SquadPredictConfig) -> SquadPredictConfig:
     """Every user error before any worker starts: inputs there, outputs not about to be replaced."""
     check_inputs(cfg)
     check_tokenizer(cfg)
-    check_outputs(prediction_outputs(cfg, with_json=bool(cfg.predict_file)), cfg.overwrite_output_dir)
+    check_outputs(prediction_outputs(cfg, with_json=bool(cfg.answers.predict_file)), cfg.answers.overwrite_output_dir)
+    return cfg
 
 
 def run_predict(cfg: SquadPredictConfig) -> dict | None:
@@ -297,49 +321,54 @@ def _run_predict(cfg: SquadPredictConfig, env: dist.DistEnv) -> dict | None:
     say = _printer(env)
     say(runner.banner(cfg))
     model, bert_cfg, _ = build_model(cfg, BertForQuestionAnswering, env, say)
-    model = quantize(model, cfg.quantize)
-    tokenizer, _ = cfg.tokenizer(model_checkpoint(cfg), bert_cfg.vocab_size, say, record_data(cfg))
-    limit = cfg.iter_num * cfg.batch_size_per_device * env.world_size
-    es = eval_set(cfg, tokenizer, cfg.data_dir, cfg.data_part_num, limit, say, env.is_main)
-    return answer(model, es, cfg, tokenizer, env, cfg.batch_size_per_device, write=True, say=say)
+    model = quantize(model, cfg.task.quantize)
+    tokenizer, _ = make_tokenizer(cfg, model_checkpoint(cfg), bert_cfg.vocab_size, say, record_data(cfg))
+    limit = cfg.training.iter_num * cfg.training.batch_size_per_device * env.world_size
+    es = eval_set(cfg, tokenizer, cfg.data.data_dir, cfg.data.data_part_num, limit, say, env.is_main)
+    return answer(model, es, cfg, tokenizer, env, cfg.training.batch_size_per_device, write=True, say=say)
 
 
-def check_inputs(cfg: SquadModelConfig) -> None:
+def check_inputs(cfg: ModelConfigs) -> None:
     """The files the flags name exist (json, records, checkpoint, config), before any worker starts."""
+    flags = cfg.flat()
     for flag in ("train_file", "predict_file", "model_load_dir", "bert_config_file", "vocab_file", "resume"):
-        value = getattr(cfg, flag, None)
+        value = flags.get(flag)
         if value and value != "latest" and not Path(value).exists():
-            name = cfg.checkpoint_flag if flag == "model_load_dir" else f"--{flag}"
+            name = checkpoint_flag(cfg) if flag == "model_load_dir" else f"--{flag}"
             raise ValueError(f"{name} {value}: no such file or directory")
-    typed = "--data_dir" if cfg.data_dir else None  # the tutorial's name, set alongside the longer ones
+    typed = "--data_dir" if cfg.data.data_dir else None  # the tutorial's name, set alongside the longer ones
     for flag in ("train_data_dir", "eval_data_dir"):
-        if getattr(cfg, flag, None):
-            name = typed if getattr(cfg, flag) == cfg.data_dir else f"--{flag}"
-            resolve_inputs(getattr(cfg, flag), data_part_num=0, flag=name)
+        if flags.get(flag):
+            name = typed if flags[flag] == cfg.data.data_dir else f"--{flag}"
+            resolve_inputs(flags[flag], data_part_num=0, flag=name)
 
 
-def check_tokenizer(cfg: SquadModelConfig) -> None:
+def check_tokenizer(cfg: ModelConfigs) -> None:
     """The vocabulary and casing against the model's and the data's, before any work (data/vocab.py); after
     `--resume latest` is resolved."""
     model_cfg = model_config(cfg)
     check_lengths(cfg, model_cfg)
-    cfg.tokenizer_setup(model_checkpoint(cfg), model_cfg.vocab_size, record_data(cfg))
+    cfg.tokenizer.choose(model_checkpoint(cfg), model_cfg.vocab_size, record_data(cfg))
 
 
-def check(cfg: SquadConfig) -> None:
-    """Every user error before any worker starts; nothing of the user's is replaced unless asked."""
+def check(cfg: SquadConfig) -> SquadConfig:
+    """Every user error before any worker starts; nothing of the user's is replaced unless asked. Returns the config
+    the workers get (its snapshots moved beside another task's, --resume latest resolved)."""
     check_inputs(cfg)
-    outputs = prediction_outputs(cfg, with_json=bool(cfg.predict_file)) if cfg.do_predict else []
-    if cfg.do_train and not cfg.resume and not cfg.overwrite_output_dir:
-        runner.beside_other_tasks(cfg, "squad")  # the tutorial's run into its pretraining folder keeps what is there
-    save_dir = Path(cfg.model_save_dir)
-    if cfg.do_train and not cfg.resume:
+    outputs = prediction_outputs(cfg, with_json=bool(cfg.answers.predict_file)) if cfg.task.do_predict else []
+    if cfg.task.do_train and not cfg.run.resume and not cfg.answers.overwrite_output_dir:
+        cfg = runner.beside_other_tasks(
+            cfg, "squad"
+        )  # the tutorial's run into its pretraining folder keeps what is there
+    save_dir = Path(cfg.run.model_save_dir)
+    if cfg.task.do_train and not cfg.run.resume:
         outputs += existing_snapshots(save_dir)
-    check_outputs(outputs, cfg.overwrite_output_dir)
-    if cfg.do_train:
-        check_writable(cfg.model_save_dir)
-        runner.check_resume(cfg)
+    check_outputs(outputs, cfg.answers.overwrite_output_dir)
+    if cfg.task.do_train:
+        check_writable(cfg.run.model_save_dir)
+        cfg = runner.check_resume(cfg)
     check_tokenizer(cfg)
+    return cfg
 
 
 def run(cfg: SquadConfig) -> dict | None:
@@ -350,54 +379,62 @@ def _run(cfg: SquadConfig, env: dist.DistEnv) -> dict:
     say = _printer(env)
     say(runner.banner(cfg))
     model, bert_cfg, resume_state = build_model(cfg, BertForQuestionAnswering, env, say)
-    tokenizer, choice = cfg.tokenizer(model_checkpoint(cfg), bert_cfg.vocab_size, say, record_data(cfg))
+    tokenizer, choice = make_tokenizer(cfg, model_checkpoint(cfg), bert_cfg.vocab_size, say, record_data(cfg))
     notes, summary, metrics = [], None, None
     es = None
-    if cfg.do_predict:  # built first, so that a bad eval file fails before training, not after
-        es = eval_set(cfg, tokenizer, cfg.eval_data_dir, cfg.eval_data_part_num, None, say, env.is_main)
-        if cfg.eval_example_num is not None and cfg.eval_example_num != len(es.unique_id):
-            say(f"note: --eval_example_num is {cfg.eval_example_num}; the data holds {len(es.unique_id)} windows")
-    if cfg.do_train:
-        if cfg.train_file:
+    if cfg.task.do_predict:  # built first, so that a bad eval file fails before training, not after
+        es = eval_set(cfg, tokenizer, cfg.data.eval_data_dir, cfg.data.eval_data_part_num, None, say, env.is_main)
+        if cfg.data.eval_example_num is not None and cfg.data.eval_example_num != len(es.unique_id):
+            say(f"note: --eval_example_num is {cfg.data.eval_example_num}; the data holds {len(es.unique_id)} windows")
+    if cfg.task.do_train:
+        if cfg.data.train_file:
             # in a folder this run writes anyway: no squad_output/ left behind by a run that predicts nothing
-            cache = cfg.features_cache_dir or Path(cfg.output_dir if cfg.do_predict else cfg.log_dir) / "cache"
-            examples, feats, notes = json_windows(cfg.train_file, cfg, tokenizer, True, cache, env)
+            cache = (
+                cfg.data.features_cache_dir
+                or Path(cfg.answers.output_dir if cfg.task.do_predict else cfg.run.log_dir) / "cache"
+            )
+            examples, feats, notes = json_windows(
+                cfg.data.train_file, cfg.windows, tokenizer, True, cache, env, cfg.answers.version_2_with_negative
+            )
             arrays = {"input_ids": feats.input_ids, "input_mask": feats.input_mask, "segment_ids": feats.segment_ids,
                       "start_positions": feats.start_position, "end_positions": feats.end_position}  # fmt: skip
-            say(f"{len(feats)} training windows from {len(examples)} questions of {cfg.train_file}")
+            say(f"{len(feats)} training windows from {len(examples)} questions of {cfg.data.train_file}")
             questions = len(examples)
             del examples, feats
         else:
-            arrays = record_windows(cfg.train_data_dir, cfg.train_data_part_num, cfg.seq_length, True, env.is_main)
+            arrays = record_windows(
+                cfg.data.train_data_dir, cfg.data.train_data_part_num, cfg.data.seq_length, True, env.is_main
+            )
             questions = None
         n = len(arrays["input_ids"])
-        if cfg.train_example_num is not None and cfg.train_example_num != n:
-            say(f"note: --train_example_num is {cfg.train_example_num}; the data holds {n} windows, all used")
-        global_batch = cfg.batch_size_per_device * env.world_size * cfg.num_accumulation_steps
-        rule = "--iter_num"
-        if cfg.iter_num is None:
-            cfg.iter_num, rule = train_steps(cfg, n, questions, global_batch)
-        if cfg.warmup_batches is None:
-            cfg.warmup_batches = int(cfg.iter_num * cfg.warmup_proportion)
-        cfg.validate()
-        say(f"training: {n} windows, global batch {global_batch}, iter_num {cfg.iter_num} ({rule}), "
-            f"warmup_batches {cfg.warmup_batches}")  # fmt: skip
-        loader = SquadLoader(arrays, cfg.batch_size_per_device, rank=env.rank, world_size=env.world_size,
-                             seed=cfg.seed, limits=id_limits(bert_cfg.vocab_size, bert_cfg.type_vocab_size))  # fmt: skip
+        if cfg.data.train_example_num is not None and cfg.data.train_example_num != n:
+            say(f"note: --train_example_num is {cfg.data.train_example_num}; the data holds {n} windows, all used")
+        global_batch = cfg.training.batch_size_per_device * env.world_size * cfg.training.num_accumulation_steps
+        rule, steps = "--iter_num", cfg.training.iter_num
+        if steps is None:
+            steps, rule = train_steps(cfg, n, questions, global_batch)
+        warmup = cfg.optimizer.warmup_batches
+        cfg = cfg.replace(
+            iter_num=steps, warmup_batches=int(steps * cfg.task.warmup_proportion) if warmup is None else warmup
+        )  # counted from the data: a new config, for the loop and the snapshots
+        say(f"training: {n} windows, global batch {global_batch}, iter_num {cfg.training.iter_num} ({rule}), "
+            f"warmup_batches {cfg.optimizer.warmup_batches}")  # fmt: skip
+        loader = SquadLoader(arrays, cfg.training.batch_size_per_device, rank=env.rank, world_size=env.world_size,
+                             seed=cfg.training.seed, limits=id_limits(bert_cfg.vocab_size, bert_cfg.type_vocab_size))  # fmt: skip
 
         def eval_fn(m: nn.Module) -> dict[str, float]:
-            return answer(m, es, cfg, tokenizer, env, cfg.eval_batch_size_per_device, write=False, say=say) or {}
+            return answer(m, es, cfg, tokenizer, env, cfg.task.eval_batch_size_per_device, write=False, say=say) or {}
 
         extras = {"vocab_file": choice.path, "do_lower_case": choice.do_lower_case,
-                  "run_config": dataclasses.asdict(cfg)}  # fmt: skip
+                  "run_config": cfg.flat()}  # fmt: skip
         task = Task(squad_loss, loader, evaluate=eval_fn if es else None, snapshot_extras=extras)
         summary = fit(model, bert_cfg, task, cfg, env, resume_state, say)
-        if not cfg.save_last_snapshot and summary["step"] % cfg.model_save_every_n_iter:
+        if not cfg.run.save_last_snapshot and summary["step"] % cfg.run.model_save_every_n_iter:
             say("note: the fine-tuned model is not kept (--save_last_snapshot False)")
     if es is not None:
-        metrics = answer(model, es, cfg, tokenizer, env, cfg.eval_batch_size_per_device, write=True, say=say)
+        metrics = answer(model, es, cfg, tokenizer, env, cfg.task.eval_batch_size_per_device, write=True, say=say)
         if metrics is not None and summary is not None:  # trained in this run: its log ends with this evaluation
-            log_final_eval(cfg.log_dir, summary["step"], metrics)
+            log_final_eval(cfg.run.log_dir, summary["step"], metrics)
     for note in notes:  # training questions Google's reader skips: their answer is not at answer_start
         say(f"note: {note}")
     return {"train": summary, "eval": metrics}
