@@ -217,10 +217,10 @@ def run_hf(args: argparse.Namespace, model_dir: Path, predict_file: Path, name: 
     from transformers import BertForQuestionAnswering
 
     from bertkit.runtime import dist
-    from bertkit.tasks.squad.config import SquadWindows
     from bertkit.tasks.squad.data import load_squad, squad_tokenizer
     from bertkit.tasks.squad.evaluate import evaluate_v1
     from bertkit.tasks.squad.predict import RawResults, predict_answers, predict_logits
+    from bertkit.tasks.squad.records import SquadWindows
     from bertkit.tasks.squad.task import SquadLoader, json_windows
 
     seed = args.seed  # bertkit's --seed: the same data order

@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     from bertkit.checkpoint import formats as checkpoint
     from bertkit.model.bert import BertForQuestionAnswering
     from bertkit.runtime import dist
-    from bertkit.tasks.squad.config import SquadWindows
     from bertkit.tasks.squad.data import load_squad, squad_tokenizer
     from bertkit.tasks.squad.evaluate import evaluate_v1
     from bertkit.tasks.squad.predict import RawResults, predict_answers, predict_logits
+    from bertkit.tasks.squad.records import SquadWindows
     from bertkit.tasks.squad.task import SquadLoader, json_windows, squad_loss
     from bertkit.train.config import TrainConfig
     from bertkit.train.loop import Task, fit

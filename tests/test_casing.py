@@ -107,12 +107,13 @@ def test_squad_squad_predict_and_npy2json(files, tmp_path, capsys):
 def test_ask_and_serve(files, capsys):
     decided_and_refused(capsys, ["ask", "--model", files["model"], "--question", "Who sat ?", "--context",
                                  files["context"], "--device", "cpu", "--max_query_length", "8"], "err", ())  # fmt: skip
+    from bertkit.serve.ask import load_qa
     from bertkit.serve.http import ServeConfig
 
     flags = {"model": str(files["model"]), "device": "cpu", "max_query_length": 8}
-    assert ServeConfig(**flags).load().tokenizer.do_lower_case is False
+    assert load_qa(ServeConfig.from_flags(**flags)).tokenizer.do_lower_case is False
     with pytest.raises(ValueError, match=REFUSED):
-        ServeConfig(**flags, do_lower_case=True).load()
+        load_qa(ServeConfig.from_flags(**flags, do_lower_case=True))
 
 
 def test_create_data_and_pretrain(files, tmp_path, capsys):

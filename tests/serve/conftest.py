@@ -37,7 +37,7 @@ def make_client(tiny_qa_dir):
     from bertkit.serve.http import ServeConfig, create_app
 
     def make(engine, kind: str = "qa", **flags):
-        cfg = ServeConfig(model=str(tiny_qa_dir), **{"batch_wait_ms": 1, **flags})
+        cfg = ServeConfig.from_flags(model=str(tiny_qa_dir), **{"batch_wait_ms": 1, **flags})
         return TestClient(create_app(engine, cfg, kind))
 
     return make

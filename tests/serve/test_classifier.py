@@ -87,7 +87,7 @@ def test_serve_finds_the_classifier_and_predicts_the_same(fine_tuned, make_clien
     from bertkit.serve.http import ServeConfig, load_engine
 
     d = fine_tuned
-    engine, kind = load_engine(ServeConfig(model=str(d / "out" / "last_snapshot"), device="cpu"))
+    engine, kind = load_engine(ServeConfig.from_flags(model=str(d / "out" / "last_snapshot"), device="cpu"))
     assert kind == "classify"
     pairs = [line.split("\t")[1:3] for line in (d / "test.tsv").read_text().splitlines()[1:]]
     direct = engine([{"text": a, "text_pair": b} for a, b in pairs])

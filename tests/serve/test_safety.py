@@ -121,9 +121,9 @@ def test_the_api_key_guards_every_route_but_health(make_client, tiny_qa):
 
 def test_the_key_comes_from_the_environment_too(monkeypatch, tiny_qa_dir):
     monkeypatch.setenv("BERTKIT_API_KEY", KEY)
-    assert ServeConfig(model=str(tiny_qa_dir)).api_key == KEY
+    assert ServeConfig.from_flags(model=str(tiny_qa_dir)).server.api_key == KEY
     with pytest.raises(ValueError, match="--api_key"):
-        ServeConfig(model=str(tiny_qa_dir), api_key="short")
+        ServeConfig.from_flags(model=str(tiny_qa_dir), api_key="short")
 
 
 def test_only_json_bodies_and_no_cors_by_default(client):
@@ -162,7 +162,7 @@ def test_a_warning_for_a_public_address_without_a_key(tiny_qa_dir, monkeypatch, 
         caplog.clear()
         monkeypatch.delenv("BERTKIT_API_KEY", raising=False)
         with caplog.at_level(logging.WARNING, logger="bertkit.serve"):
-            http.run(ServeConfig(model=str(tiny_qa_dir), host=host, api_key=key, device="cpu"))
+            http.run(ServeConfig.from_flags(model=str(tiny_qa_dir), host=host, api_key=key, device="cpu"))
         assert any("without --api_key" in r.getMessage() for r in caplog.records) == warned, (host, key)
 
 

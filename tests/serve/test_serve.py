@@ -38,7 +38,7 @@ def client(qa, tiny_dir):
 
     from bertkit.serve.http import ServeConfig, create_app
 
-    cfg = ServeConfig(model=str(tiny_dir), max_body_bytes=4000, max_context_chars=1000, max_question_chars=50,
+    cfg = ServeConfig.from_flags(model=str(tiny_dir), max_body_bytes=4000, max_context_chars=1000, max_question_chars=50,
                       max_batch_questions=8, batch_wait_ms=50)  # fmt: skip
     with TestClient(create_app(qa, cfg, "qa")) as c:
         yield c

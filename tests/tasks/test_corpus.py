@@ -45,7 +45,7 @@ def make(inputs, out: Path, **flags) -> dict:
     key = "output_dir" if "output_file" not in flags else "unused"
     flags.setdefault(key, str(out))
     flags.pop("unused", None)
-    return create_pretraining_data(CreatePretrainingDataConfig(input_file=str(inputs), **flags))
+    return create_pretraining_data(CreatePretrainingDataConfig.from_flags(input_file=str(inputs), **flags))
 
 
 def records(path: Path) -> list[bytes]:
@@ -73,8 +73,8 @@ def test_one_chunk_is_googles_run_and_chunking_changes_only_negatives(text, tmp_
     """One chunk: the records of Google's algorithm with --random_seed (the golden tests check it against Google's
     files); small chunks: as many instances give or take, each chunk seeded on its own."""
     one = make(text, tmp_path / "one.tfrecord", output_file=str(tmp_path / "one.tfrecord"), chunk_size_mb=0)
-    tok = P.make_tokenizer(CreatePretrainingDataConfig(input_file="x", output_file="y"))
-    cfg = CreatePretrainingDataConfig(input_file="x", output_file="y", max_seq_length=32, max_predictions_per_seq=5,
+    tok = P.make_tokenizer(CreatePretrainingDataConfig.from_flags(input_file="x", output_file="y"))
+    cfg = CreatePretrainingDataConfig.from_flags(input_file="x", output_file="y", max_seq_length=32, max_predictions_per_seq=5,
                                       dupe_factor=2)  # fmt: skip
     want = P.make_features(P.read_documents([text], tok), cfg, tok)
     got = list(read_tfrecord(tmp_path / "one.tfrecord"))
@@ -148,13 +148,15 @@ def test_processes_share_the_chunks(monkeypatch):
     assert parts.chunk_seed(12345, 0) == 12345 and parts.chunk_seed(12345, 1) != parts.chunk_seed(12345, 2)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="2 processes share the chunks .*pass --output_dir"):
-        create_pretraining_data(CreatePretrainingDataConfig(input_file=__file__, output_file="never-written"))
+        create_pretraining_data(
+            CreatePretrainingDataConfig.from_flags(input_file=__file__, output_file="never-written")
+        )
     assert not Path("never-written").exists()
 
 
 def test_progress_is_plain_lines_in_a_log(text, tmp_path, capsys):
     create_pretraining_data(
-        CreatePretrainingDataConfig(input_file=str(text), output_dir=str(tmp_path / "o"), chunk_size_mb=0.002,
+        CreatePretrainingDataConfig.from_flags(input_file=str(text), output_dir=str(tmp_path / "o"), chunk_size_mb=0.002,
                                     dupe_factor=1, max_seq_length=32),
         progress=True,
     )  # fmt: skip

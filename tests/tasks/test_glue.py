@@ -296,7 +296,7 @@ def test_submission_files_use_glues_labels_and_indices(tmp_path):
 def test_create_glue_data_writes_the_features_as_records(tmp_path, fmt, capsys):
     d = write_glue_files("mrpc", tmp_path / "MRPC", LABELS["mrpc"])
     out = tmp_path / "records"
-    cfg = records.CreateGlueDataConfig(task_name="MRPC", data_dir=str(d), output_dir=str(out), max_seq_length=24,
+    cfg = records.CreateGlueDataConfig.from_flags(task_name="MRPC", data_dir=str(d), output_dir=str(out), max_seq_length=24,
                                     output_format=fmt, part_num=2, splits="train,dev,test")  # fmt: skip
     assert records.run_create_glue_data(cfg) == {"train": 3, "dev": 3, "test": 3}
     assert "MRPC train: 3 examples" in capsys.readouterr().out

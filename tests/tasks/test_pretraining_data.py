@@ -51,7 +51,7 @@ FEATURES = (
 def test_same_records_as_google(shared_data, tmp_path, name):
     text, vocab, flags = GOLDEN[name]
     out = tmp_path / "out.tfrecord"
-    cfg = CreatePretrainingDataConfig(
+    cfg = CreatePretrainingDataConfig.from_flags(
         input_file=str(shared_data / text), output_file=str(out), vocab_file=str(shared_data / vocab), **flags
     )
     create_pretraining_data(cfg)
@@ -87,7 +87,7 @@ def write_corpus(path: Path, documents: int = 20, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer() -> WordPieceTokenizer:
-    return P.make_tokenizer(CreatePretrainingDataConfig(input_file="in.txt", output_file="out"))
+    return P.make_tokenizer(CreatePretrainingDataConfig.from_flags(input_file="in.txt", output_file="out"))
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def features_of(corpus: Path, tokenizer: WordPieceTokenizer, **flags) -> dict[str, np.ndarray]:
-    cfg = CreatePretrainingDataConfig(input_file=str(corpus), output_file="unused", **flags)
+    cfg = CreatePretrainingDataConfig.from_flags(input_file=str(corpus), output_file="unused", **flags)
     return P.make_features(P.read_documents([corpus], tokenizer), cfg, tokenizer)
 
 
@@ -164,7 +164,7 @@ def test_text_format_as_google(tmp_path, tokenizer):
 
 
 def test_words_up_to_200_characters_are_wordpieces_as_google():
-    tokenizer = P.make_tokenizer(CreatePretrainingDataConfig(input_file="in.txt", output_file="out"))
+    tokenizer = P.make_tokenizer(CreatePretrainingDataConfig.from_flags(input_file="in.txt", output_file="out"))
     assert "[UNK]" not in tokenizer.tokenize("a" * 200)
     assert tokenizer.tokenize("a" * 201) == ["[UNK]"]
 
@@ -189,20 +189,20 @@ def test_workers_give_the_same_records_whatever_their_number(corpus, tmp_path):
     # Google's --output_file from two workers: the same records as from one.
     out = {w: tmp_path / f"w{w}.tfrecord" for w in (1, 2)}
     for w, path in out.items():
-        create_pretraining_data(CreatePretrainingDataConfig(input_file=str(corpus), output_file=str(path),
+        create_pretraining_data(CreatePretrainingDataConfig.from_flags(input_file=str(corpus), output_file=str(path),
                                                             max_seq_length=64, num_workers=w, **flags))  # fmt: skip
     assert out[1].read_bytes() == out[2].read_bytes()
 
 
 def run_dir(corpus: Path, out: Path, **flags) -> dict:
     return create_pretraining_data(
-        CreatePretrainingDataConfig(input_file=str(corpus), output_dir=str(out), max_seq_length=64, **flags)
+        CreatePretrainingDataConfig.from_flags(input_file=str(corpus), output_dir=str(out), max_seq_length=64, **flags)
     )
 
 
 def run_format(corpus: Path, out: str, fmt: str, **flags) -> None:
     create_pretraining_data(
-        CreatePretrainingDataConfig(
+        CreatePretrainingDataConfig.from_flags(
             input_file=str(corpus), output_file=out, output_format=fmt, dupe_factor=3, max_seq_length=64, **flags
         )
     )
@@ -302,13 +302,15 @@ def test_bad_input_is_named(tmp_path):
     cases = [(str(blank), "blank.txt"), (f"{tmp_path}/*.nothing", r"\*\.nothing: no file"), (str(latin1), "UTF-8")]
     for pattern, message in cases:
         with pytest.raises(ValueError, match=message):
-            create_pretraining_data(CreatePretrainingDataConfig(input_file=pattern, output_file=out))
+            create_pretraining_data(CreatePretrainingDataConfig.from_flags(input_file=pattern, output_file=out))
     assert not Path(out).exists()
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "x").touch()
     with pytest.raises(ValueError, match="not empty"):
         create_pretraining_data(
-            CreatePretrainingDataConfig(input_file=str(blank), output_file=f"{tmp_path}/shards", output_format="shards")
+            CreatePretrainingDataConfig.from_flags(
+                input_file=str(blank), output_file=f"{tmp_path}/shards", output_format="shards"
+            )
         )
 
 
@@ -331,7 +333,7 @@ def test_bad_input_is_named(tmp_path):
 )
 def test_bad_flags_are_named(flags, flag):
     with pytest.raises(ValueError, match=flag):
-        CreatePretrainingDataConfig(**{"input_file": "in.txt", "output_file": "out", **flags})
+        CreatePretrainingDataConfig.from_flags(**{"input_file": "in.txt", "output_file": "out", **flags})
 
 
 def test_cli_takes_googles_flags(corpus, tmp_path, capsys):
@@ -350,9 +352,11 @@ def test_a_cased_vocabulary_is_not_lowercased(corpus, tmp_path, shared_data):
     cased = str(shared_data / "vocab" / "bert-base-cased-vocab.txt")
     flags = dict(input_file=str(corpus), output_file=str(tmp_path / "x"), output_format="shards", vocab_file=cased)
     with pytest.raises(ValueError, match="--do_lower_case True with a cased model"):  # refused as the flags parse
-        CreatePretrainingDataConfig(**flags, do_lower_case=True)
+        CreatePretrainingDataConfig.from_flags(**flags, do_lower_case=True)
     assert list(tmp_path.iterdir()) == []
-    cfg = CreatePretrainingDataConfig(**flags)  # not given: the vocabulary's casing (data/vocab.choose_tokenizer)
-    assert cfg.do_lower_case is False
+    cfg = CreatePretrainingDataConfig.from_flags(
+        **flags
+    )  # not given: the vocabulary's casing (data/vocab.choose_tokenizer)
+    assert cfg.tokenizer.do_lower_case is False
     create_pretraining_data(cfg)
     assert data_vocab(tmp_path / "x")[1] is False

@@ -30,7 +30,7 @@ def phases(tmp_path_factory):
     text = root / "corpus.txt"
     text.write_text(google_text(40), encoding="utf-8")
     for seq, pred in ((32, 5), (64, 10)):
-        create_pretraining_data(CreatePretrainingDataConfig(
+        create_pretraining_data(CreatePretrainingDataConfig.from_flags(
             input_file=str(text), output_dir=str(root / f"seq{seq}"), max_seq_length=seq, max_predictions_per_seq=pred,
             dupe_factor=1, output_format="shards", chunk_size_mb=0.002))  # fmt: skip
     return root

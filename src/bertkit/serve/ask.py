@@ -1,5 +1,5 @@
 """`bertkit ask`: answer a question about a text, or a jsonl file of them, with a fine-tuned SQuAD model; and the
-flags that load a model for inference, shared by `ask` and `serve` (`QAModelFlags`).
+flags that load a model for inference, shared by `ask` and `serve` (`InferenceFlags`, `load_qa`).
 
 The answering is `serve.qa.QuestionAnswerer`'s; this module reads files and flags and prints.
 """
@@ -14,23 +14,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from bertkit.data.vocab import TokenizerFlags
+from bertkit.runtime.config import Composed, Section, positive
 from bertkit.runtime.precision import QUANTIZE
 from bertkit.serve.qa import Answer, Query, QuestionAnswerer
 
 
-@dataclass
-class QAModelFlags:
-    """How to load and run a QA model: shared by `bertkit ask` and `bertkit serve`."""
+@dataclass(frozen=True)
+class InferenceFlags(Section):
+    """How to load and run a fine-tuned model for inference: shared by `bertkit ask` and `bertkit serve`."""
 
     model: str | None = field(
         default=None, metadata={"help": "fine-tuned SQuAD checkpoint: bertkit, Hugging Face, Google TF or OneFlow"}
-    )
-    vocab_file: str | None = field(
-        default=None, metadata={"help": "vocab.txt of the model (default: the checkpoint's, else bert-base-uncased)"}
-    )
-    do_lower_case: bool | None = field(
-        default=None,
-        metadata={"help": "lowercase input (default: the checkpoint's tokenizer_config.json, else from the vocab)"},
     )
     max_seq_length: int | None = field(
         default=None,
@@ -67,43 +62,38 @@ class QAModelFlags:
                   "choices": QUANTIZE},
     )  # fmt: skip
 
-    def check_model_flags(self) -> None:
+    def __post_init__(self) -> None:
         if not self.model:
             raise ValueError("--model is required: the fine-tuned checkpoint directory")
-        for name in ("max_seq_length", "doc_stride", "max_query_length", "batch_size", "n_best_size"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+        positive(self, "max_seq_length", "doc_stride", "max_query_length", "batch_size", "n_best_size")
 
     def inference_device(self) -> str:
         """--device, with auto meaning the CPU under --quantize int8 (torch's dynamic int8 is CPU only)."""
         return "cpu" if self.quantize != "none" and self.device == "auto" else self.device
 
-    def load(self) -> QuestionAnswerer:
-        qa = QuestionAnswerer.from_pretrained(
-            self.model, vocab_file=self.vocab_file, do_lower_case=self.do_lower_case, device=self.inference_device(),
-            batch_size=self.batch_size, max_query_length=self.max_query_length, n_best_size=self.n_best_size,
-            max_seq_length=self.max_seq_length, doc_stride=self.doc_stride,
-            version_2_with_negative=self.version_2_with_negative,
-            null_score_diff_threshold=self.null_score_diff_threshold, precision=self.precision,
-            quantize=self.quantize,
-        )  # fmt: skip
-        print(qa.tokenization, file=sys.stderr)  # the vocabulary decision; stderr: ask's stdout holds the answers
-        try:
-            qa.check_windows(qa.doc_stride, qa.max_seq_length)
-        except ValueError as e:
-            raise ValueError(f"--{e}") from None
-        return qa
+
+def load_qa(cfg) -> QuestionAnswerer:
+    """The QuestionAnswerer of a config with sections `inference` and `tokenizer` (ask's, serve's); the vocabulary
+    decision printed on stderr (ask's stdout holds the answers). ValueError for windows the model cannot take."""
+    m, t = cfg.inference, cfg.tokenizer
+    qa = QuestionAnswerer.from_pretrained(
+        m.model, vocab_file=t.vocab_file, do_lower_case=t.do_lower_case, device=m.inference_device(),
+        batch_size=m.batch_size, max_query_length=m.max_query_length, n_best_size=m.n_best_size,
+        max_seq_length=m.max_seq_length, doc_stride=m.doc_stride, version_2_with_negative=m.version_2_with_negative,
+        null_score_diff_threshold=m.null_score_diff_threshold, precision=m.precision, quantize=m.quantize,
+        check_casing=t.check_casing,
+    )  # fmt: skip
+    print(qa.tokenization, file=sys.stderr)
+    try:
+        qa.check_windows(qa.doc_stride, qa.max_seq_length)
+    except ValueError as e:
+        raise ValueError(f"--{e}") from None
+    return qa
 
 
-@dataclass
-class AskConfig(QAModelFlags):
-    """Answer a question about a text with a fine-tuned SQuAD model, or a jsonl file of them.
-
-    One question: `bertkit ask --model DIR --question "Who won?" --context article.txt` prints each answer (at most
-    --top_k) with its score (P(start) x P(end), as Hugging Face's pipeline) and its character span [start, end) in
-    the context. Many: `--jsonl questions.jsonl` reads {"id", "question", "context"} lines and writes one
-    {"id", "answers": [{"text", "score", "start", "end"}]} line each to --output (default: standard output).
-    """
+@dataclass(frozen=True)
+class AskFlags(Section):
+    """What to answer and where the answers go."""
 
     question: str | None = field(default=None, metadata={"help": "the question to answer about --context"})
     context: str | None = field(default=None, metadata={"help": "text file holding the context, or - for stdin"})
@@ -115,15 +105,32 @@ class AskConfig(QAModelFlags):
     max_answer_length: int = field(default=30, metadata={"help": "longest answer considered, in tokens"})
 
     def __post_init__(self) -> None:
-        self.check_model_flags()
         if self.jsonl is None and (self.question is None or self.context is None):
             raise ValueError("give --question and --context FILE (or - for stdin), or --jsonl FILE")
         if self.jsonl is not None and (self.question is not None or self.context is not None):
             raise ValueError("--jsonl answers a file of questions; do not give --question or --context with it")
-        if not 1 <= self.top_k <= self.n_best_size:
-            raise ValueError(f"--top_k must be in [1, --n_best_size {self.n_best_size}], got {self.top_k}")
-        if self.max_answer_length <= 0:
-            raise ValueError(f"--max_answer_length must be positive, got {self.max_answer_length}")
+        positive(self, "max_answer_length")
+
+
+@dataclass(frozen=True)
+class AskConfig(Composed):
+    """Answer a question about a text with a fine-tuned SQuAD model, or a jsonl file of them.
+
+    One question: `bertkit ask --model DIR --question "Who won?" --context article.txt` prints each answer (at most
+    --top_k) with its score (P(start) x P(end), as Hugging Face's pipeline) and its character span [start, end) in
+    the context. Many: `--jsonl questions.jsonl` reads {"id", "question", "context"} lines and writes one
+    {"id", "answers": [{"text", "score", "start", "end"}]} line each to --output (default: standard output).
+    """
+
+    inference: InferenceFlags
+    tokenizer: TokenizerFlags
+    ask: AskFlags
+
+    @classmethod
+    def resolve(cls, values: dict) -> dict:
+        if not 1 <= values["top_k"] <= values["n_best_size"]:
+            raise ValueError(f"--top_k must be in [1, --n_best_size {values['n_best_size']}], got {values['top_k']}")
+        return values
 
 
 JSONL_CHUNK = 64  # questions answered together when reading --jsonl (their windows batched)
@@ -153,20 +160,20 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def run_ask(cfg: AskConfig) -> list[list[Answer]]:
-    if cfg.jsonl is not None:
-        rows = read_jsonl(cfg.jsonl)
+    if cfg.ask.jsonl is not None:
+        rows = read_jsonl(cfg.ask.jsonl)
     else:
-        if cfg.context == "-":
+        if cfg.ask.context == "-":
             context = sys.stdin.read()
         else:
             try:
-                context = Path(cfg.context).read_text(encoding="utf-8")
+                context = Path(cfg.ask.context).read_text(encoding="utf-8")
             except OSError as e:
-                raise ValueError(f"--context {cfg.context}: cannot read it ({e.strerror})") from None
-        rows = [{"id": None, "question": cfg.question, "context": context}]
-    qa = cfg.load()
-    queries = [Query(r["question"], r["context"], cfg.top_k, cfg.max_answer_length) for r in rows]
-    if cfg.jsonl is None:
+                raise ValueError(f"--context {cfg.ask.context}: cannot read it ({e.strerror})") from None
+        rows = [{"id": None, "question": cfg.ask.question, "context": context}]
+    qa = load_qa(cfg)
+    queries = [Query(r["question"], r["context"], cfg.ask.top_k, cfg.ask.max_answer_length) for r in rows]
+    if cfg.ask.jsonl is None:
         answers = qa.answer(queries)
         for rank, a in enumerate(answers[0], 1):
             text = a.text if a.text else "(no answer)"
@@ -174,7 +181,7 @@ def run_ask(cfg: AskConfig) -> list[list[Answer]]:
         if not answers[0]:
             print("(no answer: the context has no words or no valid span)")
         return answers
-    out = open(cfg.output, "w", encoding="utf-8") if cfg.output else sys.stdout
+    out = open(cfg.ask.output, "w", encoding="utf-8") if cfg.ask.output else sys.stdout
     answers = []
     try:
         with tqdm(total=len(queries), desc="ask", unit="question", file=sys.stderr,

@@ -136,6 +136,7 @@ class TextClassifier:
         vocab_file: str | os.PathLike | None = None,
         do_lower_case: bool | None = None,
         device: str = "auto",
+        check_casing: bool = True,
         **kwargs,
     ) -> TextClassifier:
         """Load a model fine-tuned by `bertkit classify` (any checkpoint format bertkit reads, with a classifier
@@ -160,7 +161,7 @@ class TextClassifier:
             labels = tuple(f"LABEL_{i}" for i in range(head.shape[0]))
         model = BertForSequenceClassification(cfg, head.shape[0])
         model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()}, strict=True)
-        choice = choose_tokenizer(vocab_file, do_lower_case, str(path), cfg.vocab_size)  # the one policy
+        choice = choose_tokenizer(vocab_file, do_lower_case, str(path), cfg.vocab_size, check_casing)  # the one policy
         if choice.note:
             warnings.warn(choice.note.removeprefix("warning: "), stacklevel=2)
         tokenizer = WordPieceTokenizer(choice.vocab_file, choice.do_lower_case)

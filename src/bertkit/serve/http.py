@@ -32,7 +32,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from bertkit.serve.ask import QAModelFlags
+from bertkit.data.vocab import TokenizerFlags
+from bertkit.runtime.config import Composed, Section
+from bertkit.serve.ask import InferenceFlags, load_qa
 from bertkit.serve.batcher import Batcher, Dropped
 from bertkit.serve.guard import BadRequest, Guard, parse_json, slow_header_protocol
 from bertkit.serve.metrics import CONTENT_TYPE, ServerMetrics
@@ -43,13 +45,10 @@ INSTALL_HINT = "bertkit serve needs FastAPI and uvicorn: pip install bertkit[ser
 log = logging.getLogger("bertkit.serve")
 
 
-@dataclass
-class ServeConfig(QAModelFlags):
-    """Serve a fine-tuned SQuAD model (POST /answer) or classifier (POST /predict) over HTTP, with an API key."""
+@dataclass(frozen=True)
+class ServerFlags(Section):
+    """The server's address, key, limits, timeouts and log."""
 
-    model: str | None = field(
-        default=None, metadata={"help": "fine-tuned SQuAD or `bertkit classify` checkpoint (its kind is detected)"}
-    )
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0: every interface)"})
     port: int = field(default=8000, metadata={"help": "TCP port (0: any free port, printed at start)"})
     api_key: str | None = field(
@@ -90,8 +89,6 @@ class ServeConfig(QAModelFlags):
     access_log: bool = field(default=True, metadata={"help": "one log line per request (with its id and time)"})
 
     def __post_init__(self) -> None:
-        self.check_model_flags()
-        self.api_key = self.api_key or os.environ.get("BERTKIT_API_KEY") or None
         for name in ("max_body_bytes", "max_context_chars", "max_question_chars", "max_batch_questions",
                      "max_concurrent_requests", "max_connections", "request_timeout",
                      "read_timeout"):  # fmt: skip
@@ -111,6 +108,21 @@ class ServeConfig(QAModelFlags):
     @property
     def origins(self) -> list[str]:
         return [o.strip() for o in (self.cors_allow_origin or "").split(",") if o.strip()]
+
+
+@dataclass(frozen=True)
+class ServeConfig(Composed):
+    """Serve a fine-tuned SQuAD model (POST /answer) or classifier (POST /predict) over HTTP, with an API key."""
+
+    inference: InferenceFlags
+    tokenizer: TokenizerFlags
+    server: ServerFlags
+
+    HELP = {"model": "fine-tuned SQuAD or `bertkit classify` checkpoint (its kind is detected)"}
+
+    @classmethod
+    def resolve(cls, values: dict) -> dict:
+        return values | {"api_key": values["api_key"] or os.environ.get("BERTKIT_API_KEY") or None}
 
 
 def is_loopback(host: str) -> bool:
@@ -153,12 +165,12 @@ def create_app(engine, cfg: ServeConfig, kind: str = "qa"):
     metrics = ServerMetrics(lambda: batcher_box[0].queued_rows() if batcher_box else 0,
                             lambda: len(batcher_box[0].pending) if batcher_box else 0,
                             lambda: state["in_flight"])  # fmt: skip
-    schemas = request_models(engine, cfg, kind)
+    schemas = request_models(engine, cfg.server, kind)
 
     @asynccontextmanager
     async def lifespan(app):
-        budget = cfg.max_batch_tokens or (512 if engine.env.device.type == "cpu" else 16384)
-        batcher = Batcher(engine, budget, cfg.batch_wait_ms / 1000, metrics)
+        budget = cfg.server.max_batch_tokens or (512 if engine.env.device.type == "cpu" else 16384)
+        batcher = Batcher(engine, budget, cfg.server.batch_wait_ms / 1000, metrics)
         batcher_box[:] = [batcher]
         task = asyncio.create_task(batcher.run())
         try:
@@ -180,8 +192,8 @@ def create_app(engine, cfg: ServeConfig, kind: str = "qa"):
 
     async def work(request: Request, to_items, shape):
         """The body parsed and validated, its items through the batcher, the results shaped: or the 4xx/503."""
-        if state["in_flight"] >= cfg.max_concurrent_requests:
-            return JSONResponse({"detail": f"over --max_concurrent_requests {cfg.max_concurrent_requests}: retry "
+        if state["in_flight"] >= cfg.server.max_concurrent_requests:
+            return JSONResponse({"detail": f"over --max_concurrent_requests {cfg.server.max_concurrent_requests}: retry "
                                  "later"}, 429, headers={"Retry-After": "1"})  # fmt: skip
         state["in_flight"] += 1
         try:
@@ -192,7 +204,7 @@ def create_app(engine, cfg: ServeConfig, kind: str = "qa"):
                 return JSONResponse({"detail": e.detail}, e.status)
             except ValidationError as e:
                 return JSONResponse({"detail": schemas.errors(e)}, 422)
-            deadline = time.monotonic() + cfg.request_timeout
+            deadline = time.monotonic() + cfg.server.request_timeout
             try:
                 job = await batcher_box[0].prepare(to_items(validated), deadline)
             except ValueError as e:
@@ -211,7 +223,7 @@ def create_app(engine, cfg: ServeConfig, kind: str = "qa"):
             except Dropped as e:
                 if e.reason == "disconnect":
                     return Response(status_code=499)  # nobody reads it; the access log says the client left
-                return JSONResponse({"detail": f"not answered within --request_timeout {cfg.request_timeout:g} s: "
+                return JSONResponse({"detail": f"not answered within --request_timeout {cfg.server.request_timeout:g} s: "
                                      "the server is busy, retry later"}, 503, headers={"Retry-After": "1"})  # fmt: skip
             return shape(validated, found)
         finally:
@@ -229,7 +241,7 @@ def create_app(engine, cfg: ServeConfig, kind: str = "qa"):
             """One question ({"question", "context"}) or a list of them; the answers of each, best first."""
             return await work(request, schemas.to_items, schemas.shape)
 
-        if not cfg.api_key:
+        if not cfg.server.api_key:
 
             @app.get("/", include_in_schema=False)
             async def page():
@@ -258,11 +270,11 @@ def create_app(engine, cfg: ServeConfig, kind: str = "qa"):
 
     schemas.install_openapi(app)
     routes = {"/answer", "/predict", "/health", "/info", "/metrics", "/"}
-    guarded = Guard(app, cfg, metrics, routes)
-    if cfg.origins:
+    guarded = Guard(app, cfg.server, metrics, routes)
+    if cfg.server.origins:
         from starlette.middleware.cors import CORSMiddleware
 
-        return CORSMiddleware(guarded, allow_origins=cfg.origins, allow_methods=["GET", "POST"],
+        return CORSMiddleware(guarded, allow_origins=cfg.server.origins, allow_methods=["GET", "POST"],
                               allow_headers=["authorization", "content-type"])  # fmt: skip
     return guarded
 
@@ -271,13 +283,14 @@ def load_engine(cfg: ServeConfig):
     """(engine, kind): a TextClassifier for a checkpoint with a classifier head, else a QuestionAnswerer."""
     from bertkit.serve.classify import TextClassifier, is_classifier
 
-    if is_classifier(cfg.model):
+    if is_classifier(cfg.inference.model):
+        m, t = cfg.inference, cfg.tokenizer
         return TextClassifier.from_pretrained(
-            cfg.model, vocab_file=cfg.vocab_file, do_lower_case=cfg.do_lower_case, device=cfg.inference_device(),
-            batch_size=cfg.batch_size, max_seq_length=cfg.max_seq_length, precision=cfg.precision,
-            quantize=cfg.quantize,
+            m.model, vocab_file=t.vocab_file, do_lower_case=t.do_lower_case, check_casing=t.check_casing,
+            device=m.inference_device(), batch_size=m.batch_size, max_seq_length=m.max_seq_length,
+            precision=m.precision, quantize=m.quantize,
         ), "classify"  # fmt: skip
-    return cfg.load(), "qa"
+    return load_qa(cfg), "qa"
 
 
 def run(cfg: ServeConfig) -> None:
@@ -286,18 +299,18 @@ def run(cfg: ServeConfig) -> None:
         import uvicorn
     except ImportError:
         raise ValueError(INSTALL_HINT) from None
-    log.setLevel(cfg.log_level.upper())
+    log.setLevel(cfg.server.log_level.upper())
     if not log.handlers and not logging.getLogger().handlers:  # the command's own log; an embedding app keeps its own
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
-    if not is_loopback(cfg.host) and not cfg.api_key:
+    if not is_loopback(cfg.server.host) and not cfg.server.api_key:
         log.warning("serving on %s without --api_key (or BERTKIT_API_KEY): anyone who can reach it can use it",
-                    cfg.host)  # fmt: skip
+                    cfg.server.host)  # fmt: skip
     started = time.perf_counter()
     engine, kind = load_engine(cfg)
     print(f"loaded a {'QA model' if kind == 'qa' else 'classifier'} on {engine.env.device} in "
           f"{time.perf_counter() - started:.1f} s", flush=True)  # fmt: skip
-    uvicorn.run(create_app(engine, cfg, kind), host=cfg.host, port=cfg.port, log_level=cfg.log_level,
-                access_log=False, limit_concurrency=cfg.max_connections,
-                http=slow_header_protocol(cfg.read_timeout))  # fmt: skip
+    uvicorn.run(create_app(engine, cfg, kind), host=cfg.server.host, port=cfg.server.port, log_level=cfg.server.log_level,
+                access_log=False, limit_concurrency=cfg.server.max_connections,
+                http=slow_header_protocol(cfg.server.read_timeout))  # fmt: skip

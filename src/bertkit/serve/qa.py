@@ -153,6 +153,7 @@ class QuestionAnswerer:
         vocab_file: str | os.PathLike | None = None,
         do_lower_case: bool | None = None,
         device: str = "auto",
+        check_casing: bool = True,
         **kwargs,
     ) -> QuestionAnswerer:
         """Load a fine-tuned model from any checkpoint bertkit reads (bertkit, Hugging Face, Google TF, OneFlow
@@ -160,7 +161,8 @@ class QuestionAnswerer:
 
         `vocab_file` (default: the checkpoint's vocab.txt, else bert-base-uncased's) and `do_lower_case` (default:
         the checkpoint's tokenizer_config.json, else its vocabulary's capitals, else its name) are chosen and
-        checked as squad-predict does (`data.vocab.choose_tokenizer`). `device`: auto, cpu or cuda. Other
+        checked as squad-predict does (`data.vocab.choose_tokenizer`; `check_casing` False: --check_casing False).
+        `device`: auto, cpu or cuda. Other
         keyword arguments go to the constructor; max_seq_length, doc_stride and max_query_length not given are a
         bertkit snapshot's own (its run_config.json: the windows it was fine-tuned on). Warns when the checkpoint
         has no QA head (a pretraining checkpoint: its answers would be random).
@@ -179,7 +181,7 @@ class QuestionAnswerer:
                 stacklevel=2,
             )
         # the one vocabulary and casing policy (data/vocab.py), as squad-predict applies it
-        choice = choose_tokenizer(vocab_file, do_lower_case, str(path), cfg.vocab_size)
+        choice = choose_tokenizer(vocab_file, do_lower_case, str(path), cfg.vocab_size, check_casing)
         if choice.note:
             warnings.warn(choice.note.removeprefix("warning: "), stacklevel=2)
         tokenizer = squad_tokenizer(choice.vocab_file, choice.do_lower_case)

@@ -53,21 +53,6 @@ class ModelSection(Section):
         positive(self, "num_hidden_layers", "num_attention_heads", "max_position_embeddings", "type_vocab_size",
                  "vocab_size", "hidden_size_per_head")  # fmt: skip
 
-    def bert_config(self) -> BertConfig:
-        """--bert_config_file, else the seed's size flags."""
-        if self.bert_config_file:
-            return BertConfig.from_json_file(self.bert_config_file)
-        return BertConfig.from_head_size(
-            self.num_attention_heads,
-            self.hidden_size_per_head,
-            num_hidden_layers=self.num_hidden_layers,
-            max_position_embeddings=self.max_position_embeddings,
-            type_vocab_size=self.type_vocab_size,
-            vocab_size=self.vocab_size,
-            attention_probs_dropout_prob=self.attention_probs_dropout_prob,
-            hidden_dropout_prob=self.hidden_dropout_prob,
-        )
-
     def model_config(self) -> tuple[BertConfig, str]:
         """The model's config: --bert_config_file, else the config the checkpoint at --model_load_dir carries
         (Hugging Face's config.json, a snapshot's, OneFlow's), else the seed's size flags; and which of the three
@@ -79,7 +64,17 @@ class ModelSection(Section):
             own = checkpoint.own_config(path, checkpoint.detect_format(path))
             if own is not None:
                 return own, "the checkpoint's config"
-        return self.bert_config(), SIZE_FLAGS
+        sizes = BertConfig.from_head_size(
+            self.num_attention_heads,
+            self.hidden_size_per_head,
+            num_hidden_layers=self.num_hidden_layers,
+            max_position_embeddings=self.max_position_embeddings,
+            type_vocab_size=self.type_vocab_size,
+            vocab_size=self.vocab_size,
+            attention_probs_dropout_prob=self.attention_probs_dropout_prob,
+            hidden_dropout_prob=self.hidden_dropout_prob,
+        )
+        return sizes, SIZE_FLAGS
 
 
 SIZE_FLAGS = "the size flags"

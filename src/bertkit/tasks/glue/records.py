@@ -21,15 +21,10 @@ import numpy as np
 from bertkit.data.loader import read_dataset
 from bertkit.data.records import Spec, write_ofrecord, write_tfrecord
 from bertkit.data.tokenizer import WordPieceTokenizer
-from bertkit.data.vocab import (
-    CHECK_CASING_HELP,
-    DO_LOWER_CASE_HELP,
-    check_data_vocab_target,
-    choose_tokenizer,
-    record_data_vocab,
-)
+from bertkit.data.vocab import TokenizerFlags, check_data_vocab_target, record_data_vocab
 from bertkit.runtime import dist
 from bertkit.runtime.atomic import refuse_existing
+from bertkit.runtime.config import Composed, Section
 from bertkit.tasks.glue.data import (
     SPLITS,
     TASK_HELP,
@@ -43,7 +38,7 @@ from bertkit.tasks.glue.data import (
 )
 
 if TYPE_CHECKING:
-    from bertkit.tasks.glue.task import ClassifyConfig
+    from bertkit.tasks.glue.task import GlueData
 
 # --- records: OneFlow's OFRecord part files, Google's TFRecord -----------------------------------------------
 
@@ -88,21 +83,15 @@ def write_record_parts(features: Features, paths: list[Path], fmt: str) -> None:
         write(path, ({k: np.atleast_1d(a[j]) for k, a in arrays.items()} for j in idx))
 
 
-@dataclass
-class CreateGlueDataConfig:
-    """Write a GLUE task's tsv files as classifier records: OneFlow's OFRecord part files (train.of_record-<i>,
-    eval.of_record-<i>) for `bertkit classify --train_data_dir` and OneFlow's run_classifier.py, or Google's TFRecords."""
+@dataclass(frozen=True)
+class GlueRecordFiles(Section):
+    """What create-glue-data reads and writes."""
 
     task_name: str = field(default="", metadata={"help": TASK_HELP})
     data_dir: str = field(
         default="", metadata={"help": "the task's folder of GLUE tsv files (train.tsv, dev.tsv, ...)"}
     )
     output_dir: str = field(default="", metadata={"help": "folder for the record files"})
-    vocab_file: str | None = field(
-        default=None, metadata={"help": "vocab.txt of the model (default: bert-base-uncased)"}
-    )
-    do_lower_case: bool | None = field(default=None, metadata={"help": DO_LOWER_CASE_HELP})
-    check_casing: bool = field(default=True, metadata={"help": CHECK_CASING_HELP})
     max_seq_length: int = field(default=128, metadata={"help": "tokens per example, padded or cut to this"})
     splits: str = field(
         default="train,dev", metadata={"help": "which files: train, dev (-> eval records), test (-> predict)"}
@@ -145,6 +134,15 @@ class CreateGlueDataConfig:
         return [out / f"{prefix[split]}{i}" for i in range(self.part_num)]
 
 
+@dataclass(frozen=True)
+class CreateGlueDataConfig(Composed):
+    """Write a GLUE task's tsv files as classifier records: OneFlow's OFRecord part files (train.of_record-<i>,
+    eval.of_record-<i>) for `bertkit classify --train_data_dir` and OneFlow's run_classifier.py, or Google's TFRecords."""
+
+    records: GlueRecordFiles
+    tokenizer: TokenizerFlags
+
+
 GUIDS = "predict_guids.txt"  # beside the test records: each example's GLUE index, one a line, in record order
 
 
@@ -163,50 +161,56 @@ def read_guids(records: list[Path], n: int) -> tuple[list[str], str | None]:
 
 def classify_command(cfg: CreateGlueDataConfig, split: str, n: int) -> str:
     """The `bertkit classify` flags that read one split's records (a hint: every flag in it exists)."""
+    files = cfg.records
     which = {"train": "train", "dev": "eval", "test": "predict"}[split]
     action = {"train": "--do_train", "dev": "--do_eval", "test": "--do_predict"}[split]
-    where = cfg.output_paths(split)
-    data = where[0] if cfg.output_format == "tfrecord" else Path(cfg.output_dir)
-    prefix = "" if cfg.output_format == "tfrecord" else f" --{which}_data_prefix {getattr(cfg, f'{which}_data_prefix')}"
-    return (f"bertkit classify --task_name {cfg.task_name} {action} --{which}_data_dir {data}{prefix} "
-            f"--{which}_example_num {n} --max_seq_length {cfg.max_seq_length}")  # fmt: skip
+    where = files.output_paths(split)
+    data = where[0] if files.output_format == "tfrecord" else Path(files.output_dir)
+    prefix = (
+        "" if files.output_format == "tfrecord" else f" --{which}_data_prefix {getattr(files, f'{which}_data_prefix')}"
+    )
+    return (f"bertkit classify --task_name {files.task_name} {action} --{which}_data_dir {data}{prefix} "
+            f"--{which}_example_num {n} --max_seq_length {files.max_seq_length}")  # fmt: skip
 
 
 def run_create_glue_data(cfg: CreateGlueDataConfig) -> dict[str, int]:
     """Write the records of each split (and, for test, GUIDS: the submission file's indices); returns {split:
     examples}. Existing files are refused, not replaced. Prints, per split, the classify flags that read it."""
-    task = cfg.task
-    paths = {s: cfg.output_paths(s) for s in cfg.split_list}
+    files = cfg.records
+    task = files.task
+    paths = {s: files.output_paths(s) for s in files.split_list}
     if "test" in paths:
-        paths["guids"] = [Path(cfg.output_dir) / GUIDS]
+        paths["guids"] = [Path(files.output_dir) / GUIDS]
     refuse_existing([p for ps in paths.values() for p in ps], elsewhere="--output_dir")  # the one overwrite rule
-    examples = {s: read_examples(task, cfg.data_dir, s) for s in cfg.split_list}  # all checked before any is written
+    examples = {
+        s: read_examples(task, files.data_dir, s) for s in files.split_list
+    }  # all checked before any is written
     for ex in examples.values():
         check_labels(task, ex)
-    choice = choose_tokenizer(cfg.vocab_file, cfg.do_lower_case, check=cfg.check_casing)  # data/vocab.py
-    check_data_vocab_target(Path(cfg.output_dir), Path(choice.path))
+    choice = cfg.tokenizer.choose()  # data/vocab.py
+    check_data_vocab_target(Path(files.output_dir), Path(choice.path))
     print(choice.line())
     tokenizer = WordPieceTokenizer(choice.vocab_file, choice.do_lower_case)
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    Path(files.output_dir).mkdir(parents=True, exist_ok=True)
     counts = {}
     for split, ex in examples.items():
         start = time.perf_counter()
-        feats = convert_examples_to_features(ex, task, cfg.max_seq_length, tokenizer)
-        write_record_parts(feats, paths[split], cfg.output_format)
+        feats = convert_examples_to_features(ex, task, files.max_seq_length, tokenizer)
+        write_record_parts(feats, paths[split], files.output_format)
         if split == "test":
             paths["guids"][0].write_text("".join(f"{e.guid}\n" for e in ex), encoding="utf-8")
         counts[split] = len(feats)
         where = str(paths[split][0]) + (f" ... {paths[split][-1].name}" if len(paths[split]) > 1 else "")
         print(f"{task.name} {split}: {len(feats)} examples -> {where} ({time.perf_counter() - start:.1f} s); "
               f"read with: {classify_command(cfg, split, len(feats))}")  # fmt: skip
-    record_data_vocab(cfg.output_dir, choice.path, choice.do_lower_case)  # what classify checks its model against
+    record_data_vocab(files.output_dir, choice.path, choice.do_lower_case)  # what classify checks its model against
     return counts
 
 
 # --- a classify run's features: from records, or from --data_dir's tsv files ------------------------------
 
 
-def tsv_examples(cfg: ClassifyConfig, split: str) -> list[InputExample]:
+def tsv_examples(cfg: GlueData, split: str) -> list[InputExample]:
     """The examples of a split of --data_dir, every label checked (ValueError naming file and line)."""
     examples = read_examples(cfg.task, cfg.data_dir, split)
     check_labels(cfg.task, examples)
@@ -215,13 +219,13 @@ def tsv_examples(cfg: ClassifyConfig, split: str) -> list[InputExample]:
     return examples
 
 
-def record_files(cfg: ClassifyConfig, which: str) -> list[Path]:
+def record_files(cfg: GlueData, which: str) -> list[Path]:
     """The part files of --train_data_dir, --eval_data_dir or --predict_data_dir (`which`: train, eval, predict)."""
     return part_files(getattr(cfg, f"{which}_data_dir"), getattr(cfg, f"{which}_data_prefix"),
                            getattr(cfg, f"{which}_data_part_num"), which)  # fmt: skip
 
 
-def load_features(cfg: ClassifyConfig, which: str, tokenizer: WordPieceTokenizer, env: dist.DistEnv,
+def load_features(cfg: GlueData, which: str, tokenizer: WordPieceTokenizer, env: dist.DistEnv,
                   say: Callable[[str], None]) -> tuple[Features, list[str]]:  # fmt: skip
     """(features, their guids) of train, eval or predict: from records when --{which}_data_dir is given (test
     guids from create-glue-data's file beside them), else from --data_dir's tsv file. Every rank builds the same

@@ -30,127 +30,24 @@ import random
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from bertkit.data.records import atomic_output, record_writer, serialize_rows
 from bertkit.data.tokenizer import WordPieceTokenizer
-from bertkit.data.vocab import (
-    CHECK_CASING_HELP,
-    DO_LOWER_CASE_HELP,
-    check_data_vocab_target,
-    choose_tokenizer,
-    default_vocab_path,
-    read_vocab,
-    record_data_vocab,
-)
+from bertkit.data.vocab import check_data_vocab_target, default_vocab_path, read_vocab, record_data_vocab
 from bertkit.tasks.pretrain import parts
 from bertkit.tasks.pretrain.corpus import Chunk, input_files, read_chunks, read_lines, tokenize_documents
+from bertkit.tasks.pretrain.flags import CreatePretrainingDataConfig
 from bertkit.tasks.pretrain.instances import Compact, Documents, chunk_instances, expand, make_params
 
-FORMATS = ("tfrecord", "ofrecord", "shards")
 ROWS_PER_WRITE = 8192  # records serialized per numpy pass
-
-
-@dataclass
-class CreatePretrainingDataConfig:
-    """Create masked-LM / next-sentence pretraining records from raw text: Google's create_pretraining_data.py."""
-
-    input_file: str = field(
-        default="",
-        metadata={"help": "text (Google's format; .gz/.bz2/.zst too), JSON lines (.jsonl) or Parquet (one document "
-                          "a row); comma-separated paths or globs"},
-    )  # fmt: skip
-    output_file: str = field(
-        default="",
-        metadata={"help": "record files, comma-separated, filled round-robin (shards: one new directory); "
-                          "or use --output_dir"},
-    )  # fmt: skip
-    output_dir: str = field(
-        default="",
-        metadata={"help": "directory receiving part-<i> per chunk (what pretrain --data_dir reads) and a manifest "
-                          "of finished chunks: a rerun resumes; for many workers and machines"},
-    )  # fmt: skip
-    vocab_file: str | None = field(
-        default=None, metadata={"help": "Google vocab.txt; None: the bert-base-uncased vocabulary bertkit ships"}
-    )
-    do_lower_case: bool | None = field(default=None, metadata={"help": DO_LOWER_CASE_HELP})
-    check_casing: bool = field(default=True, metadata={"help": CHECK_CASING_HELP})
-    do_whole_word_mask: bool = field(
-        default=False, metadata={"help": "mask all WordPieces of a word together, never some of them"}
-    )
-    max_seq_length: int = field(default=128, metadata={"help": "tokens per instance, [CLS] and [SEP]s included"})
-    max_predictions_per_seq: int = field(default=20, metadata={"help": "most masked positions per instance"})
-    random_seed: int = field(default=12345, metadata={"help": "seed of chunk 0's random.Random (Google's seed)"})
-    dupe_factor: int = field(default=10, metadata={"help": "passes over the text, each with different masks"})
-    masked_lm_prob: float = field(default=0.15, metadata={"help": "fraction of the tokens to mask, in (0, 1]"})
-    short_seq_prob: float = field(
-        default=0.1, metadata={"help": "probability of a target length shorter than max_seq_length"}
-    )
-    output_format: str = field(
-        default="tfrecord",
-        metadata={
-            "help": "tfrecord (Google's), ofrecord (the seed's OneFlow format) or shards (bertkit's .npy dir: "
-            "training starts without converting)",
-            "choices": list(FORMATS),
-        },
-    )
-    chunk_size_mb: float = field(
-        default=8.0,
-        metadata={"help": "MiB of text per chunk, each made as Google makes one input file (negatives from within "
-                          "it); peak memory ~110 MB + 21 MB per MiB (seq 128, dupe 5), whatever the corpus size; "
-                          "0: one chunk"},
-    )  # fmt: skip
-    num_workers: int = field(default=1, metadata={"help": "processes making chunks; the records do not change"})
-    text_field: str = field(default="text", metadata={"help": "JSON lines and Parquet: the field holding the text"})
-    shard_index: int = field(
-        default=0, metadata={"help": "this process's index among --num_shards (default: RANK or SLURM_PROCID)"}
-    )
-    num_shards: int = field(
-        default=0,
-        metadata={"help": "processes sharing the chunks, each taking index mod n (0: WORLD_SIZE or SLURM_NTASKS "
-                          "when set, else 1); needs --output_dir"},
-    )  # fmt: skip
-
-    def __post_init__(self) -> None:
-        # the one vocabulary and casing policy (data/vocab.py), decided once here so that every worker tokenizes
-        # alike: a casing the vocabulary contradicts is refused, none given is the vocabulary's
-        self.do_lower_case = choose_tokenizer(self.vocab_file, self.do_lower_case, check=self.check_casing)[1]
-        if not self.input_file.strip(","):
-            raise ValueError("--input_file is required")
-        if bool(self.output_file.strip(",")) == bool(self.output_dir):
-            raise ValueError("--output_file or --output_dir is required (one of them)")
-        # [CLS] A [SEP] B [SEP] with A and B at least one token each; Google draws randint(2, max_seq_length - 3).
-        if self.max_seq_length < 5:
-            raise ValueError(f"--max_seq_length must be at least 5, got {self.max_seq_length}")
-        for name in ("max_predictions_per_seq", "dupe_factor", "num_workers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 < self.masked_lm_prob <= 1:
-            raise ValueError(f"--masked_lm_prob must be in (0, 1], got {self.masked_lm_prob}")
-        if not 0 <= self.short_seq_prob <= 1:
-            raise ValueError(f"--short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
-        if self.output_format not in FORMATS:
-            raise ValueError(f"--output_format must be one of {', '.join(FORMATS)}, got {self.output_format!r}")
-        if self.chunk_size_mb < 0:
-            raise ValueError(f"--chunk_size_mb must be >= 0 (0: one chunk), got {self.chunk_size_mb}")
-        if self.num_shards < 0 or not 0 <= self.shard_index < max(self.num_shards, 1):
-            raise ValueError(f"--shard_index must be in [0, --num_shards), got {self.shard_index}/{self.num_shards}")
-        outputs = self.output_files()
-        if self.output_format == "shards" and len(outputs) > 1:
-            raise ValueError(f"--output_file: shards go to one directory, got {len(outputs)} paths")
-        if len(set(outputs)) != len(outputs):
-            raise ValueError(f"--output_file names a file twice: {self.output_file}")
-
-    def output_files(self) -> list[str]:
-        return [s.strip() for s in self.output_file.split(",") if s.strip()]
 
 
 def make_tokenizer(cfg: CreatePretrainingDataConfig) -> WordPieceTokenizer:
     """Google's FullTokenizer for these flags: a word longer than 200 characters (not 100) becomes [UNK]."""
-    return WordPieceTokenizer(cfg.vocab_file, cfg.do_lower_case, max_input_chars_per_word=200)
+    return WordPieceTokenizer(cfg.tokenizer.vocab_file, cfg.tokenizer.do_lower_case, max_input_chars_per_word=200)
 
 
 def read_documents(files: list[Path], tokenizer: WordPieceTokenizer) -> Documents:
@@ -163,7 +60,9 @@ def read_documents(files: list[Path], tokenizer: WordPieceTokenizer) -> Document
 
 def make_features(documents: Documents, cfg: CreatePretrainingDataConfig, tokenizer) -> dict[str, np.ndarray]:
     """The records of `documents` made as one chunk with `--random_seed`, in output order, as Google's features."""
-    instances, order = chunk_instances(list(documents), make_params(cfg, tokenizer), random.Random(cfg.random_seed))
+    instances, order = chunk_instances(
+        list(documents), make_params(cfg, tokenizer), random.Random(cfg.masking.random_seed)
+    )
     return expand(instances.take(order))
 
 
@@ -216,7 +115,7 @@ _worker: dict = {}  # per process: the config, tokenizer and instance parameters
 
 
 def _init_worker(cfg: CreatePretrainingDataConfig) -> None:
-    if cfg.num_workers > 1:  # one thread per worker: N workers with N tokenizer threads each would oversubscribe
+    if cfg.corpus.num_workers > 1:  # one thread per worker: N workers with N tokenizer threads each would oversubscribe
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     tokenizer = make_tokenizer(cfg)
     _worker.update(cfg=cfg, tokenizer=tokenizer, params=make_params(cfg, tokenizer))
@@ -230,15 +129,17 @@ def make_chunk(chunk: Chunk) -> tuple[int, dict, tuple[Compact, list[int]] | Non
     start = time.perf_counter()
     cfg = _worker["cfg"]
     documents = tokenize_documents(chunk.lines, _worker["tokenizer"])
-    rng = random.Random(parts.chunk_seed(cfg.random_seed, chunk.index))
+    rng = random.Random(parts.chunk_seed(cfg.masking.random_seed, chunk.index))
     instances, order = chunk_instances(documents, _worker["params"], rng)
     stats = _stats(documents, instances, chunk.nbytes, 0.0)
     del documents
-    if not cfg.output_dir:
+    if not cfg.corpus.output_dir:
         return chunk.index, stats, (instances, order)
-    out = Path(cfg.output_dir)
+    out = Path(cfg.corpus.output_dir)
     vocab_size = len(_worker["params"].word_ids)
-    write_part(out / f"part-{chunk.index}", instances, order, cfg.output_format, [(chunk.start, "text")], vocab_size)
+    write_part(
+        out / f"part-{chunk.index}", instances, order, cfg.corpus.output_format, [(chunk.start, "text")], vocab_size
+    )
     stats["seconds"] = time.perf_counter() - start
     parts.mark_finished(out, chunk.index, stats)
     return chunk.index, stats, None
@@ -247,18 +148,18 @@ def make_chunk(chunk: Chunk) -> tuple[int, dict, tuple[Compact, list[int]] | Non
 def _made(chunks, cfg: CreatePretrainingDataConfig):
     """make_chunk over `chunks`, in order: here, or in --num_workers spawned processes with at most
     num_workers + 1 chunks in flight (the reader waits for them, so memory stays bounded)."""
-    if cfg.num_workers == 1:
+    if cfg.corpus.num_workers == 1:
         _init_worker(cfg)
         yield from map(make_chunk, chunks)
         return
     import multiprocessing
 
     # spawn, not fork: the tokenizer's Rust threads are running, and fork copies locks held by them.
-    with multiprocessing.get_context("spawn").Pool(cfg.num_workers, _init_worker, (cfg,)) as pool:
+    with multiprocessing.get_context("spawn").Pool(cfg.corpus.num_workers, _init_worker, (cfg,)) as pool:
         pending: deque = deque()
         for chunk in chunks:
             pending.append(pool.apply_async(make_chunk, (chunk,)))
-            if len(pending) > cfg.num_workers:
+            if len(pending) > cfg.corpus.num_workers:
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
@@ -305,10 +206,10 @@ class _Progress:
 
 def _data_dir(cfg: CreatePretrainingDataConfig) -> Path | None:
     """Where the vocabulary is recorded: the output or shard directory, or the one folder all record files go to."""
-    if cfg.output_dir:
-        return Path(cfg.output_dir)
-    outputs = [Path(s) for s in cfg.output_files()]
-    if cfg.output_format == "shards":
+    if cfg.corpus.output_dir:
+        return Path(cfg.corpus.output_dir)
+    outputs = [Path(s) for s in cfg.corpus.output_files()]
+    if cfg.corpus.output_format == "shards":
         return outputs[0]
     folders = {p.parent for p in outputs}
     return folders.pop() if len(folders) == 1 else None
@@ -320,7 +221,8 @@ def _settings(cfg: CreatePretrainingDataConfig, files: list[Path], vocab: str) -
 
     keep = ("do_lower_case", "do_whole_word_mask", "max_seq_length", "max_predictions_per_seq", "random_seed",
             "dupe_factor", "masked_lm_prob", "short_seq_prob", "output_format", "chunk_size_mb", "text_field")  # fmt: skip
-    return {k: getattr(cfg, k) for k in keep} | {
+    flags = cfg.flat()
+    return {k: flags[k] for k in keep} | {
         "inputs": parts.input_identity(files),
         "vocab_sha256": hashlib.sha256(Path(vocab).read_bytes()).hexdigest(),
     }
@@ -329,58 +231,60 @@ def _settings(cfg: CreatePretrainingDataConfig, files: list[Path], vocab: str) -
 def _write_in_order(results, cfg: CreatePretrainingDataConfig, files: list[Path], on_chunk, vocab_size: int):
     """Google's outputs (--output_file): each chunk's records appended round-robin to the files, or to one shard
     directory, in chunk order; the outputs appear (renamed from temporaries) when every chunk is written."""
-    outputs = [Path(s) for s in cfg.output_files()]
+    outputs = [Path(s) for s in cfg.corpus.output_files()]
     with contextlib.ExitStack() as stack:
-        if cfg.output_format == "shards":
+        if cfg.corpus.output_format == "shards":
             from bertkit.data.shards import ShardWriter, narrow_pretraining
 
             shards = ShardWriter(stack.enter_context(atomic_output(outputs[0])))
         else:
-            writers = [stack.enter_context(record_writer(out, cfg.output_format)) for out in outputs]
+            writers = [stack.enter_context(record_writer(out, cfg.corpus.output_format)) for out in outputs]
         written = 0
         for index, stats, (instances, order) in results:
-            if cfg.output_format == "shards":
+            if cfg.corpus.output_format == "shards":
                 for rows in row_blocks(instances, order):
                     shards.append(narrow_pretraining(rows, vocab_size))
             else:
-                for data in payloads(instances, order, cfg.output_format):
+                for data in payloads(instances, order, cfg.corpus.output_format):
                     writers[written % len(writers)](data)
                     written += 1
             on_chunk(index, stats)
-        if not written and not (cfg.output_format == "shards" and shards.rows):
+        if not written and not (cfg.corpus.output_format == "shards" and shards.rows):
             # Inside the outputs' context: nothing is left behind.
             raise ValueError(f"--input_file {', '.join(map(str, files))}: no text (every line is blank)")
-        if cfg.output_format == "shards":
+        if cfg.corpus.output_format == "shards":
             shards.close([(f, "text") for f in files])
 
 
 def create_pretraining_data(cfg: CreatePretrainingDataConfig, progress: bool = False) -> dict:
     """Read, make and write chunk by chunk; returns a summary of this process's chunks (counts and seconds)."""
     start = time.perf_counter()
-    files = input_files(cfg.input_file)
-    index, n = parts.resolve_shard(cfg.shard_index, cfg.num_shards)
-    if n > 1 and not cfg.output_dir:
+    files = input_files(cfg.corpus.input_file)
+    index, n = parts.resolve_shard(cfg.corpus.shard_index, cfg.corpus.num_shards)
+    if n > 1 and not cfg.corpus.output_dir:
         raise ValueError(
             f"{n} processes share the chunks (--num_shards, RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS): pass "
             f"--output_dir, or --num_shards 1 for one process"
         )
-    vocab, data_dir = cfg.vocab_file or default_vocab_path(), _data_dir(cfg)
+    vocab, data_dir = cfg.tokenizer.vocab_file or default_vocab_path(), _data_dir(cfg)
     if progress:
-        print(choose_tokenizer(cfg.vocab_file, cfg.do_lower_case, check=cfg.check_casing).line())
-    if cfg.output_format == "shards" and not cfg.output_dir:  # refuse before the work, not after it
+        print(cfg.tokenizer.choose().line())
+    if cfg.corpus.output_format == "shards" and not cfg.corpus.output_dir:  # refuse before the work, not after it
         from bertkit.data.shards import check_shards_output
 
-        check_shards_output(Path(cfg.output_files()[0]), "--output_file")
+        check_shards_output(Path(cfg.corpus.output_files()[0]), "--output_file")
     if data_dir is not None:
         check_data_vocab_target(data_dir, Path(vocab))
-    if cfg.output_dir:
-        parts.open_output_dir(Path(cfg.output_dir), _settings(cfg, files, vocab))
+    if cfg.corpus.output_dir:
+        parts.open_output_dir(Path(cfg.corpus.output_dir), _settings(cfg, files, vocab))
     seen = [0]  # chunks in the corpus, counted as the reader passes them
 
     def mine(chunks):
         for chunk in chunks:
             seen[0] = chunk.index + 1
-            if chunk.index % n == index and not (cfg.output_dir and parts.finished(Path(cfg.output_dir), chunk.index)):
+            if chunk.index % n == index and not (
+                cfg.corpus.output_dir and parts.finished(Path(cfg.corpus.output_dir), chunk.index)
+            ):
                 yield chunk
 
     plain = all(f.suffix == ".txt" or not f.suffix for f in files)
@@ -394,8 +298,8 @@ def create_pretraining_data(cfg: CreatePretrainingDataConfig, progress: bool = F
         bar.update(i, stats)
 
     try:
-        results = _made(mine(read_chunks(files, cfg.chunk_size_mb, cfg.text_field)), cfg)
-        if cfg.output_dir:
+        results = _made(mine(read_chunks(files, cfg.corpus.chunk_size_mb, cfg.corpus.text_field)), cfg)
+        if cfg.corpus.output_dir:
             for i, stats, _ in results:
                 on_chunk(i, stats)
         else:
@@ -403,14 +307,14 @@ def create_pretraining_data(cfg: CreatePretrainingDataConfig, progress: bool = F
     finally:
         bar.close()
     if data_dir is not None:  # what pretraining copies into its snapshots (vocab.data_vocab)
-        record_data_vocab(data_dir, vocab, cfg.do_lower_case)
-    manifest = parts.finish(Path(cfg.output_dir), seen[0]) if cfg.output_dir else None
+        record_data_vocab(data_dir, vocab, cfg.tokenizer.do_lower_case)
+    manifest = parts.finish(Path(cfg.corpus.output_dir), seen[0]) if cfg.corpus.output_dir else None
     real = max(totals.get("instance_tokens", 0), 1)
     return {
         "files": len(files),
         "chunks": totals.get("chunks", 0),
         "corpus_chunks": seen[0],
-        "complete": manifest is not None if cfg.output_dir else True,
+        "complete": manifest is not None if cfg.corpus.output_dir else True,
         **{k: totals.get(k, 0) for k in ("text_bytes", "documents", "sentences", "text_tokens", "instances")},
         "instance_tokens": totals.get("instance_tokens", 0),
         "masked_fraction": totals.get("masked", 0) / real,
@@ -421,12 +325,12 @@ def create_pretraining_data(cfg: CreatePretrainingDataConfig, progress: bool = F
 
 def run(cfg: CreatePretrainingDataConfig) -> dict:
     s = create_pretraining_data(cfg, progress=True)
-    where = cfg.output_dir or cfg.output_file
+    where = cfg.corpus.output_dir or cfg.corpus.output_file
     print(
         f"create-pretraining-data: {s['chunks']} chunk(s) of {s['corpus_chunks']} ({s['text_bytes'] / 2**20:.1f} "
         f"MiB of text, {s['documents']:,} documents, {s['sentences']:,} sentences, {s['text_tokens']:,} tokens) "
         f"from {s['files']} file(s) -> {s['instances']:,} instances ({s['instance_tokens']:,} tokens, "
-        f"{s['masked_fraction']:.1%} masked, {s['random_next_fraction']:.1%} random next) in {cfg.output_format} at "
+        f"{s['masked_fraction']:.1%} masked, {s['random_next_fraction']:.1%} random next) in {cfg.corpus.output_format} at "
         f"{where}; {s['seconds']:.1f} s, {s['text_bytes'] / 2**20 / max(s['seconds'], 1e-9):.2f} MiB/s"
         + ("" if s["complete"] else "; other processes' chunks are not all finished yet")
     )

@@ -48,12 +48,12 @@ def make_params(cfg, tokenizer) -> Params:
     for token, i in vocab.items():
         continues[i] = token.startswith("##")
     return Params(
-        cfg.max_seq_length,
-        cfg.max_predictions_per_seq,
-        cfg.masked_lm_prob,
-        cfg.short_seq_prob,
-        cfg.do_whole_word_mask,
-        cfg.dupe_factor,
+        cfg.masking.max_seq_length,
+        cfg.masking.max_predictions_per_seq,
+        cfg.masking.masked_lm_prob,
+        cfg.masking.short_seq_prob,
+        cfg.masking.do_whole_word_mask,
+        cfg.masking.dupe_factor,
         *tokenizer.convert_tokens_to_ids(["[CLS]", "[SEP]", "[MASK]"]),
         tuple(vocab.values()),
         bytes(continues),

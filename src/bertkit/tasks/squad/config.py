@@ -19,32 +19,11 @@ from bertkit.runtime.config import Composed, Section, positive
 from bertkit.runtime.dist import DistConfig
 from bertkit.runtime.precision import QUANTIZE
 from bertkit.tasks.squad.data import squad_tokenizer
+from bertkit.tasks.squad.records import SquadWindows
 from bertkit.train import runner
 from bertkit.train.config import ModelSection, OptimizerSection, RunSection, TrainingSection
 
 # --- sections -------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SquadWindows(Section):
-    """Google's windows over a paragraph: [CLS] question [SEP] context [SEP], strided."""
-
-    max_seq_length: int = field(
-        default=384, metadata={"resume": "refused", "help": "tokens per window: [CLS] question [SEP] context [SEP]"}
-    )
-    doc_stride: int = field(
-        default=128, metadata={"resume": "refused", "help": "tokens between the starts of a paragraph's windows"}
-    )
-    max_query_length: int = field(
-        default=64, metadata={"resume": "refused", "help": "questions are cut to this many tokens"}
-    )
-
-    def __post_init__(self) -> None:
-        positive(self, "max_seq_length", "doc_stride", "max_query_length")
-        if self.max_seq_length <= self.max_query_length + 3:
-            raise ValueError(
-                f"--max_seq_length ({self.max_seq_length}) must exceed --max_query_length ({self.max_query_length}) + 3"
-            )
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,6 @@ from bertkit.tasks.squad.config import (
     Npy2JsonConfig,
     SquadConfig,
     SquadPredictConfig,
-    SquadWindows,
     checkpoint_flag,
     make_tokenizer,
     model_checkpoint,
@@ -53,6 +52,7 @@ from bertkit.tasks.squad.data import (
 )
 from bertkit.tasks.squad.evaluate import evaluate_v1, evaluate_v2
 from bertkit.tasks.squad.predict import PREDICTION_FILES, RawResults, SquadPredictions, predict_answers, predict_logits
+from bertkit.tasks.squad.records import SquadWindows
 from bertkit.train import runner
 from bertkit.train.build import build_model, model_config
 from bertkit.train.loop import Task, fit
