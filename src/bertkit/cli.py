@@ -50,10 +50,22 @@ def config_flags(cls: type) -> list[tuple[str, object, object, dict, object]]:
     return out
 
 
+def flag_groups(cls: type) -> dict[str, tuple[str, str]]:
+    """{flag: (its section's name, its docstring's first paragraph)}: --help lists a composed config by section."""
+    if not hasattr(cls, "sections"):
+        return {}
+    about = {name: (name, " ".join(sec.__doc__.split("\n\n")[0].split())) for name, sec in cls.sections().items()}
+    return {f.name: about[f.section] for f in cls.flags() if f.section}
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per field of `cls` (of each of its sections), typed from its annotation, helped from its metadata."""
     hidden = getattr(cls, "cli_hidden", ())
+    groups, where = {}, flag_groups(cls)
     for name, kind, default, metadata, help_text in config_flags(cls):
+        if name in where and where[name] not in groups:
+            groups[where[name]] = parser.add_argument_group(*where[name])
+        target = groups[where[name]] if name in where else parser
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `int | None` -> int
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         choices = metadata.get("choices")
@@ -61,24 +73,17 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
         default = default if has_default else None
         if metadata.get("positional"):  # given by place (`DATA.json`); required unless the field has a default
             nargs = "?" if has_default else None
-            parser.add_argument(name, type=kind, nargs=nargs, default=default, choices=choices, help=help_text)
+            target.add_argument(name, type=kind, nargs=nargs, default=default, choices=choices, help=help_text)
             continue
         if default is not None and "default" not in help_text:  # a help that states its default says it once
             help_text += " (default: %(default)s)"
         if metadata.get("hidden") or name in hidden:  # accepted, not shown
             help_text = argparse.SUPPRESS
         if kind is bool:
-            parser.add_argument(
-                f"--{name}",
-                type=parse_bool,
-                nargs="?",
-                const=True,
-                default=default,
-                help=help_text,
-                metavar="BOOL",
-            )
+            target.add_argument(f"--{name}", type=parse_bool, nargs="?", const=True, default=default,
+                                help=help_text, metavar="BOOL")  # fmt: skip
             continue
-        parser.add_argument(f"--{name}", type=kind, default=default, choices=choices, help=help_text)
+        target.add_argument(f"--{name}", type=kind, default=default, choices=choices, help=help_text)
 
 
 def config_from_args(cls: type, ns: argparse.Namespace):
@@ -220,10 +225,11 @@ def help_table() -> dict:
     table = {}
     for name in COMMANDS:
         p = _subparser(build_parser(name), name)
+        group = {id(a): [g.title, g.description] for g in p._action_groups[2:] for a in g._group_actions}
         args = [
             {"flags": a.option_strings, "dest": a.dest, "help": a.help, "metavar": a.metavar, "nargs": a.nargs,
              "default": a.default if isinstance(a.default, str | int | float | bool | None) else str(a.default),
-             "choices": list(a.choices) if a.choices else None}
+             "choices": list(a.choices) if a.choices else None, "group": group.get(id(a))}
             for a in p._actions if not isinstance(a, argparse._HelpAction)
         ]  # fmt: skip
         table[name] = {"description": p.description, "arguments": args}
@@ -239,14 +245,21 @@ def help_parser(name: str) -> argparse.ArgumentParser:
     """The parser of one command as HELP_TABLE records it: prints the same --help, imports nothing."""
     spec = json.loads(HELP_TABLE.read_text(encoding="utf-8"))[name]
     p = Parser(prog=f"bertkit {name}", description=spec["description"])
+    groups: dict[tuple, argparse._ArgumentGroup] = {}
     for a in spec["arguments"]:
         kw = {k: a[k] for k in ("help", "metavar", "nargs", "choices", "default") if a[k] is not None}
         if kw.get("help") == argparse.SUPPRESS:
             kw["help"] = argparse.SUPPRESS  # argparse tests it by identity, not equality
+        target = p
+        if a.get("group"):
+            key = tuple(a["group"])
+            if key not in groups:
+                groups[key] = p.add_argument_group(*key)
+            target = groups[key]
         if a["flags"]:
-            p.add_argument(*a["flags"], dest=a["dest"], **kw)
+            target.add_argument(*a["flags"], dest=a["dest"], **kw)
         else:
-            p.add_argument(a["dest"], **kw)
+            target.add_argument(a["dest"], **kw)
     return p
 
 

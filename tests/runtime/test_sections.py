@@ -127,3 +127,18 @@ def test_the_check_phase_returns_a_new_config_and_leaves_the_given_one(tmp_path,
     resolved = runner.check_resume(cfg)
     assert (cfg.run.resume, resolved.run.resume) == ("latest", None)
     assert "no snapshot in" in capsys.readouterr().out
+
+
+def test_help_lists_a_commands_flags_section_by_section(capsys):
+    """`bertkit squad --help` (answered from help.json, without importing the command) shows each section as a
+    group headed by its name, with the flags it holds."""
+    from bertkit.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["squad", "--help"])
+    text = capsys.readouterr().out
+    heads = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert heads[-10:] == ["tokenizer", "windows", "answers", "data", "model", "task", "optimizer", "training", "run",
+                           "dist"]  # fmt: skip
+    after = text.split("\noptimizer:\n", 1)[1]
+    assert "--learning_rate" in after.split("\ntraining:\n", 1)[0]

@@ -321,8 +321,11 @@ def choose_tokenizer(
 
 @dataclass(frozen=True)
 class TokenizerFlags(Section):
-    """The tokenizer's section of every command that tokenizes (squad, squad-predict, npy2json, classify, ask,
-    serve, create-squad-data, create-glue-data, create-pretraining-data): its flags, declared once."""
+    """The vocabulary and casing the text is tokenized with: the checkpoint's by default, checked against the
+    model and the data.
+
+    The tokenizer section of every command that tokenizes (squad, squad-predict, npy2json, classify, ask, serve,
+    create-squad-data, create-glue-data, create-pretraining-data): its flags, declared once."""
 
     vocab_file: str | None = field(
         default=None,

@@ -31,8 +31,9 @@ from bertkit.runtime.config import Section
 
 @dataclass(frozen=True)
 class DistConfig(Section):
-    """The seed's flags for where the processes run (torchrun's nproc_per_node, nnodes, node rank, master): the
-    processes' section of every training command's config (runtime/config.py)."""
+    """Where the processes run: the seed's flags for torchrun's nproc_per_node, nnodes, node rank and master.
+
+    The processes' section of every training command's config (runtime/config.py)."""
 
     gpu_num_per_node: int = field(
         default=1, metadata={"help": "processes per machine (GPUs; CPU processes without GPUs)"}
