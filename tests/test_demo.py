@@ -50,7 +50,7 @@ def test_threads_follow_the_machines_load(monkeypatch, capsys):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (3.2, 0, 0))
     assert idle_cores() == (13, "16 cores, load average 3.2")
-    assert DemoConfig(num_threads=3).num_threads == 3
+    assert DemoConfig.from_flags(num_threads=3).num_threads == 3
     with pytest.raises(SystemExit) as e:
         main(["demo", "--num_threads", "-1"])
     assert e.value.code == 2

@@ -19,6 +19,7 @@ The demo data and its sources are in src/bertkit/data/demo/ (SOURCES.md).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -31,7 +32,7 @@ from pathlib import Path
 DATA = resources.files("bertkit") / "data" / "demo"
 
 
-@dataclass
+@dataclass(frozen=True)
 class DemoConfig:
     """Run create-pretraining-data, pretrain, SQuAD fine-tuning, prediction and scoring on embedded data."""
 
@@ -81,14 +82,17 @@ class DemoConfig:
         },
     )
 
+    @classmethod
+    def from_flags(cls, **flags) -> DemoConfig:
+        """The config with the defaults that follow --quick: --pretrain_iters 250 (30), --squad_epochs 0.6."""
+        cfg = cls(**flags)
+        return dataclasses.replace(cfg, pretrain_iters=cfg.pretrain_iters or (30 if cfg.quick else 250),
+                                   squad_epochs=cfg.squad_epochs or 0.6)  # fmt: skip
+
     def __post_init__(self) -> None:
-        if self.pretrain_iters is None:
-            self.pretrain_iters = 30 if self.quick else 250
-        if self.squad_epochs is None:
-            self.squad_epochs = 0.6
         for name in ("pretrain_iters", "num_hidden_layers", "num_attention_heads", "hidden_size_per_head",
                      "batch_size_per_device", "pretrain_learning_rate", "squad_learning_rate", "squad_epochs"):  # fmt: skip
-            if not getattr(self, name) > 0:  # `not > 0` also refuses NaN
+            if getattr(self, name) is not None and not getattr(self, name) > 0:  # `not > 0` also refuses NaN
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
         if self.minilm_steps < 0:
             raise ValueError(f"--minilm_steps must be 0 (skip) or positive, got {self.minilm_steps}")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-@dataclass
+@dataclass(frozen=True)
 class PlotConfig:
     """Draw the loss curves, learning rate and throughput of a training run from LOG_DIR/metrics.jsonl."""
 

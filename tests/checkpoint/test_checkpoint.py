@@ -302,11 +302,11 @@ def test_general_form_and_its_abbreviations(shared_data, tmp_path):
 
 def test_convert_config_validation():
     with pytest.raises(ValueError, match="--input"):
-        ConvertConfig(output="x")
+        ConvertConfig.from_flags(output="x")
     with pytest.raises(ValueError, match="--output"):
-        ConvertConfig(input="x")
+        ConvertConfig.from_flags(input="x")
     with pytest.raises(ValueError, match="but --to is hf"):
-        ConvertConfig(tf_checkpoint_path="a", of_dump_path="b", to_format="hf")
-    cfg = ConvertConfig(tf_checkpoint_path="a", of_dump_path="b")
+        ConvertConfig.from_flags(tf_checkpoint_path="a", of_dump_path="b", to_format="hf")
+    cfg = ConvertConfig.from_flags(tf_checkpoint_path="a", of_dump_path="b")
     assert (cfg.input, cfg.output, cfg.from_format, cfg.to_format) == ("a", "b", "tf", "oneflow")
-    assert ConvertConfig(input="a", output="b").to_format == "bertkit"
+    assert ConvertConfig.from_flags(input="a", output="b").to_format == "bertkit"

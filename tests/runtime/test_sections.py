@@ -142,3 +142,12 @@ def test_help_lists_a_commands_flags_section_by_section(capsys):
                            "dist"]  # fmt: skip
     after = text.split("\noptimizer:\n", 1)[1]
     assert "--learning_rate" in after.split("\ntraining:\n", 1)[0]
+
+
+def test_every_commands_config_is_frozen():
+    """No command's config changes once the command line has built it (derived values make a new one)."""
+    import bertkit.cli as cli
+
+    for name in cli.COMMANDS:
+        cls, _ = cli.command(name)
+        assert cls.__dataclass_params__.frozen, name

@@ -24,6 +24,7 @@ Reference for the CLI: OneFlow-Benchmark's convert_tf_ckpt_to_of.py (`--tf_check
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -350,7 +351,7 @@ WRITERS = {"bertkit": save_pretrained, "hf": save_hf, "oneflow": save_oneflow}
 # --- `bertkit convert` --------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConvertConfig:
     """Convert a BERT checkpoint between Google TF, Hugging Face, OneFlow and bertkit formats.
 
@@ -390,25 +391,30 @@ class ConvertConfig:
         default=False, metadata={"help": "print every tensor of the input once, with what became of it"}
     )
 
-    def __post_init__(self) -> None:
-        if self.tf_checkpoint_path:
-            if self.input and self.input != self.tf_checkpoint_path:
+    @classmethod
+    def from_flags(cls, **flags) -> ConvertConfig:
+        """The config with the seed's names folded into the general ones (--tf_checkpoint_path is --input --from tf,
+        --of_dump_path is --output --to oneflow) and --to auto decided. ValueError for flags that disagree."""
+        cfg = cls(**flags)
+        fixed = {}
+        if cfg.tf_checkpoint_path:
+            if cfg.input and cfg.input != cfg.tf_checkpoint_path:
                 raise ValueError("give --tf_checkpoint_path or --input, not both")
-            if self.from_format not in ("auto", "tf"):
-                raise ValueError(f"--tf_checkpoint_path reads a TF checkpoint, but --from is {self.from_format}")
-            self.input, self.from_format = self.tf_checkpoint_path, "tf"
-        if self.of_dump_path:
-            if self.output and self.output != self.of_dump_path:
+            if cfg.from_format not in ("auto", "tf"):
+                raise ValueError(f"--tf_checkpoint_path reads a TF checkpoint, but --from is {cfg.from_format}")
+            fixed |= {"input": cfg.tf_checkpoint_path, "from_format": "tf"}
+        if cfg.of_dump_path:
+            if cfg.output and cfg.output != cfg.of_dump_path:
                 raise ValueError("give --of_dump_path or --output, not both")
-            if self.to_format not in ("auto", "oneflow"):
-                raise ValueError(f"--of_dump_path writes a OneFlow snapshot, but --to is {self.to_format}")
-            self.output, self.to_format = self.of_dump_path, "oneflow"
-        if not self.input:
+            if cfg.to_format not in ("auto", "oneflow"):
+                raise ValueError(f"--of_dump_path writes a OneFlow snapshot, but --to is {cfg.to_format}")
+            fixed |= {"output": cfg.of_dump_path, "to_format": "oneflow"}
+        cfg = dataclasses.replace(cfg, **fixed)
+        if not cfg.input:
             raise ValueError("--input (or --tf_checkpoint_path) is required")
-        if not self.output:
+        if not cfg.output:
             raise ValueError("--output (or --of_dump_path) is required")
-        if self.to_format == "auto":
-            self.to_format = "bertkit"
+        return dataclasses.replace(cfg, to_format="bertkit") if cfg.to_format == "auto" else cfg
 
 
 def run(cfg: ConvertConfig) -> LoadReport:

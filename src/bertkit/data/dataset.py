@@ -103,7 +103,7 @@ def convert_data(
     return meta
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConvertDataConfig:
     """Convert OFRecord or TFRecord pretraining records into memory-mapped training shards (one .npy per feature)."""
 

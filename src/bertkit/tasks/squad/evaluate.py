@@ -201,7 +201,7 @@ def load_na_probs(path: str | Path) -> dict[str, float]:
     return probs
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvaluateConfig:
     """Score SQuAD predictions with the official v1.1 / v2.0 metrics and print the official JSON."""
 
