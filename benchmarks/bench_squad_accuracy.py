@@ -220,11 +220,11 @@ def run_hf(args: argparse.Namespace, model_dir: Path, predict_file: Path, name: 
     from bertkit.tasks.squad.data import load_squad, squad_tokenizer
     from bertkit.tasks.squad.evaluate import evaluate_v1
     from bertkit.tasks.squad.predict import RawResults, predict_answers, predict_logits
-    from bertkit.tasks.squad.records import SquadWindows
+    from bertkit.tasks.squad.records import WindowFlags
     from bertkit.tasks.squad.task import SquadLoader, json_windows
 
     seed = args.seed  # bertkit's --seed: the same data order
-    flags = SquadWindows(max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
+    flags = WindowFlags(max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
                        max_query_length=args.max_query_length)  # fmt: skip
     tok = squad_tokenizer(model_dir / "vocab.txt")
     t_all = time.perf_counter()

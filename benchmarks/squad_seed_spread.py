@@ -55,14 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     from bertkit.tasks.squad.data import load_squad, squad_tokenizer
     from bertkit.tasks.squad.evaluate import evaluate_v1
     from bertkit.tasks.squad.predict import RawResults, predict_answers, predict_logits
-    from bertkit.tasks.squad.records import SquadWindows
+    from bertkit.tasks.squad.records import WindowFlags
     from bertkit.tasks.squad.task import SquadLoader, json_windows, squad_loss
     from bertkit.train.config import TrainConfig
     from bertkit.train.loop import Task, fit
 
     torch.set_num_threads(args.threads)
     d = minilm_dir()
-    flags = SquadWindows(max_seq_length=256, doc_stride=128, max_query_length=64)
+    flags = WindowFlags(max_seq_length=256, doc_stride=128, max_query_length=64)
     tok = squad_tokenizer(d / "vocab.txt")
     _, feats, _ = json_windows(str(DATA / "train-v1.1-first44.json"), flags, tok, training=True)
     arrays = {"input_ids": feats.input_ids, "input_mask": feats.input_mask, "segment_ids": feats.segment_ids,

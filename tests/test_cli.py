@@ -109,7 +109,7 @@ def test_flags_that_disagree_and_unknown_flags_are_one_line(capsys):
     [
         ("squad", "--lr", "--learning_rate"),
         ("squad", "--model_name_or_path", "--init_checkpoint or --model_load_dir"),
-        ("pretrain", "--model_name_or_path", "--model_load_dir"),
+        ("pretrain", "--model_name_or_path", "--init_checkpoint or --model_load_dir"),
         ("squad", "--per_device_train_batch_size", "--batch_size_per_device"),
         ("pretrain", "--num_train_epochs", "--iter_num"),
         ("pretrain", "--output_dir", "--model_save_dir"),

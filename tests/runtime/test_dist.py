@@ -25,7 +25,7 @@ def test_num_threads_sets_the_threads_of_a_process(monkeypatch):
     finally:
         torch.set_num_threads(before)
     with pytest.raises(ValueError, match="--num_threads"):
-        dist.DistConfig(num_threads=-1)
+        dist.DistFlags(num_threads=-1)
 
 
 def test_node_rank_is_found_from_local_addresses():

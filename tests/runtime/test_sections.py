@@ -151,3 +151,29 @@ def test_every_commands_config_is_frozen():
     for name in cli.COMMANDS:
         cls, _ = cli.command(name)
         assert cls.__dataclass_params__.frozen, name
+
+
+def test_each_sections_checks_come_before_the_commands_rules():
+    """A section's own error is what the user sees, not what the command's rules make of a bad value."""
+    from bertkit.serve.ask import AskConfig
+    from bertkit.tasks.glue.task import ClassifyConfig
+
+    with pytest.raises(ValueError, match="--gpu_num_per_node and --node_num must be positive"):
+        ClassifyConfig.from_flags(task_name="RTE", do_train=True, data_dir="g", gpu_num_per_node=0)  # not a / 0
+    with pytest.raises(ValueError, match="--task_name is required"):
+        ClassifyConfig.from_flags()
+    with pytest.raises(ValueError, match="--n_best_size must be positive"):
+        AskConfig.from_flags(model="m", question="q", context="-", n_best_size=0)
+
+
+def test_resume_rules_are_declared_on_the_sections_fields():
+    from bertkit.checkpoint.snapshot import resume_rules
+    from bertkit.tasks.glue.task import ClassifyConfig
+    from bertkit.tasks.squad.config import SquadConfig, SquadPredictConfig
+
+    for cls in (SquadConfig, SquadPredictConfig):
+        rules = resume_rules(cls)
+        assert rules["seq_length"] == rules["max_seq_length"] == ("refused", False)
+        assert rules["num_hidden_layers"] == ("refused", True) and rules["learning_rate"] == ("warned", False)
+    rules = resume_rules(ClassifyConfig)
+    assert rules["data_dir"] == ("warned", False) and rules["hidden_dropout_prob"] == ("snapshot", True)

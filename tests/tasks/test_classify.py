@@ -410,7 +410,9 @@ def test_config_reconciles_googles_and_oneflows_names():
                num_epochs=2.0, seq_length=96, init_checkpoint="ckpt", num_nodes=1)  # fmt: skip
     assert (cfg.training.batch_size_per_device, cfg.task.num_train_epochs, cfg.data.max_seq_length,
             cfg.model.model_load_dir) == (32, 2.0, 96, "ckpt")  # fmt: skip
-    assert cfg.task.eval_batch_size_per_device == 4 and cfg.data.task.name == "MRPC" and cfg.training.iter_num is None
+    assert (
+        cfg.task.eval_batch_size_per_device == 4 and cfg.data.glue_task.name == "MRPC" and cfg.training.iter_num is None
+    )
     # Google's default global batch of 32, split over the processes; OneFlow's per-process batch as given
     cfg = make(task_name="rte", do_eval=True, data_dir="d", gpu_num_per_node=4)
     assert cfg.training.batch_size_per_device == 8

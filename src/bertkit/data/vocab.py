@@ -329,8 +329,7 @@ class TokenizerFlags(Section):
 
     vocab_file: str | None = field(
         default=None,
-        metadata={"resume": "warned", "help": "vocab.txt of the model (default: the checkpoint's, else the one the "
-                  "data was made with, else bert-base-uncased's)"},
+        metadata={"resume": "warned", "help": "vocab.txt of the model (default: the checkpoint's, else bert-base-uncased)"},
     )  # fmt: skip
     do_lower_case: bool | None = field(default=None, metadata={"resume": "refused", "help": DO_LOWER_CASE_HELP})
     check_casing: bool = field(default=True, metadata={"help": CHECK_CASING_HELP})

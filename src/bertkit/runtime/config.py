@@ -116,6 +116,7 @@ class Composed:
             raise ValueError(f"--{missing[0]} is required")
         for section in cls.sections().values():  # a section's own rules (the seed's --use_fp16, ...)
             values = section.resolve(values)
+        cls._assemble(values)  # each section checks its flags, in order, before the command's rules combine them
         return cls._assemble(cls.resolve(values))
 
     @classmethod
@@ -147,8 +148,8 @@ class Composed:
         return {f.name: getattr(getattr(self, f.section) if f.section else self, f.name) for f in self.flags()}
 
     def replace(self, **changes: Any):
-        """A new config with these flags changed (each routed to its section; the sections' checks run again).
-        Raises TypeError for a name that is not a flag."""
+        """A new config with these flags changed as given (each routed to its section, whose checks run again; no
+        `resolve` rule is applied again). Raises TypeError for a name that is not a flag."""
         where = {f.name: f.section for f in self.flags()}
         unknown = set(changes) - set(where)
         if unknown:
@@ -167,6 +168,13 @@ class Composed:
     def metadata(self) -> Iterator[tuple[str, Any]]:
         """(flag, its field's metadata) for every flag: the resume rules are read from it."""
         return ((f.name, f.metadata) for f in self.flags())
+
+
+def one_of(names: tuple[str, str], a, b, default=None):
+    """The value of a flag that has two names (the seed's and Google's); both may be given only when they agree."""
+    if a is not None and b is not None and a != b:
+        raise ValueError(f"--{names[0]} {a} and --{names[1]} {b} name the same thing; give one")
+    return a if a is not None else b if b is not None else default
 
 
 def positive(section: object, *names: str, zero: bool = False) -> None:

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as tdist
 
-from bertkit.runtime.config import Section
+from bertkit.runtime.config import Section, one_of
 
 
 @dataclass(frozen=True)
-class DistConfig(Section):
+class DistFlags(Section):
     """Where the processes run: the seed's flags for torchrun's nproc_per_node, nnodes, node rank and master.
 
     The processes' section of every training command's config (runtime/config.py)."""
@@ -49,6 +49,8 @@ class DistConfig(Section):
             "busy give 1: OpenMP threads that wait for a descheduled sibling made a step up to 50x slower"
         },
     )
+    num_nodes: int | None = field(default=None, metadata={"help": "the fine-tuning scripts' later name for --node_num"})
+    node_ips: str | None = field(default=None, metadata={"help": "the fine-tuning scripts' later name for --node_list"})
     shutdown_timeout: int = field(
         default=60,
         metadata={
@@ -56,6 +58,16 @@ class DistConfig(Section):
             "SIGKILLs them; a scheduler must allow at least this much grace"
         },
     )
+
+    @staticmethod
+    def resolve(values: dict) -> dict:
+        """--num_nodes / --node_ips (the fine-tuning scripts' names) and --node_num / --node_list: one value each,
+        both names set to it; given twice, they must agree."""
+        num_nodes, node_num = values["num_nodes"], values["node_num"]
+        if num_nodes is not None:  # --node_num has a default (1), so only a different value disagrees
+            node_num = one_of(("node_num", "num_nodes"), None if node_num == 1 else node_num, num_nodes)
+        node_list = one_of(("node_list", "node_ips"), values["node_list"], values["node_ips"])
+        return values | {"node_num": node_num, "num_nodes": node_num, "node_list": node_list, "node_ips": node_list}
 
     def __post_init__(self) -> None:
         if self.gpu_num_per_node <= 0 or self.node_num <= 0:

@@ -72,6 +72,12 @@ class InferenceFlags(Section):
         return "cpu" if self.quantize != "none" and self.device == "auto" else self.device
 
 
+# the tokenizer flags as ask and serve describe them (the checkpoint decides; there is no record data)
+INFERENCE_HELP = {
+    "do_lower_case": "lowercase input (default: the checkpoint's tokenizer_config.json, else from the vocab)"
+}
+
+
 def load_qa(cfg) -> QuestionAnswerer:
     """The QuestionAnswerer of a config with sections `inference` and `tokenizer` (ask's, serve's); the vocabulary
     decision printed on stderr (ask's stdout holds the answers). ValueError for windows the model cannot take."""
@@ -125,6 +131,8 @@ class AskConfig(Composed):
     inference: InferenceFlags
     tokenizer: TokenizerFlags
     ask: AskFlags
+
+    HELP = INFERENCE_HELP
 
     @classmethod
     def resolve(cls, values: dict) -> dict:

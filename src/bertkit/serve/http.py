@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from bertkit.data.vocab import TokenizerFlags
 from bertkit.runtime.config import Composed, Section
-from bertkit.serve.ask import InferenceFlags, load_qa
+from bertkit.serve.ask import INFERENCE_HELP, InferenceFlags, load_qa
 from bertkit.serve.batcher import Batcher, Dropped
 from bertkit.serve.guard import BadRequest, Guard, parse_json, slow_header_protocol
 from bertkit.serve.metrics import CONTENT_TYPE, ServerMetrics
@@ -118,7 +118,7 @@ class ServeConfig(Composed):
     tokenizer: TokenizerFlags
     server: ServerFlags
 
-    HELP = {"model": "fine-tuned SQuAD or `bertkit classify` checkpoint (its kind is detected)"}
+    HELP = INFERENCE_HELP | {"model": "fine-tuned SQuAD or `bertkit classify` checkpoint (its kind is detected)"}
 
     @classmethod
     def resolve(cls, values: dict) -> dict:

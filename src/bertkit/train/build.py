@@ -60,11 +60,19 @@ def build_model(
     return model.to(env.device), bert_cfg, None
 
 
+def checkpoint_path(cfg) -> str | None:
+    """The checkpoint the model comes from, whose config, vocabulary and casing count: the snapshot resumed (once
+    `--resume latest` is resolved), else --model_load_dir (or --init_checkpoint), else None."""
+    resume = cfg.run.resume
+    return resume if resume and resume != "latest" else cfg.model.model_load_dir
+
+
 def model_config(cfg) -> BertConfig:
     """The config `build_model` will give the model, read in the check phase: the snapshot's when resuming (after
     `--resume latest` is resolved), else `cfg.model.model_config()`'s."""
-    if cfg.run.resume and cfg.run.resume != "latest" and (Path(cfg.run.resume) / CONFIG).is_file():
-        return BertConfig.from_json_file(Path(cfg.run.resume) / CONFIG)
+    resume = cfg.run.resume
+    if resume and resume != "latest" and (Path(resume) / CONFIG).is_file():
+        return BertConfig.from_json_file(Path(resume) / CONFIG)
     return cfg.model.model_config()[0]
 
 

@@ -1,6 +1,6 @@
 """The sections every training command shares (runtime/config.py composes them): the model, the optimizer, the
 training steps and the run's outputs. Names and defaults are the seed's run_pretraining.py flags; a fine-tuning
-command gives its own defaults in its config's DEFAULTS. The processes' section is runtime/dist.py's DistConfig.
+command gives its own defaults in its config's DEFAULTS. The processes' section is runtime/dist.py's DistFlags.
 
 What a resumed run may change is declared on each field, metadata["resume"] (checkpoint/snapshot.py reads it):
 "refused" (the model's sizes, batch, seed, optimizer), "warned" (this command line's value wins) or "snapshot"
@@ -14,15 +14,18 @@ from pathlib import Path
 
 from bertkit.checkpoint import formats as checkpoint
 from bertkit.model.config import BertConfig
-from bertkit.runtime.config import Composed, Section, positive
+from bertkit.runtime.config import Composed, Section, one_of, positive
 from bertkit.train.optim import OPTIMIZERS
 
 
 @dataclass(frozen=True)
-class ModelSection(Section):
+class ModelFlags(Section):
     """The model: Google's bert_config.json or the seed's size flags, and a checkpoint to start from."""
 
     model_load_dir: str | None = field(default=None, metadata={"help": "initialise weights from this checkpoint"})
+    init_checkpoint: str | None = field(
+        default=None, metadata={"help": "Google's name for --model_load_dir: bertkit, HF, Google TF or OneFlow"}
+    )
     bert_config_file: str | None = field(
         default=None, metadata={"help": "Google bert_config.json (instead of size flags)"}
     )
@@ -48,6 +51,18 @@ class ModelSection(Section):
     hidden_size_per_head: int = field(
         default=64, metadata={"resume": "refused", "size": True, "help": "hidden size = heads x this; FFN = 4 x hidden"}
     )
+
+    @staticmethod
+    def resolve(values: dict) -> dict:
+        """--init_checkpoint (Google's) and --model_load_dir (the seed's): one value, in --model_load_dir;
+        --init_checkpoint keeps what was typed, so that errors name the flag the user gave (`checkpoint_flag`)."""
+        given = values["model_load_dir"], values["init_checkpoint"]
+        return values | {"model_load_dir": one_of(("model_load_dir", "init_checkpoint"), *given)}
+
+    @property
+    def checkpoint_flag(self) -> str:
+        """The name the user gave the checkpoint: --init_checkpoint or --model_load_dir."""
+        return "--init_checkpoint" if self.init_checkpoint else "--model_load_dir"
 
     def __post_init__(self) -> None:
         positive(self, "num_hidden_layers", "num_attention_heads", "max_position_embeddings", "type_vocab_size",
@@ -86,7 +101,7 @@ def model_source(source: str) -> str:
 
 
 @dataclass(frozen=True)
-class OptimizerSection(Section):
+class OptimizerFlags(Section):
     """The optimizer and its schedule: linear warmup, then linear decay to 0 at --iter_num (train/optim.py)."""
 
     optimizer: str = field(
@@ -113,7 +128,7 @@ class OptimizerSection(Section):
 
 
 @dataclass(frozen=True)
-class TrainingSection(Section):
+class TrainingFlags(Section):
     """The steps: batch, count, precision, seed, and where they run."""
 
     batch_size_per_device: int | None = field(
@@ -160,7 +175,7 @@ class TrainingSection(Section):
 
 
 @dataclass(frozen=True)
-class RunSection(Section):
+class RunFlags(Section):
     """The run's outputs and cadences: the loss line, metrics, evaluation, snapshots, resuming, stopping."""
 
     log_every_n_iter: int = field(default=1, metadata={"help": "write metrics to log_dir every N steps"})
@@ -194,6 +209,6 @@ class TrainConfig(Composed):
     """What the loop (`fit`) reads: the optimizer, the steps and the run's outputs. A command's config holds these
     sections among its others; tests and benchmarks that call `fit` directly build this one."""
 
-    optimizer: OptimizerSection = OptimizerSection()
-    training: TrainingSection = TrainingSection()
-    run: RunSection = RunSection()
+    optimizer: OptimizerFlags = OptimizerFlags()
+    training: TrainingFlags = TrainingFlags()
+    run: RunFlags = RunFlags()

@@ -109,6 +109,9 @@ def fit(
 ) -> dict:
     """Train `model` (its config `bert_cfg`, for snapshots) on `task` (see Task) for cfg.training.iter_num steps.
 
+    `cfg`: the sections optimizer, training and run (train/config.py): a TrainConfig, or any command's config,
+    which holds them among its others.
+
     on_log(record) receives every step's record (losses are reduced once per print window, not per step). The
     model's encoder path (`unpad`) is the model's own, set where it is built (train/build.py), never here.
     optimizer_state: without resume_state, another run's optimizer state to start from (a second pretraining

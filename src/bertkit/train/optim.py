@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-OPTIMIZERS = ("adamw", "adam_weight_decay", "lamb")
+OPTIMIZERS = ("adam_weight_decay", "adamw", "lamb")  # the default first
 
 
 def no_decay(name: str) -> bool:

@@ -30,8 +30,8 @@ from bertkit.checkpoint import snapshot
 from bertkit.runtime import dist
 from bertkit.train.loop import check_world_size
 
-Config = object  # a training command's config (runtime/config.py): sections run, training, dist, model among them
-Body = Callable[[Config, dist.DistEnv], object]
+# `cfg` below: a training command's config (runtime/config.py), with the sections run, training, model and dist.
+Body = Callable[[object, dist.DistEnv], object]
 
 
 class Failed(Exception):
@@ -40,24 +40,6 @@ class Failed(Exception):
     def __init__(self, exit_code: int, message: str = ""):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def one_of(names: tuple[str, str], a, b, default=None):
-    """The value of a flag that has two names (the seed's and Google's); both may be given only when they agree."""
-    if a is not None and b is not None and a != b:
-        raise ValueError(f"--{names[0]} {a} and --{names[1]} {b} name the same thing; give one")
-    return a if a is not None else b if b is not None else default
-
-
-def node_names(values: dict) -> dict:
-    """The fine-tuning scripts' later names --num_nodes / --node_ips for --node_num / --node_list (flat values of
-    a config being built, runtime/config.py): one value each, both names set to it."""
-    num_nodes = values.pop("num_nodes")
-    node_num = values["node_num"]  # it has a default (1), so only a different value disagrees
-    if num_nodes is not None:
-        node_num = one_of(("node_num", "num_nodes"), None if node_num == 1 else node_num, num_nodes)
-    node_list = one_of(("node_list", "node_ips"), values["node_list"], values.pop("node_ips"))
-    return values | {"node_num": node_num, "num_nodes": node_num, "node_list": node_list, "node_ips": node_list}
 
 
 # The seed prints its arguments in this order; bertkit's additions follow.
@@ -99,7 +81,7 @@ def snapshot_step(path: Path) -> int | None:
         return None
 
 
-def finished_run(cfg: Config) -> tuple[Path, int, int] | None:
+def finished_run(cfg) -> tuple[Path, int, int] | None:
     """(last_snapshot, its step, the run's iter_num) when model_save_dir's last_snapshot ends the run: written at
     or past --iter_num (or, while --iter_num is still to be derived from the data, the iter_num it was run with)."""
     last = Path(cfg.run.model_save_dir) / "last_snapshot"
@@ -112,7 +94,7 @@ def finished_run(cfg: Config) -> tuple[Path, int, int] | None:
     return (last, step, target) if target is not None and step >= target else None
 
 
-def check_resume(cfg: Config) -> Config:
+def check_resume(cfg):
     """The config with `--resume latest` resolved (a new config: configs are never changed); refuses a snapshot
     written by another number of processes or with flags a resumed run cannot change, before launch.
 
@@ -156,7 +138,7 @@ def check_resume(cfg: Config) -> Config:
     return cfg
 
 
-def check_fresh_save_dir(cfg: Config) -> None:
+def check_fresh_save_dir(cfg) -> None:
     """A run without --resume must not silently train over snapshots of another run (a scheduler's re-launch
     passes --resume latest)."""
     d = Path(cfg.run.model_save_dir)
@@ -179,7 +161,7 @@ def same_task(run_config: dict | None, cfg) -> bool:
     return run_config is not None and set(run_config) == set(cfg.flat())
 
 
-def beside_other_tasks(cfg: Config, task: str) -> Config:
+def beside_other_tasks(cfg, task: str):
     """When --model_save_dir holds another command's snapshots (the tutorial runs SQuAD into its pretraining folder),
     this run's snapshots and log go beside them, in <dir>/<task> (or <task>-2, ... when that is taken): what is
     there is kept, and the line printed says where the new ones go. Returns the config (a new one when moved)."""
@@ -199,7 +181,7 @@ def beside_other_tasks(cfg: Config, task: str) -> Config:
     return cfg.replace(**moved)
 
 
-def run(cfg: Config, body: Body, check: Callable[[Config], Config] | None = None):
+def run(cfg, body: Body, check: Callable | None = None):
     """Check, then run body(cfg, env) here or in the processes --gpu_num_per_node x --node_num asks for; returns
     body's result (None when launched). `check(cfg)` returns the config the workers get (`--resume latest`
     resolved, ...): built once here, in the launching process, and sent to them as it is.

@@ -38,7 +38,7 @@ from bertkit.tasks.glue.data import (
 )
 
 if TYPE_CHECKING:
-    from bertkit.tasks.glue.task import GlueData
+    from bertkit.tasks.glue.task import GlueDataFlags
 
 # --- records: OneFlow's OFRecord part files, Google's TFRecord -----------------------------------------------
 
@@ -84,7 +84,7 @@ def write_record_parts(features: Features, paths: list[Path], fmt: str) -> None:
 
 
 @dataclass(frozen=True)
-class GlueRecordFiles(Section):
+class GlueRecordFlags(Section):
     """What create-glue-data reads and writes."""
 
     task_name: str = field(default="", metadata={"help": TASK_HELP})
@@ -118,7 +118,7 @@ class GlueRecordFiles(Section):
             raise ValueError("--part_num must be positive and --max_seq_length at least 3")
 
     @property
-    def task(self) -> GlueTask:
+    def glue_task(self) -> GlueTask:
         return get_task(self.task_name)
 
     @property
@@ -139,8 +139,10 @@ class CreateGlueDataConfig(Composed):
     """Write a GLUE task's tsv files as classifier records: OneFlow's OFRecord part files (train.of_record-<i>,
     eval.of_record-<i>) for `bertkit classify --train_data_dir` and OneFlow's run_classifier.py, or Google's TFRecords."""
 
-    records: GlueRecordFiles
+    records: GlueRecordFlags
     tokenizer: TokenizerFlags
+
+    HELP = {"vocab_file": "vocab.txt of the model (default: bert-base-uncased)"}
 
 
 GUIDS = "predict_guids.txt"  # beside the test records: each example's GLUE index, one a line, in record order
@@ -177,14 +179,13 @@ def run_create_glue_data(cfg: CreateGlueDataConfig) -> dict[str, int]:
     """Write the records of each split (and, for test, GUIDS: the submission file's indices); returns {split:
     examples}. Existing files are refused, not replaced. Prints, per split, the classify flags that read it."""
     files = cfg.records
-    task = files.task
+    task = files.glue_task
     paths = {s: files.output_paths(s) for s in files.split_list}
     if "test" in paths:
         paths["guids"] = [Path(files.output_dir) / GUIDS]
     refuse_existing([p for ps in paths.values() for p in ps], elsewhere="--output_dir")  # the one overwrite rule
-    examples = {
-        s: read_examples(task, files.data_dir, s) for s in files.split_list
-    }  # all checked before any is written
+    # every split read and checked before any is written
+    examples = {s: read_examples(task, files.data_dir, s) for s in files.split_list}
     for ex in examples.values():
         check_labels(task, ex)
     choice = cfg.tokenizer.choose()  # data/vocab.py
@@ -210,29 +211,29 @@ def run_create_glue_data(cfg: CreateGlueDataConfig) -> dict[str, int]:
 # --- a classify run's features: from records, or from --data_dir's tsv files ------------------------------
 
 
-def tsv_examples(cfg: GlueData, split: str) -> list[InputExample]:
+def tsv_examples(cfg: GlueDataFlags, split: str) -> list[InputExample]:
     """The examples of a split of --data_dir, every label checked (ValueError naming file and line)."""
-    examples = read_examples(cfg.task, cfg.data_dir, split)
-    check_labels(cfg.task, examples)
+    examples = read_examples(cfg.glue_task, cfg.data_dir, split)
+    check_labels(cfg.glue_task, examples)
     if not examples:
-        raise ValueError(f"--data_dir {cfg.data_dir}: {cfg.task.file(split)} holds no examples")
+        raise ValueError(f"--data_dir {cfg.data_dir}: {cfg.glue_task.file(split)} holds no examples")
     return examples
 
 
-def record_files(cfg: GlueData, which: str) -> list[Path]:
+def record_files(cfg: GlueDataFlags, which: str) -> list[Path]:
     """The part files of --train_data_dir, --eval_data_dir or --predict_data_dir (`which`: train, eval, predict)."""
     return part_files(getattr(cfg, f"{which}_data_dir"), getattr(cfg, f"{which}_data_prefix"),
                            getattr(cfg, f"{which}_data_part_num"), which)  # fmt: skip
 
 
-def load_features(cfg: GlueData, which: str, tokenizer: WordPieceTokenizer, env: dist.DistEnv,
+def load_features(cfg: GlueDataFlags, which: str, tokenizer: WordPieceTokenizer, env: dist.DistEnv,
                   say: Callable[[str], None]) -> tuple[Features, list[str]]:  # fmt: skip
     """(features, their guids) of train, eval or predict: from records when --{which}_data_dir is given (test
     guids from create-glue-data's file beside them), else from --data_dir's tsv file. Every rank builds the same
     features (deterministic)."""
     records = {"train": cfg.train_data_dir, "eval": cfg.eval_data_dir, "predict": cfg.predict_data_dir}[which]
     if records:
-        feats = read_record_features(record_files(cfg, which), cfg.max_seq_length, cfg.task.is_regression,
+        feats = read_record_features(record_files(cfg, which), cfg.max_seq_length, cfg.glue_task.is_regression,
                                           progress=env.is_main)  # fmt: skip
         n, real = len(feats), feats.real()
         if len(real) < n:
@@ -245,5 +246,5 @@ def load_features(cfg: GlueData, which: str, tokenizer: WordPieceTokenizer, env:
             say(note)
         return real, guids
     examples = tsv_examples(cfg, {"train": "train", "eval": "dev", "predict": "test"}[which])
-    feats = convert_examples_to_features(examples, cfg.task, cfg.max_seq_length, tokenizer)
+    feats = convert_examples_to_features(examples, cfg.glue_task, cfg.max_seq_length, tokenizer)
     return feats, [e.guid for e in examples]

@@ -14,7 +14,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -29,8 +28,8 @@ from bertkit.data.vocab import Tokenization, TokenizerFlags
 from bertkit.model.bert import BertForSequenceClassification
 from bertkit.runtime import dist
 from bertkit.runtime.atomic import refuse_existing
-from bertkit.runtime.config import Composed, Section, positive
-from bertkit.runtime.dist import DistConfig
+from bertkit.runtime.config import Composed, Section, one_of, positive
+from bertkit.runtime.dist import DistFlags
 from bertkit.runtime.precision import QUANTIZE
 from bertkit.tasks.glue import data as glue
 from bertkit.tasks.glue import labels
@@ -39,8 +38,8 @@ from bertkit.tasks.glue.predict import quantize_classifier
 from bertkit.tasks.glue.records import load_features, record_files, tsv_examples
 from bertkit.tasks.glue.results import write_predictions
 from bertkit.train import runner
-from bertkit.train.build import build_model, model_config
-from bertkit.train.config import ModelSection, OptimizerSection, RunSection, TrainingSection
+from bertkit.train.build import build_model, checkpoint_path, model_config
+from bertkit.train.config import ModelFlags, OptimizerFlags, RunFlags, TrainingFlags
 from bertkit.train.loop import Task, fit
 from bertkit.train.metrics import log_final_eval
 
@@ -82,17 +81,21 @@ class ClassifyLoader(ArrayLoader):
 
 
 @dataclass(frozen=True)
-class GlueData(Section):
+class GlueDataFlags(Section):
     """A GLUE task's data: Google's tsv files in --data_dir, or OneFlow's record part files per split."""
 
     task_name: str | None = field(default=None, metadata={"help": glue.TASK_HELP})
     data_dir: str | None = field(
-        default=None, metadata={"help": "the task's GLUE folder: train.tsv, dev.tsv, test.tsv (MNLI: dev_matched...)"}
-    )
+        default=None,
+        metadata={"resume": "warned",
+                  "help": "the task's GLUE folder: train.tsv, dev.tsv, test.tsv (MNLI: dev_matched...)"},
+    )  # fmt: skip
     max_seq_length: int | None = field(
         default=None, metadata={"resume": "refused", "help": "tokens per example, cut or padded (default: 128)"}
     )
-    seq_length: int | None = field(default=None, metadata={"help": "OneFlow's name for --max_seq_length"})
+    seq_length: int | None = field(
+        default=None, metadata={"resume": "refused", "help": "OneFlow's name for --max_seq_length"}
+    )
     train_data_dir: str | None = field(
         default=None,
         metadata={"resume": "warned", "help": "OneFlow: folder of training part files (or one record file)"},
@@ -135,17 +138,14 @@ class GlueData(Section):
             raise ValueError(f"--max_seq_length must be at least 3 ([CLS] text [SEP]), got {self.max_seq_length}")
 
     @property
-    def task(self) -> glue.GlueTask:
+    def glue_task(self) -> glue.GlueTask:
         return glue.get_task(self.task_name)
 
 
 @dataclass(frozen=True)
-class ClassifyTask(Section):
+class ClassifyFlags(Section):
     """classify's own flags: what to do, Google's global batches, epochs, where results go, the seed's names."""
 
-    init_checkpoint: str | None = field(
-        default=None, metadata={"help": "Google's name for --model_load_dir: bertkit, HF, Google TF or OneFlow"}
-    )
     do_train: bool | None = field(
         default=None, metadata={"help": "fine-tune on the train set (default: when --train_data_dir is given)"}
     )
@@ -180,11 +180,13 @@ class ClassifyTask(Section):
         default="classify_output", metadata={"help": "folder for eval_results.txt, test_results.tsv and <TASK>.tsv"}
     )
     overwrite_output_dir: bool = field(default=False, metadata={"help": "replace result files and snapshots"})
-    num_nodes: int | None = field(default=None, metadata={"help": "OneFlow's later name for --node_num"})
-    node_ips: str | None = field(default=None, metadata={"help": "OneFlow's later name for --node_list"})
     # the seed's pretraining flags that classification takes (its command lines carry them) but never uses
-    data_part_num: int = field(default=32, metadata={"help": "accepted for the seed's command lines; unused"})
-    max_predictions_per_seq: int = field(default=80, metadata={"help": "accepted for the seed's command lines; unused"})
+    data_part_num: int = field(
+        default=32, metadata={"resume": "warned", "help": "accepted for the seed's command lines; unused"}
+    )
+    max_predictions_per_seq: int = field(
+        default=80, metadata={"resume": "refused", "help": "accepted for the seed's command lines; unused"}
+    )
     use_boxing_v2: bool | None = field(default=None, metadata={"help": "accepted for the seed's command lines; unused"})
 
     def __post_init__(self) -> None:
@@ -208,21 +210,21 @@ class ClassifyConfig(Composed):
     """
 
     tokenizer: TokenizerFlags
-    data: GlueData
-    model: ModelSection
-    task: ClassifyTask
-    optimizer: OptimizerSection
-    training: TrainingSection
-    run: RunSection
-    dist: DistConfig
+    data: GlueDataFlags
+    model: ModelFlags
+    task: ClassifyFlags
+    optimizer: OptimizerFlags
+    training: TrainingFlags
+    run: RunFlags
+    dist: DistFlags
 
-    cli_hidden: ClassVar[frozenset[str]] = frozenset({"max_predictions_per_seq", "data_part_num", "use_boxing_v2"})
+    cli_hidden = frozenset({"max_predictions_per_seq", "data_part_num", "use_boxing_v2"})
     # Fine-tuning defaults that differ from pretraining's (Google's run_classifier.py and OneFlow's); Google's
     # run_classifier keeps everything in --output_dir, the fine-tuned model included: so do these defaults.
-    DEFAULTS: ClassVar[dict] = {"model_save_dir": None, "log_dir": None, "save_last_snapshot": True,
+    DEFAULTS = {"model_save_dir": None, "log_dir": None, "save_last_snapshot": True,
                                 "learning_rate": 5e-5, "batch_size_per_device": None, "iter_num": None,
                                 "warmup_batches": None}  # fmt: skip
-    HELP: ClassVar[dict] = {
+    HELP = {
         "model_save_dir": "directory for snapshots (default: --output_dir)",
         "log_dir": "metrics.jsonl goes here (default: --output_dir)",
         "save_last_snapshot": "keep the fine-tuned model: model_save_dir/last_snapshot at the end",
@@ -234,11 +236,9 @@ class ClassifyConfig(Composed):
 
     @classmethod
     def resolve(cls, v: dict) -> dict:
-        v = runner.node_names(v)
-        one = runner.one_of
+        one = one_of
         v["model_save_dir"] = v["model_save_dir"] or v["output_dir"]
         v["log_dir"] = v["log_dir"] or v["output_dir"]
-        v["model_load_dir"] = one(("model_load_dir", "init_checkpoint"), v["model_load_dir"], v["init_checkpoint"])
         v["max_seq_length"] = v["seq_length"] = one(("max_seq_length", "seq_length"), v["max_seq_length"],
                                                     v["seq_length"], 128)  # fmt: skip
         v["num_train_epochs"] = v["num_epochs"] = one(("num_train_epochs", "num_epochs"), v["num_train_epochs"],
@@ -273,7 +273,7 @@ class ClassifyConfig(Composed):
             raise ValueError("--do_train needs --data_dir (GLUE tsv files) or --train_data_dir (record files)")
         if v["do_eval"] and not (v["eval_data_dir"] or v["data_dir"]):
             raise ValueError("--do_eval needs --data_dir (GLUE tsv files) or --eval_data_dir (record files)")
-        if v["task_name"]:  # (its absence is GlueData's error)
+        if v["task_name"]:  # (its absence is GlueDataFlags's error)
             task = glue.get_task(v["task_name"])
             if v["do_predict"] and not (v["predict_data_dir"] or v["data_dir"]):
                 raise ValueError(f"--do_predict needs --data_dir holding {task.name}'s test file, or "
@@ -289,7 +289,7 @@ class ClassifyConfig(Composed):
         """The result files this run writes."""
         out = Path(self.task.output_dir)
         names = (["eval_results.txt"] if self.task.do_eval else []) + (
-            ["test_results.tsv", f"{self.data.task.name}.tsv"] if self.task.do_predict else []
+            ["test_results.tsv", f"{self.data.glue_task.name}.tsv"] if self.task.do_predict else []
         )
         return [out / n for n in names]
 
@@ -307,11 +307,11 @@ def label_hook(cfg: ClassifyConfig, say: Callable[[str], None]) -> Callable | No
     if cfg.run.resume or not path:
         return None
     theirs = checkpoint.own_labels(path, checkpoint.detect_format(path))
-    perm = labels.label_order(cfg.data.task, theirs, f"--init_checkpoint {path}")
+    perm = labels.label_order(cfg.data.glue_task, theirs, f"--init_checkpoint {path}")
 
     def after_load(model: nn.Module, report: checkpoint.LoadReport) -> None:
-        if theirs and "classifier.weight" in report.loaded and not cfg.data.task.is_regression:
-            say(labels.describe(cfg.data.task, theirs, perm))
+        if theirs and "classifier.weight" in report.loaded and not cfg.data.glue_task.is_regression:
+            say(labels.describe(cfg.data.glue_task, theirs, perm))
             if perm:
                 labels.reorder_classifier(model, perm)
 
@@ -322,8 +322,7 @@ def choose_vocab(cfg: ClassifyConfig, vocab_size: int) -> Tokenization:
     """The vocabulary and casing by the one policy (data/vocab.py): the model's (the snapshot resumed, else
     --init_checkpoint) against --vocab_file, --do_lower_case and the record data's."""
     data = (("--train_data_dir", cfg.data.train_data_dir), ("--eval_data_dir", cfg.data.eval_data_dir))
-    checkpoint = cfg.run.resume if cfg.run.resume and cfg.run.resume != "latest" else cfg.model.model_load_dir
-    return cfg.tokenizer.choose(checkpoint, vocab_size, data)
+    return cfg.tokenizer.choose(checkpoint_path(cfg), vocab_size, data)
 
 
 # --- the command -------------------------------------------------------------------------------------------------
@@ -368,8 +367,8 @@ def run(cfg: ClassifyConfig) -> dict | None:
 def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
     say = print if env.is_main else (lambda *a, **k: None)
     say(runner.banner(cfg))
-    task = cfg.data.task
-    head = lambda c: BertForSequenceClassification(c, task.num_labels)  # noqa: E731
+    glue_task = cfg.data.glue_task
+    head = lambda c: BertForSequenceClassification(c, glue_task.num_labels)  # noqa: E731
     model, bert_cfg, resume_state = build_model(cfg, head, env, say, label_hook(cfg, say))
     batch = cfg.task.eval_batch_size_per_device
     choice = choose_vocab(cfg, bert_cfg.vocab_size)
@@ -394,21 +393,21 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
             else:  # Google: int(len(train_examples) / train_batch_size * num_train_epochs)
                 steps = max(1, int(n / global_batch * epochs))
         warmup = cfg.optimizer.warmup_batches
-        cfg = cfg.replace(
-            iter_num=steps, warmup_batches=int(steps * cfg.task.warmup_proportion) if warmup is None else warmup
-        )  # counted from the data: a new config, for the loop and the snapshots
-        say(f"training {task.name}: {n} examples, global batch {global_batch}, iter_num {cfg.training.iter_num}, "
+        if warmup is None:
+            warmup = int(steps * cfg.task.warmup_proportion)
+        cfg = cfg.replace(iter_num=steps, warmup_batches=warmup)  # from the data: a new config, for fit and snapshots
+        say(f"training {glue_task.name}: {n} examples, global batch {global_batch}, iter_num {cfg.training.iter_num}, "
             f"warmup_batches {cfg.optimizer.warmup_batches}")  # fmt: skip
         loader = ClassifyLoader({k: v for k, v in train.arrays().items() if k != "is_real_example"},
                                 cfg.training.batch_size_per_device, rank=env.rank, world_size=env.world_size,
                                 seed=cfg.training.seed)  # fmt: skip
 
         def eval_fn(m: nn.Module) -> dict[str, float]:
-            return evaluate(m, task, dev, batch, env, cfg.training.precision)[0]
+            return evaluate(m, glue_task, dev, batch, env, cfg.training.precision)[0]
 
-        loss_fn = regression_loss if task.is_regression else classification_loss
+        loss_fn = regression_loss if glue_task.is_regression else classification_loss
         extras = {"vocab_file": choice.path, "do_lower_case": choice.do_lower_case,
-                  "run_config": cfg.flat(), "labels": task.labels or None}  # fmt: skip
+                  "run_config": cfg.flat(), "labels": glue_task.labels or None}  # fmt: skip
         plugged = Task(loss_fn, loader, evaluate=eval_fn if dev is not None else None, snapshot_extras=extras)
         summary = fit(model, bert_cfg, plugged, cfg, env, resume_state, say)
         step = summary["step"]
@@ -417,11 +416,13 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
     model = quantize_classifier(model, cfg.task.quantize)  # after training: evaluation and prediction only
     out = Path(cfg.task.output_dir)
     if dev is not None:
-        metrics, example_loss = evaluate(model, task, dev, batch, env, cfg.training.precision, progress=env.is_main)
+        metrics, example_loss = evaluate(
+            model, glue_task, dev, batch, env, cfg.training.precision, progress=env.is_main
+        )
         if env.is_main:
             batch_loss = mean_batch_loss(example_loss, cfg.task.eval_batch_size)
             lines = write_eval_results(out / "eval_results.txt", metrics, step, batch_loss)
-            say(f"***** Eval results ({task.name} dev, {len(dev)} examples) *****")
+            say(f"***** Eval results ({glue_task.name} dev, {len(dev)} examples) *****")
             for line in lines:  # as Google logs them
                 say(f"  {line}")
             say(f"wrote {out / 'eval_results.txt'}")
@@ -433,6 +434,6 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
         logits = predict_logits(model, test, math.ceil(cfg.task.predict_batch_size / env.world_size), env,
                                 cfg.training.precision, env.is_main)  # fmt: skip
         if env.is_main:
-            paths = write_predictions(task, guids, logits, out)
+            paths = write_predictions(glue_task, guids, logits, out)
             say(f"wrote {', '.join(str(p) for p in paths)} ({len(guids)} test examples)")
     return {"train": summary, "eval": metrics}

@@ -12,7 +12,7 @@ FORMATS = ("tfrecord", "ofrecord", "shards")
 
 
 @dataclass(frozen=True)
-class CorpusFiles(Section):
+class CorpusFlags(Section):
     """The text read, the records written, and how the work is cut (chunks, workers, machines)."""
 
     input_file: str = field(
@@ -111,7 +111,7 @@ class MaskingFlags(Section):
 class CreatePretrainingDataConfig(Composed):
     """Create masked-LM / next-sentence pretraining records from raw text: Google's create_pretraining_data.py."""
 
-    corpus: CorpusFiles
+    corpus: CorpusFlags
     tokenizer: TokenizerFlags
     masking: MaskingFlags
 

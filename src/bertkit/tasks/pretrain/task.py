@@ -22,8 +22,8 @@ from bertkit.model.bert import BertForPreTraining
 from bertkit.runtime import dist
 from bertkit.runtime.config import Composed, Section, positive
 from bertkit.train import runner
-from bertkit.train.build import build_model, model_config, set_unpad
-from bertkit.train.config import ModelSection, OptimizerSection, RunSection, TrainingSection
+from bertkit.train.build import build_model, checkpoint_path, model_config, set_unpad
+from bertkit.train.config import ModelFlags, OptimizerFlags, RunFlags, TrainingFlags
 from bertkit.train.loop import Task, fit
 
 
@@ -112,7 +112,7 @@ class SyntheticData:
 
 
 @dataclass(frozen=True)
-class PretrainData(Section):
+class PretrainDataFlags(Section):
     """Pretraining records: where they are, their shape, and the vocabulary they were made with."""
 
     data_dir: str | None = field(
@@ -145,7 +145,7 @@ class PretrainData(Section):
 
 
 @dataclass(frozen=True)
-class PretrainTask(Section):
+class PretrainTaskFlags(Section):
     """The pretraining task's own flags: its loss's normalisation and a second phase."""
 
     phase1_snapshot: str | None = field(
@@ -171,13 +171,13 @@ class PretrainTask(Section):
 class PretrainConfig(Composed):
     """Pretrain BERT (masked LM + next sentence) on OFRecord / TFRecord / shard data: the seed's run_pretraining.py."""
 
-    model: ModelSection
-    data: PretrainData
-    task: PretrainTask
-    optimizer: OptimizerSection
-    training: TrainingSection
-    run: RunSection
-    dist: dist.DistConfig
+    model: ModelFlags
+    data: PretrainDataFlags
+    task: PretrainTaskFlags
+    optimizer: OptimizerFlags
+    training: TrainingFlags
+    run: RunFlags
+    dist: dist.DistFlags
 
     @classmethod
     def resolve(cls, values: dict) -> dict:
@@ -221,9 +221,8 @@ def choose_vocab(cfg: PretrainConfig, vocab_size: int) -> Tokenization:
     """What snapshots carry, by the one policy (data/vocab.py): --vocab_file, else the checkpoint continued
     (--resume, --model_load_dir), else the one the data recorded; refused when the data was made with another
     vocabulary than the model's. None known is a warning (the snapshots then carry none)."""
-    checkpoint = cfg.run.resume if cfg.run.resume and cfg.run.resume != "latest" else cfg.model.model_load_dir
     data = (("--data_dir", cfg.data.data_dir), ("--eval_data_dir", cfg.data.eval_data_dir))
-    return choose_tokenizer(cfg.data.vocab_file, None, checkpoint, vocab_size, data=data, fallback=False)
+    return choose_tokenizer(cfg.data.vocab_file, None, checkpoint_path(cfg), vocab_size, data=data, fallback=False)
 
 
 def check(cfg: PretrainConfig) -> PretrainConfig:
@@ -276,9 +275,7 @@ def _run(cfg: PretrainConfig, env: dist.DistEnv) -> dict:
     say = print if env.is_main else (lambda *a, **k: None)
     say(runner.banner(cfg))
     phase1_state = None
-    if (
-        cfg.task.phase1_snapshot and not cfg.run.resume
-    ):  # a second phase: the first's weights (and, in fit, its moments)
+    if cfg.task.phase1_snapshot and not cfg.run.resume:  # a second phase: the first's weights (fit: its moments)
         weights, bert_cfg, phase1_state = load_snapshot(cfg.task.phase1_snapshot, verify=False)  # verified by check()
         torch.manual_seed(cfg.training.seed)
         model = set_unpad(BertForPreTraining(bert_cfg), cfg)

@@ -15,19 +15,18 @@ from dataclasses import dataclass, field
 
 from bertkit.data.tokenizer import WordPieceTokenizer
 from bertkit.data.vocab import Tokenization, TokenizerFlags
-from bertkit.runtime.config import Composed, Section, positive
-from bertkit.runtime.dist import DistConfig
+from bertkit.runtime.config import Composed, Section, one_of, positive
+from bertkit.runtime.dist import DistFlags
 from bertkit.runtime.precision import QUANTIZE
 from bertkit.tasks.squad.data import squad_tokenizer
-from bertkit.tasks.squad.records import SquadWindows
-from bertkit.train import runner
-from bertkit.train.config import ModelSection, OptimizerSection, RunSection, TrainingSection
+from bertkit.tasks.squad.records import WindowFlags
+from bertkit.train.config import ModelFlags, OptimizerFlags, RunFlags, TrainingFlags
 
 # --- sections -------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class SquadAnswers(Section):
+class AnswerFlags(Section):
     """Google's answers: the file to answer, where predictions go, and the answer rules."""
 
     predict_file: str | None = field(
@@ -36,7 +35,7 @@ class SquadAnswers(Section):
     output_dir: str = field(
         default=".",
         metadata={"help": "folder for predictions.json, nbest_predictions.json, null_odds.json (v2.0) and "
-                          "all_results.npy"},
+                          "all_results.npy (default: squad_output for squad, the working folder otherwise)"},
     )  # fmt: skip
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "replace prediction files and snapshots that already exist"}
@@ -56,7 +55,7 @@ class SquadAnswers(Section):
 
 
 @dataclass(frozen=True)
-class SquadRecords(Section):
+class SquadRecordFlags(Section):
     """The seed's record windows (OFRecord part files, or Google's eval.tf_record) and its data flags."""
 
     data_dir: str | None = field(
@@ -69,10 +68,11 @@ class SquadRecords(Section):
         default=None, metadata={"help": "record windows to answer (input_ids, ..., unique_ids), e.g. the seed's dev"}
     )
     seq_length: int | None = field(
-        default=None, metadata={"help": "tokens per window in record files (default: --max_seq_length)"}
+        default=None,
+        metadata={"resume": "refused", "help": "tokens per window in record files (default: --max_seq_length)"},
     )
     max_predictions_per_seq: int = field(
-        default=80, metadata={"help": "accepted for the seed's command lines; unused by SQuAD"}
+        default=80, metadata={"resume": "refused", "help": "accepted for the seed's command lines; unused by SQuAD"}
     )
     use_boxing_v2: bool | None = field(
         default=None, metadata={"help": "accepted for the seed's command lines; no effect"}
@@ -80,7 +80,7 @@ class SquadRecords(Section):
 
 
 @dataclass(frozen=True)
-class SquadData(SquadRecords):
+class SquadDataFlags(SquadRecordFlags):
     """squad's training data (a SQuAD json or record windows) besides the records to answer."""
 
     train_file: str | None = field(
@@ -120,12 +120,9 @@ class SquadData(SquadRecords):
 
 
 @dataclass(frozen=True)
-class SquadTask(Section):
+class SquadTaskFlags(Section):
     """squad's own flags: what to do, epochs, Google's global batches, and the seed's names for shared ones."""
 
-    init_checkpoint: str | None = field(
-        default=None, metadata={"help": "Google's name for --model_load_dir: bertkit, HF, Google TF or OneFlow"}
-    )
     do_train: bool | None = field(default=None, metadata={"help": "fine-tune (default: when training data is given)"})
     do_predict: bool = field(default=False, metadata={"help": "answer --predict_file / --eval_data_dir and score"})
     do_eval: bool = field(default=False, metadata={"help": "the seed's name for --do_predict"})
@@ -151,8 +148,6 @@ class SquadTask(Section):
         default=None, metadata={"help": "Google's global prediction batch: sets --eval_batch_size_per_device"}
     )
     model: str = field(default="SQuAD", metadata={"help": "the seed's run name, printed in the banner"})
-    num_nodes: int | None = field(default=None, metadata={"help": "the seed's later name for --node_num"})
-    node_ips: str | None = field(default=None, metadata={"help": "the seed's later name for --node_list"})
 
     def __post_init__(self) -> None:
         if not 0 <= self.warmup_proportion <= 1:
@@ -161,12 +156,9 @@ class SquadTask(Section):
 
 
 @dataclass(frozen=True)
-class PredictTask(Section):
+class PredictFlags(Section):
     """squad-predict's own flags."""
 
-    init_checkpoint: str | None = field(
-        default=None, metadata={"help": "Google's name for --model_load_dir: bertkit, HF, Google TF or OneFlow"}
-    )
     quantize: str = field(
         default="none",
         metadata={"help": "int8: the Linear layers in dynamic int8 on the CPU (faster, not exact); none: exact",
@@ -175,7 +167,7 @@ class PredictTask(Section):
 
 
 @dataclass(frozen=True)
-class Npy2JsonTask(Section):
+class Npy2JsonFlags(Section):
     """npy2json's own flags."""
 
     all_results_file: str = field(
@@ -191,26 +183,14 @@ class Npy2JsonTask(Section):
 # --- the commands' configs --------------------------------------------------------------------------------------
 
 
-def _checkpoint(values: dict) -> dict:
-    """--init_checkpoint (Google's) and --model_load_dir (the seed's): one value; --init_checkpoint keeps what was
-    typed, so that errors name the flag the user gave (`checkpoint_flag`)."""
-    one = runner.one_of(("model_load_dir", "init_checkpoint"), values["model_load_dir"], values["init_checkpoint"])
-    return values | {"model_load_dir": one}
-
-
-def checkpoint_flag(cfg) -> str:
-    """The name the user gave the checkpoint: --init_checkpoint or --model_load_dir."""
-    return "--init_checkpoint" if cfg.task.init_checkpoint else "--model_load_dir"
-
-
 @dataclass(frozen=True)
 class Npy2JsonConfig(Composed):
     """Write predictions.json (and nbest_predictions.json, null_odds.json) from all_results.npy: the seed's npy2json.py."""
 
     tokenizer: TokenizerFlags
-    windows: SquadWindows
-    answers: SquadAnswers
-    task: Npy2JsonTask
+    windows: WindowFlags
+    answers: AnswerFlags
+    task: Npy2JsonFlags
 
     @classmethod
     def resolve(cls, values: dict) -> dict:
@@ -229,15 +209,15 @@ class SquadPredictConfig(Composed):
     """
 
     tokenizer: TokenizerFlags
-    windows: SquadWindows
-    answers: SquadAnswers
-    data: SquadRecords
-    model: ModelSection
-    task: PredictTask
-    optimizer: OptimizerSection
-    training: TrainingSection
-    run: RunSection
-    dist: DistConfig
+    windows: WindowFlags
+    answers: AnswerFlags
+    data: SquadRecordFlags
+    model: ModelFlags
+    task: PredictFlags
+    optimizer: OptimizerFlags
+    training: TrainingFlags
+    run: RunFlags
+    dist: DistFlags
 
     HELP = {"eval_data_dir": "same as --data_dir"}
     # Flags that only training uses: accepted (the seed's predict command lines carry them), hidden from --help.
@@ -250,9 +230,8 @@ class SquadPredictConfig(Composed):
 
     @classmethod
     def resolve(cls, values: dict) -> dict:
-        values = _checkpoint(values)
         values["seq_length"] = values["seq_length"] or values["max_seq_length"]
-        data = runner.one_of(("data_dir", "eval_data_dir"), values["data_dir"], values["eval_data_dir"])
+        data = one_of(("data_dir", "eval_data_dir"), values["data_dir"], values["eval_data_dir"])
         values |= {"data_dir": data, "eval_data_dir": data}
         if not data and not values["predict_file"]:
             raise ValueError("give --predict_file (a SQuAD json) or --data_dir (record windows) to predict on")
@@ -274,15 +253,15 @@ class SquadConfig(Composed):
     """
 
     tokenizer: TokenizerFlags
-    windows: SquadWindows
-    answers: SquadAnswers
-    data: SquadData
-    model: ModelSection
-    task: SquadTask
-    optimizer: OptimizerSection
-    training: TrainingSection
-    run: RunSection
-    dist: DistConfig
+    windows: WindowFlags
+    answers: AnswerFlags
+    data: SquadDataFlags
+    model: ModelFlags
+    task: SquadTaskFlags
+    optimizer: OptimizerFlags
+    training: TrainingFlags
+    run: RunFlags
+    dist: DistFlags
 
     # Fine-tuning defaults that differ from pretraining's (Google's README and the seed's run_squad.sh); Google's
     # run_squad keeps everything in --output_dir, the fine-tuned model included: so do these defaults.
@@ -300,14 +279,13 @@ class SquadConfig(Composed):
 
     @classmethod
     def resolve(cls, v: dict) -> dict:
-        v = _checkpoint(runner.node_names(v))
         v["seq_length"] = v["seq_length"] or v["max_seq_length"]
         v["model_save_dir"] = v["model_save_dir"] or v["output_dir"]
         v["log_dir"] = v["log_dir"] or v["output_dir"]
         # num_train_epochs stays as given: it selects Google's step count (train_steps)
-        v["num_epochs"] = runner.one_of(("num_epochs", "num_train_epochs"), v["num_epochs"], v["num_train_epochs"], 3.0)
+        v["num_epochs"] = one_of(("num_epochs", "num_train_epochs"), v["num_epochs"], v["num_train_epochs"], 3.0)
         if v["data_dir"]:  # the tutorial's run_squad.py: --data_dir holds the training windows
-            v["train_data_dir"] = runner.one_of(("data_dir", "train_data_dir"), v["data_dir"], v["train_data_dir"])
+            v["train_data_dir"] = one_of(("data_dir", "train_data_dir"), v["data_dir"], v["train_data_dir"])
             v["train_data_part_num"] = v["train_data_part_num"] or v["data_part_num"]
         processes = v["gpu_num_per_node"] * v["node_num"]
         for google, ours in (("train_batch_size", "batch_size_per_device"),
@@ -363,12 +341,6 @@ def train_steps(cfg: SquadConfig, windows: int, questions: int | None, global_ba
         steps = math.ceil(epochs * windows / global_batch)
         rule = f"ceil({epochs:g} epochs x {windows} windows / batch {global_batch}): the seed's count"
     return max(1, steps), rule
-
-
-def model_checkpoint(cfg: SquadConfig | SquadPredictConfig) -> str | None:
-    """The checkpoint whose vocabulary and casing count: the snapshot resumed, else --model_load_dir."""
-    resume = cfg.run.resume
-    return resume if resume and resume != "latest" else cfg.model.model_load_dir
 
 
 def record_data(cfg: SquadConfig | SquadPredictConfig) -> tuple[tuple[str, str | None], ...]:

@@ -25,7 +25,7 @@ from bertkit.tasks.squad.data import convert_examples_to_features, read_squad_ex
 
 
 @dataclass(frozen=True)
-class SquadWindows(Section):
+class WindowFlags(Section):
     """Google's windows over a paragraph: [CLS] question [SEP] context [SEP], strided (squad, squad-predict, npy2json
     and create-squad-data cut them alike)."""
 
@@ -48,7 +48,7 @@ class SquadWindows(Section):
 
 
 @dataclass(frozen=True)
-class SquadRecordFiles(Section):
+class SquadFileFlags(Section):
     """What create-squad-data reads and writes."""
 
     input_file: str = field(default="", metadata={"help": "SQuAD json (train-v1.1.json, dev-v1.1.json)"})
@@ -72,11 +72,14 @@ class SquadRecordFiles(Section):
 class CreateSquadDataConfig(Composed):
     """Write the seed's SQuAD OFRecord windows (train-v1.1/, dev-v1.1/ of its tutorial's dataset) from a SQuAD json."""
 
-    records: SquadRecordFiles
+    records: SquadFileFlags
     tokenizer: TokenizerFlags
-    windows: SquadWindows
+    windows: WindowFlags
 
-    HELP = {"max_seq_length": "tokens per window (the seed's --seq_length)"}
+    HELP = {
+        "max_seq_length": "tokens per window (the seed's --seq_length)",
+        "vocab_file": "vocab.txt of the model to fine-tune (default: bert-base-uncased's)",
+    }
 
 
 def window_records(cfg: CreateSquadDataConfig) -> tuple[dict[str, np.ndarray], int]:

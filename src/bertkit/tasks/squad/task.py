@@ -36,9 +36,7 @@ from bertkit.tasks.squad.config import (
     Npy2JsonConfig,
     SquadConfig,
     SquadPredictConfig,
-    checkpoint_flag,
     make_tokenizer,
-    model_checkpoint,
     record_data,
     train_steps,
 )
@@ -52,9 +50,9 @@ from bertkit.tasks.squad.data import (
 )
 from bertkit.tasks.squad.evaluate import evaluate_v1, evaluate_v2
 from bertkit.tasks.squad.predict import PREDICTION_FILES, RawResults, SquadPredictions, predict_answers, predict_logits
-from bertkit.tasks.squad.records import SquadWindows
+from bertkit.tasks.squad.records import WindowFlags
 from bertkit.train import runner
-from bertkit.train.build import build_model, model_config
+from bertkit.train.build import build_model, checkpoint_path, model_config
 from bertkit.train.loop import Task, fit
 from bertkit.train.metrics import log_final_eval
 
@@ -121,7 +119,7 @@ def check_lengths(cfg: ModelConfigs, bert_cfg: BertConfig) -> None:
 WINDOWS_VERSION = 2  # bump when convert_examples_to_features changes what it makes (2: answers in leading whitespace)
 
 
-def _cache_key(path: str | Path, tokenizer: WordPieceTokenizer, w: SquadWindows, training: bool, v2: bool) -> str:
+def _cache_key(path: str | Path, tokenizer: WordPieceTokenizer, w: WindowFlags, training: bool, v2: bool) -> str:
     h = hashlib.sha256(Path(path).read_bytes())
     h.update("\n".join(tokenizer.inv_vocab).encode())
     params = [WINDOWS_VERSION, tokenizer.do_lower_case, tokenizer.max_input_chars_per_word, w.max_seq_length,
@@ -132,7 +130,7 @@ def _cache_key(path: str | Path, tokenizer: WordPieceTokenizer, w: SquadWindows,
 
 def json_windows(
     path: str | Path,
-    windows: SquadWindows,
+    windows: WindowFlags,
     tokenizer: WordPieceTokenizer,
     training: bool,
     cache_dir: str | Path | None = None,
@@ -322,7 +320,7 @@ def _run_predict(cfg: SquadPredictConfig, env: dist.DistEnv) -> dict | None:
     say(runner.banner(cfg))
     model, bert_cfg, _ = build_model(cfg, BertForQuestionAnswering, env, say)
     model = quantize(model, cfg.task.quantize)
-    tokenizer, _ = make_tokenizer(cfg, model_checkpoint(cfg), bert_cfg.vocab_size, say, record_data(cfg))
+    tokenizer, _ = make_tokenizer(cfg, checkpoint_path(cfg), bert_cfg.vocab_size, say, record_data(cfg))
     limit = cfg.training.iter_num * cfg.training.batch_size_per_device * env.world_size
     es = eval_set(cfg, tokenizer, cfg.data.data_dir, cfg.data.data_part_num, limit, say, env.is_main)
     return answer(model, es, cfg, tokenizer, env, cfg.training.batch_size_per_device, write=True, say=say)
@@ -334,7 +332,7 @@ def check_inputs(cfg: ModelConfigs) -> None:
     for flag in ("train_file", "predict_file", "model_load_dir", "bert_config_file", "vocab_file", "resume"):
         value = flags.get(flag)
         if value and value != "latest" and not Path(value).exists():
-            name = checkpoint_flag(cfg) if flag == "model_load_dir" else f"--{flag}"
+            name = cfg.model.checkpoint_flag if flag == "model_load_dir" else f"--{flag}"
             raise ValueError(f"{name} {value}: no such file or directory")
     typed = "--data_dir" if cfg.data.data_dir else None  # the tutorial's name, set alongside the longer ones
     for flag in ("train_data_dir", "eval_data_dir"):
@@ -348,7 +346,7 @@ def check_tokenizer(cfg: ModelConfigs) -> None:
     `--resume latest` is resolved."""
     model_cfg = model_config(cfg)
     check_lengths(cfg, model_cfg)
-    cfg.tokenizer.choose(model_checkpoint(cfg), model_cfg.vocab_size, record_data(cfg))
+    cfg.tokenizer.choose(checkpoint_path(cfg), model_cfg.vocab_size, record_data(cfg))
 
 
 def check(cfg: SquadConfig) -> SquadConfig:
@@ -357,9 +355,8 @@ def check(cfg: SquadConfig) -> SquadConfig:
     check_inputs(cfg)
     outputs = prediction_outputs(cfg, with_json=bool(cfg.answers.predict_file)) if cfg.task.do_predict else []
     if cfg.task.do_train and not cfg.run.resume and not cfg.answers.overwrite_output_dir:
-        cfg = runner.beside_other_tasks(
-            cfg, "squad"
-        )  # the tutorial's run into its pretraining folder keeps what is there
+        # the tutorial's run into its pretraining folder keeps what is there
+        cfg = runner.beside_other_tasks(cfg, "squad")
     save_dir = Path(cfg.run.model_save_dir)
     if cfg.task.do_train and not cfg.run.resume:
         outputs += existing_snapshots(save_dir)
@@ -379,7 +376,7 @@ def _run(cfg: SquadConfig, env: dist.DistEnv) -> dict:
     say = _printer(env)
     say(runner.banner(cfg))
     model, bert_cfg, resume_state = build_model(cfg, BertForQuestionAnswering, env, say)
-    tokenizer, choice = make_tokenizer(cfg, model_checkpoint(cfg), bert_cfg.vocab_size, say, record_data(cfg))
+    tokenizer, choice = make_tokenizer(cfg, checkpoint_path(cfg), bert_cfg.vocab_size, say, record_data(cfg))
     notes, summary, metrics = [], None, None
     es = None
     if cfg.task.do_predict:  # built first, so that a bad eval file fails before training, not after
@@ -414,9 +411,9 @@ def _run(cfg: SquadConfig, env: dist.DistEnv) -> dict:
         if steps is None:
             steps, rule = train_steps(cfg, n, questions, global_batch)
         warmup = cfg.optimizer.warmup_batches
-        cfg = cfg.replace(
-            iter_num=steps, warmup_batches=int(steps * cfg.task.warmup_proportion) if warmup is None else warmup
-        )  # counted from the data: a new config, for the loop and the snapshots
+        if warmup is None:
+            warmup = int(steps * cfg.task.warmup_proportion)
+        cfg = cfg.replace(iter_num=steps, warmup_batches=warmup)  # from the data: a new config, for fit and snapshots
         say(f"training: {n} windows, global batch {global_batch}, iter_num {cfg.training.iter_num} ({rule}), "
             f"warmup_batches {cfg.optimizer.warmup_batches}")  # fmt: skip
         loader = SquadLoader(arrays, cfg.training.batch_size_per_device, rank=env.rank, world_size=env.world_size,
