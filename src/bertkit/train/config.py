@@ -204,6 +204,14 @@ class RunFlags(Section):
         positive(self, "eval_every_n_iter", "keep_last_n", zero=True)
 
 
+def with_schedule(cfg, steps: int, warmup_proportion: float):
+    """`cfg` with --iter_num `steps` counted from the data and, when not given, --warmup_batches =
+    int(steps x warmup_proportion) (Google's run_squad.py and run_classifier.py): a new config, for the loop and
+    the snapshots' run_config.json."""
+    warmup = cfg.optimizer.warmup_batches
+    return cfg.replace(iter_num=steps, warmup_batches=int(steps * warmup_proportion) if warmup is None else warmup)
+
+
 @dataclass(frozen=True)
 class TrainConfig(Composed):
     """What the loop (`fit`) reads: the optimizer, the steps and the run's outputs. A command's config holds these

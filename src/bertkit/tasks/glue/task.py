@@ -39,7 +39,7 @@ from bertkit.tasks.glue.records import load_features, record_files, tsv_examples
 from bertkit.tasks.glue.results import write_predictions
 from bertkit.train import runner
 from bertkit.train.build import build_model, checkpoint_path, model_config
-from bertkit.train.config import ModelFlags, OptimizerFlags, RunFlags, TrainingFlags
+from bertkit.train.config import ModelFlags, OptimizerFlags, RunFlags, TrainingFlags, with_schedule
 from bertkit.train.loop import Task, fit
 from bertkit.train.metrics import log_final_eval
 
@@ -392,10 +392,7 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
                 steps = max(1, math.ceil(math.ceil(n / global_batch) * epochs))
             else:  # Google: int(len(train_examples) / train_batch_size * num_train_epochs)
                 steps = max(1, int(n / global_batch * epochs))
-        warmup = cfg.optimizer.warmup_batches
-        if warmup is None:
-            warmup = int(steps * cfg.task.warmup_proportion)
-        cfg = cfg.replace(iter_num=steps, warmup_batches=warmup)  # from the data: a new config, for fit and snapshots
+        cfg = with_schedule(cfg, steps, cfg.task.warmup_proportion)
         say(f"training {glue_task.name}: {n} examples, global batch {global_batch}, iter_num {cfg.training.iter_num}, "
             f"warmup_batches {cfg.optimizer.warmup_batches}")  # fmt: skip
         loader = ClassifyLoader({k: v for k, v in train.arrays().items() if k != "is_real_example"},

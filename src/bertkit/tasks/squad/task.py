@@ -53,6 +53,7 @@ from bertkit.tasks.squad.predict import PREDICTION_FILES, RawResults, SquadPredi
 from bertkit.tasks.squad.records import WindowFlags
 from bertkit.train import runner
 from bertkit.train.build import build_model, checkpoint_path, model_config
+from bertkit.train.config import with_schedule
 from bertkit.train.loop import Task, fit
 from bertkit.train.metrics import log_final_eval
 
@@ -188,6 +189,12 @@ class EvalSet:
     dataset: dict | None = None
 
 
+def predict_windows(cfg: AnyConfig, tokenizer: WordPieceTokenizer) -> tuple[list[SquadExample], SquadFeatures, list]:
+    """(examples, windows, notes) of --predict_file, as the model answers them."""
+    v2 = cfg.answers.version_2_with_negative
+    return json_windows(cfg.answers.predict_file, cfg.windows, tokenizer, False, version_2_with_negative=v2)
+
+
 def eval_set(
     cfg: ModelConfigs, tokenizer: WordPieceTokenizer, data_dir: str | None, part_num: int | None,
     limit: int | None, say: Callable[[str], None], progress: bool,
@@ -195,13 +202,7 @@ def eval_set(
     """Windows from record files (the first `limit`, each unique_id once) or built from --predict_file."""
     examples = features = dataset = None
     if cfg.answers.predict_file:
-        examples, features, _ = json_windows(
-            cfg.answers.predict_file,
-            cfg.windows,
-            tokenizer,
-            False,
-            version_2_with_negative=cfg.answers.version_2_with_negative,
-        )
+        examples, features, _ = predict_windows(cfg, tokenizer)
         dataset = load_squad(cfg.answers.predict_file)
     if not data_dir:
         return EvalSet(features.input_ids, features.input_mask, features.segment_ids, features.unique_id,
@@ -287,13 +288,7 @@ def run_npy2json(cfg: Npy2JsonConfig) -> SquadPredictions:
     check_outputs(prediction_outputs(cfg, with_json=True, with_npy=False), cfg.answers.overwrite_output_dir)
     tokenizer, _ = make_tokenizer(cfg)
     results = RawResults.load(cfg.task.all_results_file)
-    examples, features, _ = json_windows(
-        cfg.answers.predict_file,
-        cfg.windows,
-        tokenizer,
-        False,
-        version_2_with_negative=cfg.answers.version_2_with_negative,
-    )
+    examples, features, _ = predict_windows(cfg, tokenizer)
     preds = predict_answers(examples, features, results, tokenizer, cfg.answers.n_best_size, cfg.answers.max_answer_length,
                             cfg.answers.version_2_with_negative, cfg.answers.null_score_diff_threshold, cfg.answers.verbose_logging)  # fmt: skip
     print(f"wrote {', '.join(str(p) for p in preds.write(cfg.answers.output_dir))}")
@@ -410,10 +405,7 @@ def _run(cfg: SquadConfig, env: dist.DistEnv) -> dict:
         rule, steps = "--iter_num", cfg.training.iter_num
         if steps is None:
             steps, rule = train_steps(cfg, n, questions, global_batch)
-        warmup = cfg.optimizer.warmup_batches
-        if warmup is None:
-            warmup = int(steps * cfg.task.warmup_proportion)
-        cfg = cfg.replace(iter_num=steps, warmup_batches=warmup)  # from the data: a new config, for fit and snapshots
+        cfg = with_schedule(cfg, steps, cfg.task.warmup_proportion)
         say(f"training: {n} windows, global batch {global_batch}, iter_num {cfg.training.iter_num} ({rule}), "
             f"warmup_batches {cfg.optimizer.warmup_batches}")  # fmt: skip
         loader = SquadLoader(arrays, cfg.training.batch_size_per_device, rank=env.rank, world_size=env.world_size,
