@@ -117,6 +117,8 @@ def test_flags_that_disagree_and_unknown_flags_are_one_line(capsys):
         ("pretrain", "--warmup_steps", "--warmup_batches"),
         ("classify", "--gradient_accumulation_steps", "--num_accumulation_steps"),
         ("pretrain", "--input_file", "--data_dir"),
+        ("squad", "--batch_size", "--batch_size_per_device"),  # no abbreviations: never silently another flag
+        ("classify", "--train_batch", "--train_batch_size"),
     ],
 )
 def test_hugging_face_and_google_flag_names_get_bertkits(capsys, command, flag, meant):
@@ -136,7 +138,8 @@ def test_hugging_face_and_google_flag_names_get_bertkits(capsys, command, flag, 
         (["pretrain", "--data_dir={d}/nodata"], "--data_dir {d}/nodata: no such file or directory"),
         (["squad", "--data_dir={d}/nodata"], "--data_dir {d}/nodata: no such file or directory"),
         (["squad", "--train_data_dir={d}/nodata"], "--train_data_dir {d}/nodata: no such file or directory"),
-        (["squad", "--do_predict", "--eval_data_dir={d}/nodata"], "--eval_data_dir {d}/nodata: no such file"),
+        (["squad", "--do_predict", "--eval_data_dir={d}/nodata", "--init_checkpoint={d}"],
+         "--eval_data_dir {d}/nodata: no such file"),
         (["squad", "--train_file={d}/dev.json", "--init_checkpoint={d}/ckpt"], "--init_checkpoint {d}/ckpt: no such"),
         (["squad", "--train_file={d}/dev.json", "--model_load_dir={d}/ckpt"], "--model_load_dir {d}/ckpt: no such"),
         (["squad-predict", "--data_dir={d}/nodata"], "--data_dir {d}/nodata: no such file or directory"),
@@ -240,3 +243,45 @@ def test_every_commands_help_answers_without_importing_torch():
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['bertkit.cli']", out.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["pretrain", "--data_dir", "d", "--use_fp16", "True", "--precision", "bf16"],
+         "--use_fp16 True and --precision bf16 disagree: give one"),
+        (["squad", "--train_file", "t.json", "--train_data_dir", "r"],
+         "--train_file and --train_data_dir both name training data: give one"),
+        (["squad", "--do_predict", "--predict_file", "p.json"],
+         "--do_predict without --do_train answers with the model at --init_checkpoint"),
+        (["squad", "--train_file", "t.json", "--model", "."],
+         "--model .: in squad, --model is the seed's run name (printed in the banner); the model to start from is "
+         "--init_checkpoint ."),
+        (["classify", "--task_name", "rte", "--do_eval", "--data_dir", ".", "--init_checkpoint", "missing"],
+         "--init_checkpoint missing: no such file or directory"),
+    ],
+)  # fmt: skip
+def test_a_newcomers_mistakes_are_one_line_naming_the_flags(argv, line, capsys):
+    """Mistakes a newcomer made in a trial of the README: each one line naming the flags typed, exit 2."""
+    assert main(argv) == 2 if argv[0] == "classify" else _exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert line in err and len(err.strip().splitlines()) == 1, err
+
+
+def _exit_code(argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def test_ask_and_serve_name_a_wrong_model_path(tmp_path, capsys):
+    (tmp_path / "run" / "last_snapshot").mkdir(parents=True)
+    for argv, line in (
+        (["ask", "--model", str(tmp_path / "run"), "--question", "q", "--context", "-"],
+         f"is a training run's output folder: its fine-tuned model is --model {tmp_path / 'run' / 'last_snapshot'}"),
+        (["serve", "--model", str(tmp_path / "nothing")], f"--model {tmp_path / 'nothing'}: no such file or directory"),
+    ):  # fmt: skip
+        assert _exit_code(argv) == 2
+        err = capsys.readouterr().err
+        assert line in err and len(err.strip().splitlines()) == 1, err

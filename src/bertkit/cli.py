@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import difflib
 import importlib
 import json
 import os
@@ -77,13 +76,14 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         if default is not None and "default" not in help_text:  # a help that states its default says it once
             help_text += " (default: %(default)s)"
+        flags = [f"--{name}", *metadata.get("aliases", ())]  # e.g. convert's --from for --from_format
         if metadata.get("hidden") or name in hidden:  # accepted, not shown
             help_text = argparse.SUPPRESS
         if kind is bool:
-            target.add_argument(f"--{name}", type=parse_bool, nargs="?", const=True, default=default,
+            target.add_argument(*flags, type=parse_bool, nargs="?", const=True, default=default,
                                 help=help_text, metavar="BOOL")  # fmt: skip
             continue
-        target.add_argument(f"--{name}", type=kind, default=default, choices=choices, help=help_text)
+        target.add_argument(*flags, type=kind, default=default, choices=choices, help=help_text)
 
 
 def config_from_args(cls: type, ns: argparse.Namespace):
@@ -268,77 +268,25 @@ def _chosen(argv: Sequence[str]) -> str | None:
     return next((a for a in argv if a in COMMANDS), None)
 
 
-# Other programs' names for bertkit's flags (Hugging Face's Trainer and run_qa.py, Google's and NVIDIA's scripts,
-# torchrun): an unknown flag is answered with the first of its names that the command has.
-ALIASES: dict[str, tuple[str, ...]] = {
-    "--lr": ("--learning_rate",),
-    "--model_name_or_path": ("--init_checkpoint", "--model_load_dir"),
-    "--model_name": ("--init_checkpoint", "--model_load_dir"),
-    "--checkpoint": ("--init_checkpoint", "--model_load_dir"),
-    "--init_checkpoint": ("--model_load_dir",),
-    "--resume_from_checkpoint": ("--resume",),
-    "--per_device_train_batch_size": ("--batch_size_per_device",),
-    "--per_gpu_train_batch_size": ("--batch_size_per_device",),
-    "--train_batch_size": ("--batch_size_per_device",),
-    "--batch_size": ("--batch_size_per_device",),
-    "--per_device_eval_batch_size": ("--eval_batch_size_per_device", "--predict_batch_size", "--batch_size_per_device"),
-    "--per_gpu_eval_batch_size": ("--eval_batch_size_per_device", "--predict_batch_size", "--batch_size_per_device"),
-    "--num_train_epochs": ("--num_epochs", "--iter_num"),
-    "--epochs": ("--num_train_epochs", "--num_epochs", "--iter_num"),
-    "--max_steps": ("--iter_num",),
-    "--num_train_steps": ("--iter_num",),
-    "--warmup_steps": ("--warmup_batches",),
-    "--num_warmup_steps": ("--warmup_batches",),
-    "--warmup_ratio": ("--warmup_proportion", "--warmup_batches"),
-    "--weight_decay": ("--weight_decay_rate",),
-    "--output_dir": ("--model_save_dir",),
-    "--logging_dir": ("--log_dir",),
-    "--overwrite_output_dir": ("--force",),
-    "--logging_steps": ("--loss_print_every_n_iter",),
-    "--save_steps": ("--model_save_every_n_iter",),
-    "--save_checkpoints_steps": ("--model_save_every_n_iter",),
-    "--save_total_limit": ("--keep_last_n",),
-    "--eval_steps": ("--eval_every_n_iter",),
-    "--gradient_accumulation_steps": ("--num_accumulation_steps",),
-    "--max_seq_length": ("--seq_length",),
-    "--max_predictions_per_seq": ("--max_predictions_per_seq",),
-    "--fp16": ("--precision", "--use_fp16"),
-    "--bf16": ("--precision",),
-    "--amp": ("--precision",),
-    "--seed": ("--random_seed",),
-    "--input_file": ("--data_dir", "--train_file"),
-    "--train_file": ("--train_data_dir", "--data_dir"),
-    "--validation_file": ("--predict_file", "--eval_data_dir"),
-    "--dataset_name": ("--train_file", "--data_dir"),
-    "--nproc_per_node": ("--gpu_num_per_node",),
-    "--num_gpus": ("--gpu_num_per_node",),
-    "--nnodes": ("--node_num",),
-    "--threads": ("--num_threads",),
-    "--dropout": ("--hidden_dropout_prob",),
-}
-
-
-def suggest(flag: str, known: list[str]) -> list[str]:
-    """The command's flags an unknown `flag` probably means: its other names (ALIASES), else the closest spelling."""
-    named = [k for k in ALIASES.get(flag, ()) if k in known]
-    if named:
-        return named[:2]
-    return difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
-
-
 def reject_unknown(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
     """One line for unknown flags, naming for each the flag it probably means (the usage is on --help)."""
+    from bertkit import aliases  # only for an unknown flag: --help and every command start without it
+
     known = [o for a in parser._actions for o in a.option_strings]
     hints = []
     for flag in (u.split("=", 1)[0] for u in unknown if u.startswith("-")):
-        close = suggest(flag, known)
+        close = aliases.suggest(flag, known)
         hints.append(f"{flag} (did you mean {' or '.join(close)}?)" if close else flag)
     parser.error("unrecognized arguments: " + (", ".join(hints) or " ".join(unknown)))
 
 
 class Parser(argparse.ArgumentParser):
     """argparse with errors in one line (`bertkit squad: error: ...`, exit 2): a command's usage runs to 60 lines
-    and buries the line that matters; --help prints it."""
+    and buries the line that matters; --help prints it. No abbreviations: `--batch_size` is not silently
+    `--batch_size_per_device` (an unknown flag is answered with the flags it probably means)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

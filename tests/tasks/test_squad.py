@@ -424,7 +424,7 @@ def test_train_from_records_and_a_pretraining_checkpoint(tmp_path, capsys, one_t
          "start_positions": f.start_position[i : i + 1], "end_positions": f.end_position[i : i + 1]} for i in range(len(f))
     ])  # fmt: skip
     argv = ["squad", "--do_train=True", "--train_data_dir", str(tmp_path / "train"), "--seq_length", "128",
-            "--init_checkpoint", str(tmp_path / "pretrained"), "--batch_size_per_device", "4", "--num_epoch", "1",
+            "--init_checkpoint", str(tmp_path / "pretrained"), "--batch_size_per_device", "4", "--num_epochs", "1",
             "--output_dir", str(tmp_path / "out"), "--model_save_dir", str(tmp_path / "snaps"), "--log_dir", str(tmp_path),
             "--loss_print_every_n_iter", "1", "--train_example_num", "22"]  # fmt: skip
     assert main(argv) == 0

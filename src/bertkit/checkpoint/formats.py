@@ -373,12 +373,13 @@ class ConvertConfig:
     output: str = field(default="", metadata={"help": "directory to write (created under a temporary name)"})
     from_format: str = field(
         default="auto",
-        metadata={"help": "input format (--from), detected when auto", "choices": ["auto", *FORMATS]},
+        metadata={"help": "input format, detected when auto", "choices": ["auto", *FORMATS], "aliases": ["--from"]},
     )
     to_format: str = field(
         default="auto",
         metadata={
-            "help": "output format (--to); auto: oneflow with --of_dump_path, else bertkit",
+            "help": "output format; auto: oneflow with --of_dump_path, else bertkit",
+            "aliases": ["--to"],
             "choices": ["auto", *WRITERS],
         },
     )

@@ -152,7 +152,8 @@ def _casing_evidence(
     cased, evidence = None, None
     if tokens is not None:
         cased, why = casing_of(tokens)
-        evidence = f"its vocabulary {vocab_file} is {'cased' if cased else 'uncased'}: {why}"
+        which = vocab_file if vocab_file is not None else "(bert-base-uncased's, shipped with bertkit)"
+        evidence = f"its vocabulary {which} is {'cased' if cased else 'uncased'}: {why}"
     for name in (n for n in (*names, vocab_file) if n is not None and cased is None):
         cased = casing_from_name(name)
         evidence = f"its name {name} says {'cased' if cased else 'uncased'}"

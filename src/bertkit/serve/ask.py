@@ -61,11 +61,31 @@ class InferenceFlags(Section):
         metadata={"help": "int8: the Linear layers in dynamic int8 on the CPU (faster, not exact); none: exact",
                   "choices": QUANTIZE},
     )  # fmt: skip
+    num_threads: int = field(
+        default=0, metadata={"help": "CPU threads for the model (0: torch's default, the machine's cores)"}
+    )
 
     def __post_init__(self) -> None:
         if not self.model:
             raise ValueError("--model is required: the fine-tuned checkpoint directory")
         positive(self, "max_seq_length", "doc_stride", "max_query_length", "batch_size", "n_best_size")
+        positive(self, "num_threads", zero=True)
+
+    def model_path(self) -> str:
+        """--model, checked before loading: a missing path, or a training run's output folder (whose model is its
+        last_snapshot), is one line saying so. Sets torch's CPU threads to --num_threads when given."""
+        path = Path(self.model)
+        if not path.exists() and not any(path.parent.glob(path.name + ".*")):  # a TF checkpoint is a prefix
+            raise ValueError(f"--model {self.model}: no such file or directory")
+        configs = (path / "bert_config.json", path / "config.json")
+        if (path / "last_snapshot").is_dir() and not any(c.exists() for c in configs):
+            raise ValueError(f"--model {self.model} is a training run's output folder: its fine-tuned model is "
+                             f"--model {path / 'last_snapshot'}")  # fmt: skip
+        if self.num_threads:
+            import torch
+
+            torch.set_num_threads(self.num_threads)
+        return self.model
 
     def inference_device(self) -> str:
         """--device, with auto meaning the CPU under --quantize int8 (torch's dynamic int8 is CPU only)."""
@@ -83,7 +103,7 @@ def load_qa(cfg) -> QuestionAnswerer:
     decision printed on stderr (ask's stdout holds the answers). ValueError for windows the model cannot take."""
     m, t = cfg.inference, cfg.tokenizer
     qa = QuestionAnswerer.from_pretrained(
-        m.model, vocab_file=t.vocab_file, do_lower_case=t.do_lower_case, device=m.inference_device(),
+        m.model_path(), vocab_file=t.vocab_file, do_lower_case=t.do_lower_case, device=m.inference_device(),
         batch_size=m.batch_size, max_query_length=m.max_query_length, n_best_size=m.n_best_size,
         max_seq_length=m.max_seq_length, doc_stride=m.doc_stride, version_2_with_negative=m.version_2_with_negative,
         null_score_diff_threshold=m.null_score_diff_threshold, precision=m.precision, quantize=m.quantize,
@@ -102,7 +122,9 @@ class AskFlags(Section):
     """What to answer and where the answers go."""
 
     question: str | None = field(default=None, metadata={"help": "the question to answer about --context"})
-    context: str | None = field(default=None, metadata={"help": "text file holding the context, or - for stdin"})
+    context: str | None = field(
+        default=None, metadata={"help": "a text file holding the context (a path, not the text itself), or - for stdin"}
+    )
     jsonl: str | None = field(
         default=None, metadata={"help": 'answer a file of {"id", "question", "context"} lines instead'}
     )
@@ -168,6 +190,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def run_ask(cfg: AskConfig) -> list[list[Answer]]:
+    cfg.inference.model_path()  # a wrong --model is said before the questions are read (stdin included)
     if cfg.ask.jsonl is not None:
         rows = read_jsonl(cfg.ask.jsonl)
     else:

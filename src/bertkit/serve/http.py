@@ -283,7 +283,7 @@ def load_engine(cfg: ServeConfig):
     """(engine, kind): a TextClassifier for a checkpoint with a classifier head, else a QuestionAnswerer."""
     from bertkit.serve.classify import TextClassifier, is_classifier
 
-    if is_classifier(cfg.inference.model):
+    if is_classifier(cfg.inference.model_path()):
         m, t = cfg.inference, cfg.tokenizer
         return TextClassifier.from_pretrained(
             m.model, vocab_file=t.vocab_file, do_lower_case=t.do_lower_case, check_casing=t.check_casing,

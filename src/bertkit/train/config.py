@@ -164,8 +164,12 @@ class TrainingFlags(Section):
 
     @staticmethod
     def resolve(values: dict) -> dict:
-        """The seed's --use_fp16 True is --precision fp16."""
-        return values | {"precision": "fp16"} if values.get("use_fp16") else values
+        """The seed's --use_fp16 True is --precision fp16 (ValueError with another --precision)."""
+        if not values["use_fp16"]:
+            return values
+        if values["precision"] not in ("fp32", "fp16"):
+            raise ValueError(f"--use_fp16 True and --precision {values['precision']} disagree: give one")
+        return values | {"precision": "fp16"}
 
     def __post_init__(self) -> None:
         positive(self, "batch_size_per_device", "iter_num", "num_accumulation_steps")

@@ -335,7 +335,8 @@ def _check(cfg: ClassifyConfig) -> ClassifyConfig:
     for flag in ("data_dir", "model_load_dir", "bert_config_file", "vocab_file"):
         value = flags[flag]
         if value and not Path(value).exists():
-            raise ValueError(f"--{flag} {value}: no such file or directory")
+            name = cfg.model.checkpoint_flag if flag == "model_load_dir" else f"--{flag}"
+            raise ValueError(f"{name} {value}: no such file or directory")
     bert_cfg, source = cfg.model.model_config()
     if cfg.data.max_seq_length > bert_cfg.max_position_embeddings:
         raise ValueError(f"--max_seq_length {cfg.data.max_seq_length} exceeds the model's max_position_embeddings "

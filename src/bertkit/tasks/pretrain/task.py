@@ -231,7 +231,7 @@ def check(cfg: PretrainConfig) -> PretrainConfig:
     if cfg.data.eval_data_dir:
         resolve_inputs(cfg.data.eval_data_dir, data_part_num=cfg.data.data_part_num, flag="--eval_data_dir")
     if cfg.model.model_load_dir and not Path(cfg.model.model_load_dir).exists():
-        raise ValueError(f"--model_load_dir {cfg.model.model_load_dir}: no such file or directory")
+        raise ValueError(f"{cfg.model.checkpoint_flag} {cfg.model.model_load_dir}: no such file or directory")
     cfg.model.model_config()  # reads --bert_config_file or the checkpoint's config: errors now, not later
     check_writable(cfg.run.model_save_dir)
     if cfg.task.phase1_snapshot and not cfg.run.resume:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bertkit.data.tokenizer import WordPieceTokenizer
 from bertkit.data.vocab import Tokenization, TokenizerFlags
@@ -296,12 +297,23 @@ class SquadConfig(Composed):
                     raise ValueError(f"--{google} {total} must be a positive multiple of the {processes} processes")
                 v[ours] = total // processes
         v["do_predict"] = v["do_eval"] = v["do_predict"] or v["do_eval"]
+        train_said = v["do_train"] is not None
         if v["do_train"] is None:
             v["do_train"] = bool(v["train_file"] or v["train_data_dir"])
-        if v["do_train"] and bool(v["train_file"]) == bool(v["train_data_dir"]):
+        if v["train_file"] and v["train_data_dir"]:
+            given = "--data_dir" if v["data_dir"] else "--train_data_dir"
+            raise ValueError(f"--train_file and {given} both name training data: give one")
+        if v["do_train"] and not (v["train_file"] or v["train_data_dir"]):
             raise ValueError("--do_train needs one of --train_file (SQuAD json) or --train_data_dir (record windows)")
+        if v["model"] != "SQuAD" and Path(v["model"]).exists():
+            raise ValueError(f"--model {v['model']}: in squad, --model is the seed's run name (printed in the banner); "
+                             f"the model to start from is --init_checkpoint {v['model']}")  # fmt: skip
         if v["do_predict"] and not (v["predict_file"] or v["eval_data_dir"]):
             raise ValueError("--do_predict needs --predict_file (SQuAD json) or --eval_data_dir (record windows)")
+        if v["do_predict"] and not v["do_train"] and not (v["model_load_dir"] or v["resume"] or train_said):
+            raise ValueError("--do_predict without --do_train answers with the model at --init_checkpoint: give the "
+                             "fine-tuned model (e.g. --init_checkpoint squad_output/last_snapshot), or --do_train "
+                             "False to answer with a random one, as a baseline")  # fmt: skip
         if not (v["do_train"] or v["do_predict"]):
             raise ValueError(
                 "nothing to do: pass --do_train with --train_file, and/or --do_predict with --predict_file"
