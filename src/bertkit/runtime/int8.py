@@ -49,7 +49,9 @@ class Int8Linear(DynamicLinear):
             y = torch.ops.quantized.linear_dynamic(flat, packed, reduce_range=reduce_range)
         else:
             y = torch.ops.quantized.linear_dynamic(flat.index_fill(0, rows, 0.0), packed, reduce_range=reduce_range)
-            w = self.weight().dequantize()  # (O, I): the int8 weight, per output channel; O*I, not N*O*I, work
+            if getattr(self, "dequantized", None) is None:  # (O, I): the int8 weight, made once
+                self.dequantized = self.weight().dequantize()
+            w = self.dequantized
             y.index_copy_(0, rows, F.linear(flat.index_select(0, rows), w, self.bias()))
         return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
 
