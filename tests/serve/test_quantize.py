@@ -1,5 +1,7 @@
-"""--quantize int8 (torch's dynamic int8 Linear layers, `runtime.precision.quantize`): close to fp32 for ask,
-squad-predict and classify, while fp32 (the default) stays exact and its model untouched."""
+"""--quantize int8 (`runtime.precision.quantize`: the encoder's Linear layers in dynamic int8, per-channel weights,
+the FFN's outlier rows in fp32): the chosen layers are the ones quantized, `Int8Linear` equals its plain parts, and
+the answers are close to fp32 for ask, squad-predict and classify, while fp32 (the default) stays exact and its
+model untouched."""
 
 from __future__ import annotations
 
@@ -8,11 +10,13 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from serve_fixtures import CONTEXT
 from test_classifier import write_rte
 
 from bertkit.cli import main
-from bertkit.runtime.precision import quantize
+from bertkit.runtime.int8 import Int8Linear, outlier_rows
+from bertkit.runtime.precision import int8_layers, quantize
 from bertkit.serve.qa import Query, QuestionAnswerer
 
 
@@ -30,6 +34,53 @@ def test_int8_logits_are_close_and_fp32_is_untouched(tiny_qa_dir, tiny_qa):
     assert np.abs(s32[real] - s8[real]).max() < 0.1 * scale and np.abs(e32[real] - e8[real]).max() < 0.1 * scale
     with pytest.raises(ValueError, match="--quantize"):
         quantize(tiny_qa.model, "int4")
+
+
+def test_int8_quantizes_the_encoder_layers_per_channel_and_no_head(tiny_qa):
+    fp32 = tiny_qa.model
+    n = fp32.bert.cfg.num_hidden_layers
+    expected = {f"bert.layers.{i}.{name}" for i in range(n) for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
+    assert set(int8_layers(fp32)) == expected
+    last_qkv = f"bert.layers.{n - 1}.attn.qkv"
+    int8 = quantize(fp32, "int8", keep=frozenset({last_qkv}))
+    layers = dict(int8.named_modules())
+    assert {name for name, m in layers.items() if isinstance(m, Int8Linear)} == expected - {last_qkv}
+    assert type(layers[last_qkv]) is torch.nn.Linear and type(layers["qa"]) is torch.nn.Linear  # fp32
+    for name in expected - {last_qkv}:
+        assert layers[name].weight().qscheme() == torch.per_channel_affine
+        split = name.endswith(("mlp.fc1", "mlp.fc2"))  # outlier rows in fp32 at the FFN only
+        assert (layers[name].outlier_ratio == float("inf")) != split
+    assert all(type(m) is not Int8Linear for m in fp32.modules())  # the fp32 model is untouched
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.ao's announced move to torchao
+@pytest.mark.parametrize("reduce_range", [True, False])
+def test_int8_linear_is_fp32_on_outlier_rows_and_torch_int8_on_the_others(reduce_range):
+    """The fast path's two parts equal their plain computations: the outlier rows F.linear with the dequantized
+    weight, the others torch's dynamic int8 of the input without the outlier rows (which then sets its scale)."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Linear(16, 8)).eval()
+    q = quantize_dynamic(
+        lin, {"0": per_channel_dynamic_qconfig}, dtype=torch.qint8, mapping={torch.nn.Linear: Int8Linear}
+    )[0]
+    q.reduce_range = reduce_range
+    x = torch.randn(2, 5, 16)
+    x[0, 0] *= 40  # a [CLS]-like token
+    flat = x.reshape(10, 16)
+    assert outlier_rows(flat, q.outlier_ratio).tolist() == [0]
+    y = q(x).reshape(10, 8)
+    packed = q._packed_params._packed_params
+    plain = torch.ops.quantized.linear_dynamic(
+        flat.index_fill(0, torch.tensor([0]), 0.0), packed, reduce_range=reduce_range
+    )
+    assert torch.equal(y[1:], plain[1:])
+    torch.testing.assert_close(y[0], F.linear(flat[0], q.weight().dequantize(), q.bias()))
+    assert (y - lin(flat)).abs().max() < 0.05 * lin(flat).abs().max()
+    q.outlier_ratio = float("inf")  # no split: torch's dynamic Linear exactly
+    assert torch.equal(q(x).reshape(10, 8), torch.ops.quantized.linear_dynamic(flat, packed, reduce_range=reduce_range))
+    assert outlier_rows(flat[:0], 4.0).numel() == 0
 
 
 def test_squad_predict_with_int8(tiny_qa_dir, tmp_path):
