@@ -36,7 +36,13 @@ def test_int8_logits_are_close_and_fp32_is_untouched(tiny_qa_dir, tiny_qa):
         quantize(tiny_qa.model, "int4")
 
 
-def test_int8_quantizes_the_encoder_layers_per_channel_and_no_head(tiny_qa):
+@pytest.mark.parametrize("vnni", [True, False])
+def test_int8_quantizes_the_encoder_layers_by_the_cpus_policy_and_no_head(tiny_qa, monkeypatch, vnni):
+    """With AVX512-VNNI: 8-bit activations, weights per tensor, no fp32 rows; without: 7-bit activations, weights
+    per channel, the FFN's outlier rows in fp32. The heads stay fp32 either way."""
+    import bertkit.runtime.int8 as int8_module
+
+    monkeypatch.setattr(int8_module, "full_range_activations", lambda: vnni)
     fp32 = tiny_qa.model
     n = fp32.bert.cfg.num_hidden_layers
     expected = {f"bert.layers.{i}.{name}" for i in range(n) for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
@@ -47,8 +53,9 @@ def test_int8_quantizes_the_encoder_layers_per_channel_and_no_head(tiny_qa):
     assert {name for name, m in layers.items() if isinstance(m, Int8Linear)} == expected - {last_qkv}
     assert type(layers[last_qkv]) is torch.nn.Linear and type(layers["qa"]) is torch.nn.Linear  # fp32
     for name in expected - {last_qkv}:
-        assert layers[name].weight().qscheme() == torch.per_channel_affine
-        split = name.endswith(("mlp.fc1", "mlp.fc2"))  # outlier rows in fp32 at the FFN only
+        scheme = torch.per_tensor_affine if vnni else torch.per_channel_affine
+        assert layers[name].weight().qscheme() == scheme and layers[name].reduce_range is (not vnni)
+        split = not vnni and name.endswith(("mlp.fc1", "mlp.fc2"))  # outlier rows in fp32: 7-bit, the FFN only
         assert (layers[name].outlier_ratio == float("inf")) != split
     assert all(type(m) is not Int8Linear for m in fp32.modules())  # the fp32 model is untouched
 
