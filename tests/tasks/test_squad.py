@@ -151,6 +151,17 @@ def super_bowl_windows(shared_data):
     return examples, convert_examples_to_features(examples, tok, 128, 48, 32), tok
 
 
+def test_a_signal_stops_a_one_process_prediction_at_the_next_batch(super_bowl_windows):
+    """A SIGTERM during a long prediction ends it at the next batch (exit 128 + signal), not after every window."""
+    _, f, _ = super_bowl_windows
+    model = BertForQuestionAnswering(BertConfig(**TINY)).eval()
+    stop = dist.StopRequest()
+    stop.signum = 15  # as the handler sets it
+    with pytest.raises(dist.Stopped, match="while predicting") as e:
+        predict_logits(model, f.input_ids, f.input_mask, f.segment_ids, 8, dist.DistEnv(stop=stop))
+    assert e.value.exit_code == 143
+
+
 def test_sorted_unpadded_prediction_equals_padded(super_bowl_windows, one_thread):
     """The fast path (windows sorted by length, batches cut to their longest window, real tokens only) against the
     plain one (file order, every window padded to max_seq_length, the padded model): the same logits at every real

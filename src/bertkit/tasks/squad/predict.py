@@ -388,6 +388,8 @@ def predict_logits(
     Windows are sorted by length, longest first, and batched with those of similar length; each batch runs cut to
     its longest window, so no compute goes to padding columns (the logits of real tokens do not depend on them:
     tested against the padded run). Rank r runs batches r, r + W, ...; the results are summed across ranks.
+    One process stops at the next batch when a SIGTERM/SIGINT arrived (dist.Stopped, exit 128 + signal); several
+    finish their batches first (they meet at the sum), then exit so.
     """
     n, T = input_ids.shape
     lengths = input_mask.astype(bool).sum(1)
@@ -396,6 +398,9 @@ def predict_logits(
     model.eval()
     batches = range(env.rank * batch_size, n, batch_size * env.world_size)
     for i in tqdm(batches, desc="predict", unit="batch", disable=not (progress and sys.stderr.isatty())):
+        if env.world_size == 1 and env.stop is not None and env.stop.signum:  # one process: stop now, not at the end
+            raise dist.Stopped(env.stop.signum, f"stopped by signal {env.stop.signum} while predicting: no predictions "
+                               "written")  # fmt: skip
         idx = order[i : i + batch_size]
         L = int(lengths[idx].max())
         ids, types, mask = (torch.from_numpy(a[idx, :L].astype(np.int64)).to(env.device)
