@@ -103,6 +103,8 @@ def test_serve_finds_the_classifier_and_predicts_the_same(fine_tuned, make_clien
             and set(r.json()["scores"]) == set(engine.labels)
         )
         assert c.post("/predict", json="yes the cat").json()["label"] in engine.labels  # a bare string, as the pipeline
+        r = c.post("/answer", json={"question": "q", "context": "c"})  # a QA client at a classifier
+        assert r.status_code == 404 and "a classifier: POST /predict" in r.json()["detail"]
         for bad in (
             {"text": 5},
             {"text": "a", "colour": "red"},

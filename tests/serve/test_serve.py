@@ -128,6 +128,8 @@ def test_health_info_and_openapi_page(client, tiny_dir):
     assert {"/answer", "/health"} <= set(schema["paths"])
     request = schema["components"]["schemas"]["AnswerRequest"]
     assert request["properties"]["context"]["maxLength"] == 1000
+    r = client.post("/predict", json={"text": "a classifier's request"})  # the other kind of model's route
+    assert r.status_code == 404 and r.json() == {"detail": "this server serves a QA model: POST /answer"}
 
 
 def test_without_the_extra_one_line_and_exit_2(tiny_dir, monkeypatch, capsys):

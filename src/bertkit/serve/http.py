@@ -254,6 +254,14 @@ def create_app(engine, cfg: ServeConfig, kind: str = "qa"):
             """One text ({"text", "text_pair"?} or a string) or a list of them; each one's label and scores."""
             return await work(request, schemas.to_items, schemas.shape)
 
+    other, served = (
+        ("/predict", "a QA model: POST /answer") if kind == "qa" else ("/answer", "a classifier: POST /predict")
+    )
+
+    @app.post(other, include_in_schema=False)
+    async def the_other_route():  # a client of the other kind of model gets told, not a bare 404
+        return JSONResponse({"detail": f"this server serves {served}"}, status_code=404)
+
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok"}
