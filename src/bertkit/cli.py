@@ -54,7 +54,7 @@ def flag_groups(cls: type) -> dict[str, tuple[str, str]]:
     if not hasattr(cls, "sections"):
         return {}
     about = {name: (name, " ".join(sec.__doc__.split("\n\n")[0].split())) for name, sec in cls.sections().items()}
-    return {f.name: about[f.section] for f in cls.flags() if f.section}
+    return {f.name: about[f.section] for f in cls.flags()}
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:

@@ -84,6 +84,14 @@ def test_unknown_and_duplicate_names_are_errors():
     with pytest.raises(TypeError, match="DEFAULTS/HELP name no flag"):
         Stale.flags()
 
+    @dataclass(frozen=True)
+    class Loose(Composed):
+        a: Output
+        seed: int = field(default=1, metadata={"help": "a flag outside any section"})
+
+    with pytest.raises(TypeError, match="seed not in a section"):
+        Loose.flags()
+
 
 def test_every_training_config_is_composed_of_frozen_sections_with_unique_flags():
     """The commands' configs: sections only, frozen, every flag once (the CLI flattens them with these names)."""

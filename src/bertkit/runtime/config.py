@@ -1,10 +1,10 @@
 """Configs composed of sections, as torchtitan composes its job config (`torchtitan/config/job_config.py`).
 
 A *section* is a frozen dataclass of the flags of one concern (the model's size, the data, the optimizer, the
-run's outputs, the processes); a command's config is a frozen dataclass of sections and of the few flags that are
-its own. It is built once, from the command line, in the launching process (`from_flags`), and never changed: a
-value found later (`--resume latest` resolved, a step count derived from the data) makes a new config
-(`replace`), so the workers and the snapshot's run_config.json see one object.
+run's outputs, the processes); a command's config is a frozen dataclass of sections only (its own flags are a
+section too, its `task`). It is built once, from the command line, in the launching process (`from_flags`), and
+never changed: a value found later (`--resume latest` resolved, a step count derived from the data) makes a new
+config (`replace`), so the workers and the snapshot's run_config.json see one object.
 
 The command line stays the seed's: flat. Every field of every section is one flag with its own name
 (`--learning_rate` is `cfg.optimizer.learning_rate`); names are unique within a command (`flags` raises
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -39,11 +38,11 @@ class Section:
 
 @dataclass(frozen=True)
 class Flag:
-    """One flag of a command: its name, the section holding it (None: the command's own), its dataclass field,
-    its type hint, this command's default and help."""
+    """One flag of a command: its name, the section holding it, its dataclass field, its type hint, this command's
+    default and help."""
 
     name: str
-    section: str | None
+    section: str
     field: dataclasses.Field
     hint: Any
     default: Any
@@ -67,11 +66,24 @@ def _is_section(hint: Any) -> bool:
 
 
 class Composed:
-    """Base of a command's config: a frozen dataclass of sections (and flags of its own)."""
+    """Base of a command's config: a frozen dataclass whose fields are all sections."""
 
     DEFAULTS: ClassVar[dict[str, Any]] = {}  # this command's defaults for flags declared in a shared section
     HELP: ClassVar[dict[str, str]] = {}  # this command's help for them, where its default means something else
     cli_hidden: ClassVar[frozenset[str]] = frozenset()  # accepted for the seed's command lines, not shown
+
+    @classmethod
+    def sections(cls) -> dict[str, type]:
+        """{attribute: section class}, in declaration order. Raises TypeError for a field that is not a section."""
+        cached = cls.__dict__.get("_sections")
+        if cached is None:
+            hints = typing.get_type_hints(cls)
+            cached = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+            outside = [name for name, hint in cached.items() if not _is_section(hint)]
+            if outside:
+                raise TypeError(f"{cls.__name__}: {', '.join(outside)} not in a section")
+            cls._sections = cached
+        return cached
 
     @classmethod
     def flags(cls) -> list[Flag]:
@@ -80,22 +92,14 @@ class Composed:
         if cached is not None:
             return cached
         out, seen = [], {}
-        hints = typing.get_type_hints(cls)
-        for top in dataclasses.fields(cls):
-            hint = hints[top.name]
-            if _is_section(hint):
-                inner = typing.get_type_hints(hint)
-                members = [(top.name, f, inner[f.name]) for f in dataclasses.fields(hint)]
-            else:
-                members = [(None, top, hint)]
-            for section, f, h in members:
+        for section, sec in cls.sections().items():
+            hints = typing.get_type_hints(sec)
+            for f in dataclasses.fields(sec):
                 if f.name in seen:
-                    raise TypeError(
-                        f"{cls.__name__}: flag {f.name} is in {seen[f.name]} and {section or 'the command'}"
-                    )
-                seen[f.name] = section or "the command"
+                    raise TypeError(f"{cls.__name__}: flag {f.name} is in {seen[f.name]} and {section}")
+                seen[f.name] = section
                 default = cls.DEFAULTS.get(f.name, _default(f))
-                out.append(Flag(f.name, section, f, h, default, cls.HELP.get(f.name, f.metadata.get("help", ""))))
+                out.append(Flag(f.name, section, f, hints[f.name], default, cls.HELP.get(f.name, f.metadata["help"])))
         unknown = (set(cls.DEFAULTS) | set(cls.HELP)) - set(seen)
         if unknown:
             raise TypeError(f"{cls.__name__}: DEFAULTS/HELP name no flag: {sorted(unknown)}")
@@ -120,12 +124,6 @@ class Composed:
         return cls._assemble(cls.resolve(values))
 
     @classmethod
-    def sections(cls) -> dict[str, type]:
-        """{attribute: section class} of this command's sections."""
-        hints = typing.get_type_hints(cls)
-        return {f.name: hints[f.name] for f in dataclasses.fields(cls) if _is_section(hints[f.name])}
-
-    @classmethod
     def resolve(cls, values: dict[str, Any]) -> dict[str, Any]:
         """A command's rules over its flat flag values before the config is built: names that mean one thing,
         defaults derived from other flags, checks across sections. Returns the values (ValueError: refused)."""
@@ -133,19 +131,12 @@ class Composed:
 
     @classmethod
     def _assemble(cls, values: dict[str, Any]):
-        hints = typing.get_type_hints(cls)
-        kwargs = {}
-        for top in dataclasses.fields(cls):
-            hint = hints[top.name]
-            if _is_section(hint):
-                kwargs[top.name] = hint(**{f.name: values[f.name] for f in dataclasses.fields(hint)})
-            else:
-                kwargs[top.name] = values[top.name]
-        return cls(**kwargs)
+        return cls(**{name: sec(**{f.name: values[f.name] for f in dataclasses.fields(sec)})
+                      for name, sec in cls.sections().items()})  # fmt: skip
 
     def flat(self) -> dict[str, Any]:
         """{flag: value} for every flag, in declaration order: the banner, run_config.json, resume comparisons."""
-        return {f.name: getattr(getattr(self, f.section) if f.section else self, f.name) for f in self.flags()}
+        return {f.name: getattr(getattr(self, f.section), f.name) for f in self.flags()}
 
     def replace(self, **changes: Any):
         """A new config with these flags changed as given (each routed to its section, whose checks run again; no
@@ -154,20 +145,12 @@ class Composed:
         unknown = set(changes) - set(where)
         if unknown:
             raise TypeError(f"{type(self).__name__} has no flag {', '.join(sorted(unknown))}")
-        top: dict[str, Any] = {}
         by_section: dict[str, dict[str, Any]] = {}
         for name, value in changes.items():
-            if where[name] is None:
-                top[name] = value
-            else:
-                by_section.setdefault(where[name], {})[name] = value
-        for section, values in by_section.items():
-            top[section] = dataclasses.replace(getattr(self, section), **values)
-        return dataclasses.replace(self, **top)
-
-    def metadata(self) -> Iterator[tuple[str, Any]]:
-        """(flag, its field's metadata) for every flag: the resume rules are read from it."""
-        return ((f.name, f.metadata) for f in self.flags())
+            by_section.setdefault(where[name], {})[name] = value
+        return dataclasses.replace(
+            self, **{sec: dataclasses.replace(getattr(self, sec), **values) for sec, values in by_section.items()}
+        )
 
 
 def one_of(names: tuple[str, str], a, b, default=None):
