@@ -14,8 +14,10 @@ per side; the fine-tuned model is kept in --work_dir (given again, it is reused,
     python benchmarks/bench_quantize.py --task sst2 --steps 60 --train_batch 16 --work_dir /tmp/q
     python benchmarks/bench_quantize.py --task squad --steps 40 --dev_questions 200 --work_dir /tmp/q
 
-transformers 5 has no pipeline("question-answering"): there the squad side is transformers' BertForQuestionAnswering
-run in bertkit's prediction loop (the model's speed alone), named so in the output.
+squad also runs transformers' BertForQuestionAnswering in bertkit's prediction loop (the model's speed alone, batches
+sorted by length). transformers 5 has no pipeline("question-answering"); to time transformers 4's beside it, put
+transformers 4 first on the path (`pip install --target DIR "transformers<5" "huggingface_hub<1" "tokenizers<0.23"
+requests --no-deps`, then PYTHONPATH=DIR).
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ def fine_tune(args: argparse.Namespace, out: Path) -> Path:
 
 
 REPEATS = 1  # --repeats
+# bertkit's sides: (name, --quantize, --precision); bf16 autocast is the other opt-in CPU path (fast where the CPU
+# has AVX512-BF16/AMX)
+SIDES = [("bertkit fp32", "none", "fp32"), ("bertkit int8", "int8", "fp32"), ("bertkit bf16", "none", "bf16")]
 
 
 def timed(fn, items: list, batch: int) -> tuple[list, float]:
@@ -90,21 +95,22 @@ def sst2(args: argparse.Namespace, snapshot: Path, work: Path) -> list[dict]:
 
     rows = [line.split("\t") for line in (DATA / "glue" / "SST-2" / "dev.tsv").read_text().splitlines()[1:]]
     texts, labels = [r[0] for r in rows], [r[1] for r in rows]
+    clfs = {side: TextClassifier.from_pretrained(snapshot, device="cpu", batch_size=args.batch, quantize=mode,
+                                                 precision=precision)
+            for side, mode, precision in SIDES}  # fmt: skip
+    pipe = pipeline("text-classification", model=str(hf_dir(snapshot, work / "hf")), device="cpu")
+    fns = {side: (lambda xs, clf=clf: [p.label for p in clf(xs)]) for side, clf in clfs.items()}
+    fns["transformers pipeline fp32"] = lambda xs: [
+        p["label"].removeprefix("LABEL_") for p in pipe(xs, batch_size=args.batch, truncation=True, max_length=64)
+    ]
     results = []
-    for mode in ("none", "int8"):
-        clf = TextClassifier.from_pretrained(snapshot, device="cpu", batch_size=args.batch, quantize=mode)
-        found, rate = timed(clf, texts, args.batch)
-        acc = sum(p.label == y for p, y in zip(found, labels, strict=True)) / len(labels)
-        results.append({"side": f"bertkit {'fp32' if mode == 'none' else 'int8'}", "accuracy": round(100 * acc, 2),
-                        "per_s": round(rate, 1)})  # fmt: skip
+    for side, (found, rate) in zip(fns, timed_in_turn(list(fns.values()), texts, args.batch), strict=True):
+        acc = sum(p == y for p, y in zip(found, labels, strict=True)) / len(labels)
+        results.append({"side": side, "accuracy": round(100 * acc, 2), "per_s": round(rate, 1)})
     try:
-        results += onnx_sides(snapshot, clf, texts, labels, args, work)
+        results += onnx_sides(snapshot, clfs["bertkit fp32"], texts, labels, args, work)
     except ImportError:
         print("onnxruntime is not installed: no ONNX Runtime sides (pip install onnx onnxruntime)")
-    pipe = pipeline("text-classification", model=str(hf_dir(snapshot, work / "hf")), device="cpu")
-    found, rate = timed(lambda xs: pipe(xs, batch_size=args.batch, truncation=True, max_length=64), texts, args.batch)
-    acc = sum(p["label"] == f"LABEL_{y}" for p, y in zip(found, labels, strict=True)) / len(labels)
-    results.append({"side": "transformers pipeline fp32", "accuracy": round(100 * acc, 2), "per_s": round(rate, 1)})
     return results
 
 
@@ -181,37 +187,71 @@ def squad(args: argparse.Namespace, snapshot: Path, work: Path) -> list[dict]:
     ids = {i for i, _, _ in qas}
     subset = {"data": [{"paragraphs": [{"context": p["context"], "qas": [q for q in p["qas"] if q["id"] in ids]}
                                        for a in data["data"] for p in a["paragraphs"]]}]}  # fmt: skip
+    sides = []
+    for side, mode, precision in SIDES:
+        qa = QuestionAnswerer.from_pretrained(snapshot, device="cpu", batch_size=args.batch, quantize=mode,
+                                              precision=precision)  # fmt: skip
+
+        def ask(xs, qa=qa):
+            return [a[0].text if a else "" for a in qa.answer([Query(q, c) for _, q, c in xs])]
+
+        sides.append((side, ask))
+    sides.append(
+        ("transformers BertForQuestionAnswering fp32 in bertkit's loop", hf_model_side(snapshot, work, qa, args))
+    )
+    try:  # transformers 4's pipeline; transformers 5 removed it (then the model in bertkit's loop is the baseline)
+        sides.append(("transformers pipeline fp32", pipeline_side(snapshot, work, qa, args, pipeline)))
+    except KeyError:
+        print("this transformers has no pipeline('question-answering') (removed in 5): baseline is its model alone")
     results = []
-    for mode in ("none", "int8"):
-        qa = QuestionAnswerer.from_pretrained(snapshot, device="cpu", batch_size=args.batch, quantize=mode)
-        found, rate = timed(lambda xs, qa=qa: qa.answer([Query(q, c) for _, q, c in xs]), qas, args.batch)
-        preds = {i: (a[0].text if a else "") for (i, _, _), a in zip(qas, found, strict=True)}
-        m = evaluate_v1(subset, preds)
-        results.append({"side": f"bertkit {'fp32' if mode == 'none' else 'int8'}", "exact_match": round(m["exact_match"], 2),
+    for (side, _), (found, rate) in zip(sides, timed_in_turn([ask for _, ask in sides], qas, args.batch), strict=True):
+        m = evaluate_v1(subset, {i: a for (i, _, _), a in zip(qas, found, strict=True)})
+        results.append({"side": side, "exact_match": round(m["exact_match"], 2),
                         "f1": round(m["f1"], 2), "per_s": round(rate, 1)})  # fmt: skip
-    try:
-        pipe = pipeline("question-answering", model=str(hf_dir(snapshot, work / "hf")), device="cpu")
-        side = "transformers pipeline fp32"
-        run = qa.max_seq_length, qa.doc_stride
-
-        def ask(xs):
-            out = pipe(question=[q for _, q, _ in xs], context=[c for _, _, c in xs], batch_size=args.batch,
-                       max_seq_len=run[0], doc_stride=run[1], max_answer_len=30)  # fmt: skip
-            return [a["answer"] for a in (out if isinstance(out, list) else [out])]
-
-    except KeyError:  # transformers 5 removed the question-answering pipeline: its model in bertkit's loop instead
-        side, hf = "transformers BertForQuestionAnswering fp32", HFModel(hf_dir(snapshot, work / "hf"))
-        on_hf = QuestionAnswerer(hf, qa.tokenizer, device="cpu", batch_size=args.batch, max_seq_length=qa.max_seq_length,
-                                 doc_stride=qa.doc_stride, max_query_length=qa.max_query_length)  # fmt: skip
-
-        def ask(xs):
-            return [a[0].text if a else "" for a in on_hf.answer([Query(q, c) for _, q, c in xs])]
-
-    found, rate = timed(ask, qas, args.batch)
-    m = evaluate_v1(subset, {i: a for (i, _, _), a in zip(qas, found, strict=True)})
-    results.append({"side": side, "exact_match": round(m["exact_match"], 2),
-                    "f1": round(m["f1"], 2), "per_s": round(rate, 1)})  # fmt: skip
     return results
+
+
+def timed_in_turn(fns: list, items: list, batch: int) -> list[tuple[list, float]]:
+    """Each fn over items in batches (after one warm-up batch each), the sides taking turns REPEATS times, the fastest
+    pass of each kept: a shared machine's load then falls on every side alike. -> [(results, items per second)]."""
+    for fn in fns:
+        fn(items[:batch])
+    best, outs = [0.0] * len(fns), [None] * len(fns)
+    for _ in range(REPEATS):
+        for k, fn in enumerate(fns):
+            t0, out = time.perf_counter(), []
+            for i in range(0, len(items), batch):
+                out += fn(items[i : i + batch])
+            best[k], outs[k] = max(best[k], len(items) / (time.perf_counter() - t0)), out
+    return list(zip(outs, best, strict=True))
+
+
+def pipeline_side(snapshot: Path, work: Path, qa, args: argparse.Namespace, pipeline):
+    """transformers' pipeline("question-answering") on the model in its format, bertkit's windows and answer length:
+    (question, context) items -> answer texts."""
+    pipe = pipeline("question-answering", model=str(hf_dir(snapshot, work / "hf")), device="cpu")
+
+    def ask(xs):
+        out = pipe(question=[q for _, q, _ in xs], context=[c for _, _, c in xs], batch_size=args.batch,
+                   max_seq_len=qa.max_seq_length, doc_stride=qa.doc_stride, max_answer_len=30)  # fmt: skip
+        return [a["answer"] for a in (out if isinstance(out, list) else [out])]
+
+    return ask
+
+
+def hf_model_side(snapshot: Path, work: Path, qa, args: argparse.Namespace):
+    """transformers' BertForQuestionAnswering in bertkit's prediction loop (batches sorted by length, cut to their
+    longest; the model's own speed): items -> answer texts."""
+    from bertkit.serve.qa import Query, QuestionAnswerer
+
+    hf = HFModel(hf_dir(snapshot, work / "hf"))
+    on_hf = QuestionAnswerer(hf, qa.tokenizer, device="cpu", batch_size=args.batch, max_seq_length=qa.max_seq_length,
+                             doc_stride=qa.doc_stride, max_query_length=qa.max_query_length)  # fmt: skip
+
+    def ask(xs):
+        return [a[0].text if a else "" for a in on_hf.answer([Query(q, c) for _, q, c in xs])]
+
+    return ask
 
 
 def HFModel(path: Path):
@@ -252,7 +292,8 @@ def main() -> None:
     work = Path(args.work_dir) / args.task
     snapshot = fine_tune(args, work / "run")
     results = (sst2 if args.task == "sst2" else squad)(args, snapshot, work)
-    base = next(r for r in results if r["side"].startswith("transformers"))["per_s"]
+    pipe = [r for r in results if "pipeline" in r["side"]]  # the pipeline when this transformers has one
+    base = (pipe or [r for r in results if r["side"].startswith("transformers")])[0]["per_s"]
     for r in results:
         line = {"task": args.task, "steps": args.steps, "threads": args.threads, "batch": args.batch,
                 "repeats": args.repeats, **r,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -45,12 +47,18 @@ def outputs(model, unpad: bool, ids, types, mask, **kw):
     return [o.detach() for o in out], grads
 
 
+SORTED = (11, 11, 8, 5, 5, 1)  # equal lengths side by side: attention reads slices (`spans`)
+
+
+@pytest.mark.parametrize("lengths", [(11, 5, 8, 5, 1, 11), SORTED])
 @pytest.mark.parametrize("head", ["squad", "classify", "pretrain"])
-def test_unpadded_equals_padded(head):
-    """Logits and all gradients, fp32, dropout 0: relative 1e-5."""
+def test_unpadded_equals_padded(head, lengths):
+    """Logits and all gradients, fp32, dropout 0: relative 1e-5; with equal lengths apart (gathered groups) and side
+    by side (slices)."""
     cfg = BertConfig(**CFG, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(0)
-    ids, types, mask = batch()
+    ids, types, mask = batch(lengths=lengths)
+    assert (padding.Unpadded.from_mask(mask).spans is not None) == (lengths == SORTED)
     kw = {}
     if head == "squad":
         model = BertForQuestionAnswering(cfg)
@@ -58,7 +66,7 @@ def test_unpadded_equals_padded(head):
         model = BertForSequenceClassification(cfg, 3)
     else:
         model = BertForPreTraining(cfg)
-        kw["masked_positions"] = torch.tensor([[1, 9], [0, 3], [4, 2], [1, 2], [0, 0], [10, 3]])
+        kw["masked_positions"] = torch.tensor([[n // 2, n - 1] for n in lengths])  # real tokens of each row
     out_p, g_p = outputs(model, False, ids, types, mask, **kw)
     out_u, g_u = outputs(model, True, ids, types, mask, **kw)
     for a, b in zip(out_p, out_u, strict=True):
@@ -123,6 +131,24 @@ def test_groups_hold_each_length_once_and_restore_the_order():
     x = torch.arange(int(mask.sum()))
     assert torch.equal(x[rows][u.restore], x)
     assert u.groups[1][1].tolist() == [*range(11, 16), *range(24, 29)]  # sequences 1 and 3 (length 5), in turn
+
+
+def test_spans_equal_the_gathered_groups(monkeypatch):
+    """Side-by-side lengths (a sorted prediction batch, a row of padding between) give slices; the outputs are
+    bit-equal to the gathered groups' path (spans dropped)."""
+    ids, types, mask = batch(lengths=(11, 11, 0, 8, 5, 5, 1))
+    u = padding.Unpadded.from_mask(mask)
+    assert u.spans == [(11, 0, 22), (8, 22, 8), (5, 30, 10), (1, 40, 1)]
+    assert padding.Unpadded.from_mask(batch()[2]).spans is None  # lengths 5 apart
+    model = BertForQuestionAnswering(BertConfig(**CFG)).eval()
+    model.bert.unpad = True
+    with torch.no_grad():
+        fast = model(ids, types, mask)
+        real = padding.Unpadded.from_mask
+        monkeypatch.setattr(padding.Unpadded, "from_mask", classmethod(lambda cls, m: replace(real(m), spans=None)))
+        gathered = model(ids, types, mask)
+    for a, b in zip(fast, gathered, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_rows_of_padding_only():

@@ -1,5 +1,5 @@
 """--quantize int8 (`runtime.precision.quantize`: the encoder's Linear layers in dynamic int8, per-channel weights,
-the FFN's outlier rows in fp32): the chosen layers are the ones quantized, `Int8Linear` equals its plain parts, and
+the FFN's outlier rows in fp32, packed for oneDNN with AVX512-VNNI): the chosen layers are the ones quantized, `Int8Linear` equals its plain parts, and
 the answers are close to fp32 for ask, squad-predict and classify, while fp32 (the default) stays exact and its
 model untouched."""
 
@@ -38,8 +38,8 @@ def test_int8_logits_are_close_and_fp32_is_untouched(tiny_qa_dir, tiny_qa):
 
 @pytest.mark.parametrize("vnni", [True, False])
 def test_int8_quantizes_the_encoder_layers_by_the_cpus_policy_and_no_head(tiny_qa, monkeypatch, vnni):
-    """With AVX512-VNNI: 8-bit activations, weights per tensor, no fp32 rows; without: 7-bit activations, weights
-    per channel, the FFN's outlier rows in fp32. The heads stay fp32 either way."""
+    """Weights per channel and the FFN's outlier rows in fp32 on every CPU; activations in 8 bits with AVX512-VNNI,
+    7 without. The heads stay fp32 either way."""
     import bertkit.runtime.int8 as int8_module
 
     monkeypatch.setattr(int8_module, "full_range_activations", lambda: vnni)
@@ -53,9 +53,9 @@ def test_int8_quantizes_the_encoder_layers_by_the_cpus_policy_and_no_head(tiny_q
     assert {name for name, m in layers.items() if isinstance(m, Int8Linear)} == expected - {last_qkv}
     assert type(layers[last_qkv]) is torch.nn.Linear and type(layers["qa"]) is torch.nn.Linear  # fp32
     for name in expected - {last_qkv}:
-        scheme = torch.per_tensor_affine if vnni else torch.per_channel_affine
-        assert layers[name].weight().qscheme() == scheme and layers[name].reduce_range is (not vnni)
-        split = not vnni and name.endswith(("mlp.fc1", "mlp.fc2"))  # outlier rows in fp32: 7-bit, the FFN only
+        assert layers[name].weight().qscheme() == torch.per_channel_affine
+        assert layers[name].reduce_range is (not vnni)
+        split = name.endswith(("mlp.fc1", "mlp.fc2"))  # outlier rows in fp32: the FFN only
         assert (layers[name].outlier_ratio == float("inf")) != split
     assert all(type(m) is not Int8Linear for m in fp32.modules())  # the fp32 model is untouched
 
@@ -77,7 +77,9 @@ def test_int8_linear_is_fp32_on_outlier_rows_and_torch_int8_on_the_others(reduce
     x[0, 0] *= 40  # a [CLS]-like token
     flat = x.reshape(10, 16)
     assert outlier_rows(flat, q.outlier_ratio).tolist() == [0]
+    before = x.clone()
     y = q(x).reshape(10, 8)
+    assert torch.equal(x, before)  # the outlier rows, zeroed in place for the int8 product, are put back
     packed = q._packed_params._packed_params
     plain = torch.ops.quantized.linear_dynamic(
         flat.index_fill(0, torch.tensor([0]), 0.0), packed, reduce_range=reduce_range
@@ -118,3 +120,32 @@ def test_classify_do_predict_with_int8(tmp_path):
         rows = (tmp_path / mode / "test_results.tsv").read_text().splitlines()
         probs[mode] = np.array([[float(x) for x in row.split("\t")] for row in rows])
     assert np.abs(probs["none"] - probs["int8"]).max() < 0.05
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_int8_packs_for_onednn_with_vnni_as_exact_as_fbgemm_and_restores_the_engine(tiny_qa, monkeypatch):
+    """With 8-bit activations the weights are packed for oneDNN (when this torch has it), fbgemm otherwise; the
+    caller's engine is left as it was; oneDNN's logits are as close to fp32 as fbgemm's."""
+    import bertkit.runtime.int8 as int8_module
+
+    engines = torch.backends.quantized.supported_engines
+    assert int8_module.engine_for(False) == "fbgemm" or "fbgemm" not in engines
+    if "onednn" not in engines or "fbgemm" not in engines:
+        pytest.skip(f"this torch's quantized engines are {engines}: no oneDNN and fbgemm to compare")
+    assert int8_module.engine_for(True) == "onednn"
+    monkeypatch.setattr(int8_module, "full_range_activations", lambda: True)
+    before = torch.backends.quantized.engine
+    p = tiny_qa.prepare([Query("Who won?", CONTEXT), Query("Who lost?", CONTEXT)])
+    ids, mask, types = (torch.as_tensor(a).long() for a in p.inputs)
+    with torch.no_grad():
+        ref = torch.stack(tiny_qa.model(ids, types, mask))
+        errors = {}
+        for engine in ("onednn", "fbgemm"):
+            monkeypatch.setattr(int8_module, "engine_for", lambda full_range, engine=engine: engine)
+            model = quantize(tiny_qa.model, "int8")
+            assert torch.backends.quantized.engine == before
+            errors[engine] = (torch.stack(model(ids, types, mask)) - ref).abs()[:, mask.bool()].mean().item()
+    assert errors["onednn"] < 1.1 * errors["fbgemm"] + 1e-4, errors
+    with pytest.raises(RuntimeError), int8_module.packing_engine("onednn"):
+        raise RuntimeError
+    assert torch.backends.quantized.engine == before

@@ -251,6 +251,25 @@ def padded_features(n: int, T: int, g: np.random.Generator, longest: int | None 
     return glue.Features(ids, mask, seg, g.integers(0, 2, n).astype(np.int32))
 
 
+def test_bf16_prediction_in_one_autocast_context_equals_a_context_per_batch(tiny_cfg, one_thread):
+    """predict_logits casts the weights once for all batches (one autocast context): bit-equal to a context per
+    batch on the same sorted batches."""
+    from bertkit.runtime.precision import autocast
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_cfg, 3).eval()
+    f = padded_features(13, 20, np.random.default_rng(0), longest=16)
+    once = predict_logits(model, f, 4, dist.DistEnv(), "bf16")
+    lengths = f.input_mask.sum(1)
+    order = np.argsort(-lengths, kind="stable")
+    for i in range(0, 13, 4):
+        idx = order[i : i + 4]
+        L = int(lengths[idx].max())
+        batch = (torch.from_numpy(a[idx, :L].astype(np.int64)) for a in (f.input_ids, f.segment_ids, f.input_mask))
+        with torch.no_grad(), autocast("bf16", torch.device("cpu")):
+            assert np.array_equal(once[idx], model(*batch).float().numpy())
+
+
 def test_cut_batches_give_the_padded_logits_and_losses(tiny_cfg, one_thread):
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_cfg, 3).eval()  # the fixture's dropout is 0

@@ -162,6 +162,30 @@ def test_a_signal_stops_a_one_process_prediction_at_the_next_batch(super_bowl_wi
     assert e.value.exit_code == 143
 
 
+def test_bf16_prediction_in_one_autocast_context_equals_a_context_per_batch(super_bowl_windows, one_thread):
+    """predict_logits opens one autocast context for all batches (the weights cast once): bit-equal to the plain
+    loop that opens one per batch, on the same sorted batches."""
+    from bertkit.runtime.precision import autocast
+
+    _, f, _ = super_bowl_windows
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(BertConfig(**TINY)).eval()
+    start, end = predict_logits(model, f.input_ids, f.input_mask, f.segment_ids, 8, dist.DistEnv(), "bf16")
+    lengths = f.input_mask.sum(1)
+    order = np.argsort(-lengths, kind="stable")
+    for i in range(0, len(f), 8):
+        idx = order[i : i + 8]
+        L = int(lengths[idx].max())
+        ids, types, mask = (
+            torch.from_numpy(a[idx, :L].astype(np.int64)) for a in (f.input_ids, f.segment_ids, f.input_mask)
+        )
+        with torch.no_grad(), autocast("bf16", torch.device("cpu")):
+            s, e = model(ids, types, mask)
+        real = f.input_mask[idx, :L].astype(bool)
+        assert np.array_equal(start[idx, :L][real], s.float().numpy()[real])
+        assert np.array_equal(end[idx, :L][real], e.float().numpy()[real])
+
+
 def test_sorted_unpadded_prediction_equals_padded(super_bowl_windows, one_thread):
     """The fast path (windows sorted by length, batches cut to their longest window, real tokens only) against the
     plain one (file order, every window padded to max_seq_length, the padded model): the same logits at every real

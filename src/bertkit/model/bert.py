@@ -93,6 +93,12 @@ class SelfAttention(nn.Module):
         x is the batch's real tokens (N_tok, H) -> (N_tok, H): each sequence attends over its own tokens alone."""
         H = x.shape[-1]
         N, D = self.n_heads, H // self.n_heads
+        if unpadded is not None and unpadded.spans is not None:  # each length's sequences side by side: slices
+            qkv, y = self.qkv(x), x.new_empty(x.shape)  # (N_tok, 3H), (N_tok, H)
+            for L, start, n in unpadded.spans:
+                q, k, v = qkv.narrow(0, start, n).view(-1, L, 3, N, D).permute(2, 0, 3, 1, 4)  # 3 x (G, N, L, D)
+                y.narrow(0, start, n).view(-1, L, N, D).copy_(self.attend(q, k, v, None).transpose(1, 2))
+            return self.proj(y)  # (N_tok, H)
         if unpadded is not None:
             qkv, ys = self.qkv(x), []  # (N_tok, 3H)
             for L, rows in unpadded.groups:  # the G sequences of length L together: no padding, no mask

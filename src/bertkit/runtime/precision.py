@@ -32,18 +32,18 @@ QUANTIZE = ("none", "int8")
 def quantize(model: torch.nn.Module, mode: str, keep: frozenset[str] = frozenset()) -> torch.nn.Module:
     """The model for inference with `mode`: "none" returns it as it is (exact); "int8" returns a copy whose
     encoder Linear layers (attention qkv and proj, FFN fc1 and fc2 of every `layers.N`), but those named in `keep`,
-    are `Int8Linear`: torch's dynamic int8 (fbgemm, CPU only). The heads (QA, classifier, pooler: a few rows or
+    are `Int8Linear`: torch's dynamic int8 (oneDNN or fbgemm, CPU only). The heads (QA, classifier, pooler: a few rows or
     columns, no time to win), embeddings, LayerNorm and the softmax stay fp32.
     `keep`: layers whose weight the forward reads as a tensor (a quantized layer has none). Raises ValueError for
     another mode or a model not on the CPU.
 
-    The policy, from measurements (benchmarks/README.md, "int8 on a CPU"; a MiniLM fine-tuned for SQuAD and one
-    for SST-2): where the CPU has AVX512-VNNI, activations take all 8 bits (`int8.full_range_activations`) and
-    weights one scale per tensor: SQuAD F1 -0.4 of 41.3 at 1.48x fp32, SST-2 accuracy unchanged at 3.0x
-    transformers' pipeline. Without VNNI, fbgemm needs 7-bit activations, which cost 8.3 F1 with torch's default;
-    there the weights get a scale per output channel and the FFN's outlier rows (the [CLS] token's, 5-8x the
-    others) run in fp32 (`Int8Linear`, FP32_OUTLIER_ROWS): slower, but within a point.
-    Reference: torch.ao.quantization.quantize_dynamic, its default and per_channel dynamic qconfigs, as in
+    The policy, from measurements (benchmarks/README.md, "int8 on a CPU"; MiniLMs fine-tuned for SQuAD and SST-2):
+    weights get one scale per output channel and the FFN's outlier rows (the [CLS] token's, 5-8x the others) run in
+    fp32 (`Int8Linear`, FP32_OUTLIER_ROWS): on a SQuAD MiniLM at F1 62.7, per-tensor weights cost 3.2-4.1 F1 and
+    per-channel alone 2.0, this 0.3. Where the CPU has AVX512-VNNI activations take all 8 bits
+    (`int8.full_range_activations`) and the weights are packed for oneDNN (`int8.engine_for`: 1.1-1.2x fbgemm's
+    speed here, to the same error); elsewhere fbgemm with 7-bit activations.
+    Reference: torch.ao.quantization.quantize_dynamic with its per_channel dynamic qconfig, as in
     PyTorch's "dynamic quantization on BERT" tutorial."""
     if mode not in QUANTIZE:
         raise ValueError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {mode!r}")
@@ -56,22 +56,21 @@ def quantize(model: torch.nn.Module, mode: str, keep: frozenset[str] = frozenset
     from bertkit.runtime import int8
 
     full_range = int8.full_range_activations()
-    with warnings.catch_warnings():  # torch announces the move of this API to torchao; it works as documented
-        warnings.simplefilter("ignore")
-        from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+    with warnings.catch_warnings(), int8.packing_engine(int8.engine_for(full_range)):
+        warnings.simplefilter("ignore")  # torch announces the move of this API to torchao; it works as documented
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-        qconfig = default_dynamic_qconfig if full_range else per_channel_dynamic_qconfig
-        spec = {n: qconfig for n in int8_layers(model) if n not in keep}
+        spec = {n: per_channel_dynamic_qconfig for n in int8_layers(model) if n not in keep}
         model = quantize_dynamic(model.eval(), spec, dtype=torch.qint8, mapping={torch.nn.Linear: int8.Int8Linear})
     for name, m in model.named_modules():
         if isinstance(m, int8.Int8Linear):
             m.reduce_range = not full_range
-            if full_range or not name.endswith(FP32_OUTLIER_ROWS):
-                m.outlier_ratio = float("inf")  # no rows looked for: 8-bit activations fit them, or none are there
+            if not name.endswith(FP32_OUTLIER_ROWS):
+                m.outlier_ratio = float("inf")  # no rows looked for: none are there
     return model
 
 
-# The layers whose outlier rows (the [CLS] token's) run in fp32 under 7-bit activations: the FFN's, where they are
+# The layers whose outlier rows (the [CLS] token's) run in fp32: the FFN's, where they are
 # (at qkv and proj the largest token is at most 2x the 99th percentile's, at fc1 and fc2 up to 5x). Splitting the
 # attention layers too left the answers of 300 SQuAD questions as close to fp32 (92.7% the same) and cost time.
 FP32_OUTLIER_ROWS = ("mlp.fc1", "mlp.fc2")

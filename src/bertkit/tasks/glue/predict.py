@@ -35,15 +35,14 @@ def predict_logits(model: nn.Module, feats: Features, batch_size: int, env: dist
     order = np.argsort(-lengths, kind="stable")
     out = np.zeros((n, model.classifier.out_features), np.float32)  # (N, C); zeros: a sum over ranks gathers rows
     model.eval()
-    for i in tqdm(range(env.rank * batch_size, n, batch_size * env.world_size), desc="eval", unit="batch",
-                  disable=not (progress and sys.stderr.isatty()), leave=False):  # fmt: skip
-        idx = order[i : i + batch_size]
-        L = int(lengths[idx].max())
-        ids, types, mask = (torch.from_numpy(a[idx, :L].astype(np.int64)).to(env.device)
-                            for a in (feats.input_ids, feats.segment_ids, feats.input_mask))  # fmt: skip
-        with autocast(precision, env.device):
-            logits = model(ids, types, mask).float().cpu().numpy()  # (B, C)
-        out[idx] = logits
+    with autocast(precision, env.device):  # one context: the weights cast once for all batches (same values)
+        for i in tqdm(range(env.rank * batch_size, n, batch_size * env.world_size), desc="eval", unit="batch",
+                      disable=not (progress and sys.stderr.isatty()), leave=False):  # fmt: skip
+            idx = order[i : i + batch_size]
+            L = int(lengths[idx].max())
+            ids, types, mask = (torch.from_numpy(a[idx, :L].astype(np.int64)).to(env.device)
+                                for a in (feats.input_ids, feats.segment_ids, feats.input_mask))  # fmt: skip
+            out[idx] = model(ids, types, mask).float().cpu().numpy()  # (B, C)
     if env.world_size > 1:
         out = dist.all_reduce_sum(torch.from_numpy(out).to(env.device), env).cpu().numpy()
     return out

@@ -397,17 +397,19 @@ def predict_logits(
     logits = np.zeros((2, n, T), np.float32)  # (start/end, N, T); zeros so that a sum over ranks gathers rows
     model.eval()
     batches = range(env.rank * batch_size, n, batch_size * env.world_size)
-    for i in tqdm(batches, desc="predict", unit="batch", disable=not (progress and sys.stderr.isatty())):
-        if env.world_size == 1 and env.stop is not None and env.stop.signum:  # one process: stop now, not at the end
-            raise dist.Stopped(env.stop.signum, f"stopped by signal {env.stop.signum} while predicting: no predictions "
-                               "written")  # fmt: skip
-        idx = order[i : i + batch_size]
-        L = int(lengths[idx].max())
-        ids, types, mask = (torch.from_numpy(a[idx, :L].astype(np.int64)).to(env.device)
-                            for a in (input_ids, segment_ids, input_mask))  # fmt: skip
-        with autocast(precision, env.device):
+    # One autocast context for all batches: bf16/fp16 copies of the weights are made once, not per batch (the same
+    # values, tested; training's loop does the same for its micro-steps)
+    with autocast(precision, env.device):
+        for i in tqdm(batches, desc="predict", unit="batch", disable=not (progress and sys.stderr.isatty())):
+            if env.world_size == 1 and env.stop is not None and env.stop.signum:  # one process: stop now
+                raise dist.Stopped(env.stop.signum, f"stopped by signal {env.stop.signum} while predicting: no "
+                                   "predictions written")  # fmt: skip
+            idx = order[i : i + batch_size]
+            L = int(lengths[idx].max())
+            ids, types, mask = (torch.from_numpy(a[idx, :L].astype(np.int64)).to(env.device)
+                                for a in (input_ids, segment_ids, input_mask))  # fmt: skip
             start, end = model(ids, types, mask)
-        logits[:, idx, :L] = torch.stack([start, end]).float().cpu().numpy()  # 2 x (B, L)
+            logits[:, idx, :L] = torch.stack([start, end]).float().cpu().numpy()  # 2 x (B, L)
     if env.world_size > 1:
         logits = dist.all_reduce_sum(torch.from_numpy(logits).to(env.device), env).cpu().numpy()
     logits[:, ~input_mask.astype(bool)] = -np.inf
