@@ -187,15 +187,19 @@ def squad(args: argparse.Namespace, snapshot: Path, work: Path) -> list[dict]:
     ids = {i for i, _, _ in qas}
     subset = {"data": [{"paragraphs": [{"context": p["context"], "qas": [q for q in p["qas"] if q["id"] in ids]}
                                        for a in data["data"] for p in a["paragraphs"]]}]}  # fmt: skip
-    sides = []
+    sides, answerers = [], {}
     for side, mode, precision in SIDES:
-        qa = QuestionAnswerer.from_pretrained(snapshot, device="cpu", batch_size=args.batch, quantize=mode,
-                                              precision=precision)  # fmt: skip
+        qa = answerers[side] = QuestionAnswerer.from_pretrained(snapshot, device="cpu", batch_size=args.batch,
+                                                                quantize=mode, precision=precision)  # fmt: skip
 
         def ask(xs, qa=qa):
             return [a[0].text if a else "" for a in qa.answer([Query(q, c) for _, q, c in xs])]
 
         sides.append((side, ask))
+    try:
+        sides += onnx_qa_sides(answerers["bertkit fp32"], args, work)
+    except ImportError:
+        print("onnxruntime is not installed: no ONNX Runtime sides (pip install onnx onnxruntime)")
     sides.append(
         ("transformers BertForQuestionAnswering fp32 in bertkit's loop", hf_model_side(snapshot, work, qa, args))
     )
@@ -209,6 +213,54 @@ def squad(args: argparse.Namespace, snapshot: Path, work: Path) -> list[dict]:
         results.append({"side": side, "exact_match": round(m["exact_match"], 2),
                         "f1": round(m["f1"], 2), "per_s": round(rate, 1)})  # fmt: skip
     return results
+
+
+def onnx_qa_sides(qa, args: argparse.Namespace, work: Path) -> list[tuple[str, object]]:
+    """ONNX Runtime fp32 and its dynamic int8 on the QA model (exported on the padded path, dynamic batch and
+    length): bertkit's windows and answers, the logits from ONNX Runtime, batches sorted by length and cut to their
+    longest as bertkit's loop. -> [(side, items -> answer texts)]."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from bertkit.serve.qa import Query
+
+    path, path8 = work / "qa.onnx", work / "qa.int8.onnx"
+    if not path8.is_file():
+        x, model = torch.ones(2, 8, dtype=torch.long), qa.model
+        model.bert.unpad = False  # the padded path: one graph for every batch shape
+        axes = {"b": 0, "t": 1}
+        torch.onnx.export(model, (x, torch.zeros_like(x), x), str(path), input_names=["ids", "types", "mask"],
+                          output_names=["start", "end"], opset_version=17, dynamo=False,
+                          dynamic_axes={k: {v: n for n, v in axes.items()} for k in ("ids", "types", "mask")})  # fmt: skip
+        model.bert.unpad = None
+        quantize_dynamic(str(path), str(path8), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fmt: skip
+    sides = []
+    for name, file in (("onnxruntime fp32", path), ("onnxruntime int8", path8)):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+
+        def ask(xs, session=session):
+            prepared = qa.prepare([Query(q, c) for _, q, c in xs])
+            f = prepared.features
+            lengths = f.input_mask.sum(1)
+            order = np.argsort(-lengths, kind="stable")
+            logits = np.full((2, *f.input_ids.shape), -np.inf, np.float32)  # (start/end, N, T)
+            for i in range(0, len(order), args.batch):
+                idx = order[i : i + args.batch]
+                L = int(lengths[idx].max())
+                feed = {k: a[idx, :L].astype(np.int64) for k, a in (("ids", f.input_ids), ("types", f.segment_ids),
+                                                                    ("mask", f.input_mask))}  # fmt: skip
+                real = f.input_mask[idx, :L] > 0
+                logits[:, idx, :L] = np.where(real, np.stack(session.run(None, feed)), -np.inf)
+            return [a[0].text if a else "" for a in qa.finish(prepared, (logits[0], logits[1]))]
+
+        sides.append((name, ask))
+    return sides
 
 
 def timed_in_turn(fns: list, items: list, batch: int) -> list[tuple[list, float]]:
@@ -294,9 +346,14 @@ def main() -> None:
     results = (sst2 if args.task == "sst2" else squad)(args, snapshot, work)
     pipe = [r for r in results if "pipeline" in r["side"]]  # the pipeline when this transformers has one
     base = (pipe or [r for r in results if r["side"].startswith("transformers")])[0]["per_s"]
+    import transformers
+
+    cpu = {"vnni": bool(torch.cpu._is_vnni_supported()), "amx": bool(torch.cpu._is_amx_tile_supported()),
+           "avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported())}  # fmt: skip
     for r in results:
         line = {"task": args.task, "steps": args.steps, "threads": args.threads, "batch": args.batch,
-                "repeats": args.repeats, **r,
+                "repeats": args.repeats, "torch": torch.__version__, "transformers": transformers.__version__,
+                "cpu": cpu, **r,
                 "x_pipeline": round(r["per_s"] / base, 2)}  # fmt: skip
         print(json.dumps(line), flush=True)
         if args.out:

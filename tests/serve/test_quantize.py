@@ -149,3 +149,16 @@ def test_int8_packs_for_onednn_with_vnni_as_exact_as_fbgemm_and_restores_the_eng
     with pytest.raises(RuntimeError), int8_module.packing_engine("onednn"):
         raise RuntimeError
     assert torch.backends.quantized.engine == before
+
+
+def test_int8_under_bf16_autocast_runs_and_stays_close(tiny_qa_dir, tiny_qa):
+    """--quantize int8 with --precision bf16: the int8 product takes float32 (cast from bf16) and the outlier rows'
+    fp32 product is stored in the output's dtype; the logits stay near fp32's."""
+    both = QuestionAnswerer.from_pretrained(tiny_qa_dir, device="cpu", quantize="int8", precision="bf16")
+    for m in both.model.modules():
+        if isinstance(m, Int8Linear):
+            m.outlier_ratio = 1.0  # half the rows through the fp32 product
+    p = tiny_qa.prepare([Query("Who won?", CONTEXT)])
+    s32, s8 = tiny_qa.logits(*p.inputs)[0], both.logits(*p.inputs)[0]
+    real = p.features.input_mask.astype(bool)
+    assert np.abs(s32[real] - s8[real]).max() < 0.1 * np.abs(s32[real]).max()

@@ -41,8 +41,9 @@ def quantize(model: torch.nn.Module, mode: str, keep: frozenset[str] = frozenset
     weights get one scale per output channel and the FFN's outlier rows (the [CLS] token's, 5-8x the others) run in
     fp32 (`Int8Linear`, FP32_OUTLIER_ROWS): on a SQuAD MiniLM at F1 62.7, per-tensor weights cost 3.2-4.1 F1 and
     per-channel alone 2.0, this 0.3. Where the CPU has AVX512-VNNI activations take all 8 bits
-    (`int8.full_range_activations`) and the weights are packed for oneDNN (`int8.engine_for`: 1.1-1.2x fbgemm's
-    speed here, to the same error); elsewhere fbgemm with 7-bit activations.
+    (`int8.full_range_activations`) and the weights are packed for oneDNN (`int8.engine_for`: 1.2-1.4x fbgemm's
+    speed here, to the same error); elsewhere fbgemm with 7-bit activations. Where the CPU has AMX, bf16 autocast
+    (--precision bf16) was faster still and closer to fp32 (SQuAD 3.2x transformers' pipeline, int8 2.6x).
     Reference: torch.ao.quantization.quantize_dynamic with its per_channel dynamic qconfig, as in
     PyTorch's "dynamic quantization on BERT" tutorial."""
     if mode not in QUANTIZE:

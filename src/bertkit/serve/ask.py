@@ -54,11 +54,17 @@ class InferenceFlags(Section):
     batch_size: int = field(default=32, metadata={"help": "windows run through the model at once"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     precision: str = field(
-        default="fp32", metadata={"help": "fp32, or bf16 / fp16 autocast", "choices": ("fp32", "bf16", "fp16")}
+        default="fp32",
+        metadata={
+            "help": "fp32, or bf16 / fp16 autocast (bf16 on a CPU with AMX: the fastest CPU path measured, "
+            "answers near fp32's)",
+            "choices": ("fp32", "bf16", "fp16"),
+        },
     )
     quantize: str = field(
         default="none",
-        metadata={"help": "int8: the Linear layers in dynamic int8 on the CPU (faster, not exact); none: exact",
+        metadata={"help": "int8: the Linear layers in dynamic int8 on the CPU (faster, not exact; on a CPU with "
+                          "AMX --precision bf16 is faster still); none: exact",
                   "choices": QUANTIZE},
     )  # fmt: skip
     num_threads: int = field(
