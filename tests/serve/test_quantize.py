@@ -162,3 +162,26 @@ def test_int8_under_bf16_autocast_runs_and_stays_close(tiny_qa_dir, tiny_qa):
     s32, s8 = tiny_qa.logits(*p.inputs)[0], both.logits(*p.inputs)[0]
     real = p.features.input_mask.astype(bool)
     assert np.abs(s32[real] - s8[real]).max() < 0.1 * np.abs(s32[real]).max()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_linears_stored_in_the_autocast_dtype_give_the_same_bits(tiny_qa_dir, tiny_qa, precision):
+    """`precision` bf16/fp16: the answerer keeps its Linear weights in autocast's dtype (cast once, not per call);
+    its logits equal the float32 model's under autocast bit for bit, and the model it was given stays float32."""
+    from bertkit.runtime.precision import autocast, cast_linears
+
+    fast = QuestionAnswerer(tiny_qa.model, tiny_qa.tokenizer, device="cpu", precision=precision)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    assert fast.model.qa.weight.dtype == dtype and fast.model.bert.layers[0].mlp.fc1.bias.dtype == dtype
+    assert fast.model.bert.layers[0].attn_norm.weight.dtype == torch.float32  # LayerNorm, embeddings: as they were
+    assert all(p.dtype == torch.float32 for p in tiny_qa.model.parameters())  # the given model: untouched
+    p = tiny_qa.prepare([Query("Who won?", CONTEXT), Query("Who lost?", CONTEXT)])
+    ids, mask, types = (torch.as_tensor(a).long() for a in p.inputs)
+    with torch.no_grad(), autocast(precision, torch.device("cpu")):
+        plain = tiny_qa.model(ids, types, mask)  # float32 weights, cast by autocast at this call
+        once = fast.model(ids, types, mask)
+    for a, b in zip(plain, once, strict=True):
+        assert torch.equal(a, b)
+    assert cast_linears(tiny_qa.model, "fp32") is tiny_qa.model
+    with pytest.raises(ValueError, match="precision"):
+        cast_linears(tiny_qa.model, "int4")

@@ -31,6 +31,7 @@ from bertkit.data.tokenizer import WordPieceTokenizer
 from bertkit.data.vocab import choose_tokenizer
 from bertkit.model.bert import BertForSequenceClassification
 from bertkit.runtime import dist
+from bertkit.runtime.precision import cast_linears
 from bertkit.tasks.glue import data as glue
 from bertkit.tasks.glue.predict import predict_logits, probabilities, quantize_classifier
 
@@ -121,7 +122,8 @@ class TextClassifier:
         if len(labels or ("",)) != outputs:
             raise ValueError(f"{len(labels)} label names for a model with {outputs} outputs")
         device = torch.device(device) if isinstance(device, str) else device
-        self.model = quantize_classifier(model.to(device).eval(), quantize)
+        # int8 first (it quantizes float32 Linear layers), then the rest stored in the autocast dtype
+        self.model = cast_linears(quantize_classifier(model.to(device).eval(), quantize), precision)
         self.tokenizer, self.labels = tokenizer, tuple(labels)
         self.env = dist.DistEnv(device=device)
         self.batch_size, self.max_seq_length, self.precision = batch_size, max_seq_length, precision

@@ -40,6 +40,7 @@ from bertkit.data.tokenizer import WordPieceTokenizer
 from bertkit.data.vocab import choose_tokenizer
 from bertkit.model.bert import BertForQuestionAnswering
 from bertkit.runtime import dist
+from bertkit.runtime.precision import cast_linears
 from bertkit.runtime.precision import quantize as quantize_model
 from bertkit.tasks.squad.data import (
     SquadExample,
@@ -134,7 +135,8 @@ class QuestionAnswerer:
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
         device = torch.device(device) if isinstance(device, str) else device
-        self.model = quantize_model(model.to(device).eval(), quantize)
+        # int8 first (it quantizes float32 Linear layers), then the rest stored in the autocast dtype
+        self.model = cast_linears(quantize_model(model.to(device).eval(), quantize), precision)
         self.tokenizer = tokenizer
         self.tokenization = ""  # the vocabulary and casing decision, one line (set by from_pretrained)
         self.env = dist.DistEnv(device=device)
