@@ -130,10 +130,12 @@ def onnx_sides(snapshot: Path, clf, texts: list[str], labels: list[str], args: a
         x = torch.ones(2, 8, dtype=torch.long)
         model.bert.unpad = False  # the padded path: one graph for every batch shape
         axes = {"b": 0, "t": 1}
-        torch.onnx.export(model, (x, torch.zeros_like(x), x), str(path), input_names=["ids", "types", "mask"],
-                          output_names=["logits"], opset_version=17, dynamo=False,
-                          dynamic_axes={k: {v: n for n, v in axes.items()} for k in ("ids", "types", "mask")})  # fmt: skip
-        model.bert.unpad = None
+        try:
+            torch.onnx.export(model, (x, torch.zeros_like(x), x), str(path), input_names=["ids", "types", "mask"],
+                              output_names=["logits"], opset_version=17, dynamo=False,
+                              dynamic_axes={k: {v: n for n, v in axes.items()} for k in ("ids", "types", "mask")})  # fmt: skip
+        finally:
+            model.bert.unpad = None
         quantize_dynamic(str(path), str(path8), weight_type=QuantType.QInt8)
     feats = clf.prepare([(t, None) for t in texts]).features
     lengths = feats.input_mask.sum(1)
@@ -232,10 +234,12 @@ def onnx_qa_sides(qa, args: argparse.Namespace, work: Path) -> list[tuple[str, o
         x, model = torch.ones(2, 8, dtype=torch.long), qa.model
         model.bert.unpad = False  # the padded path: one graph for every batch shape
         axes = {"b": 0, "t": 1}
-        torch.onnx.export(model, (x, torch.zeros_like(x), x), str(path), input_names=["ids", "types", "mask"],
-                          output_names=["start", "end"], opset_version=17, dynamo=False,
-                          dynamic_axes={k: {v: n for n, v in axes.items()} for k in ("ids", "types", "mask")})  # fmt: skip
-        model.bert.unpad = None
+        try:
+            torch.onnx.export(model, (x, torch.zeros_like(x), x), str(path), input_names=["ids", "types", "mask"],
+                              output_names=["start", "end"], opset_version=17, dynamo=False,
+                              dynamic_axes={k: {v: n for n, v in axes.items()} for k in ("ids", "types", "mask")})  # fmt: skip
+        finally:
+            model.bert.unpad = None
         quantize_dynamic(str(path), str(path8), weight_type=QuantType.QInt8,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fmt: skip
     sides = []

@@ -94,7 +94,8 @@ class SelfAttention(nn.Module):
         H = x.shape[-1]
         N, D = self.n_heads, H // self.n_heads
         if unpadded is not None and unpadded.spans is not None:  # each length's sequences side by side: slices
-            qkv, y = self.qkv(x), x.new_empty(x.shape)  # (N_tok, 3H), (N_tok, H)
+            qkv = self.qkv(x)  # (N_tok, 3H)
+            y = qkv.new_empty((x.shape[0], H))  # (N_tok, H), in the attention's dtype (bf16 under autocast)
             for L, start, n in unpadded.spans:
                 q, k, v = qkv.narrow(0, start, n).view(-1, L, 3, N, D).permute(2, 0, 3, 1, 4)  # 3 x (G, N, L, D)
                 y.narrow(0, start, n).view(-1, L, N, D).copy_(self.attend(q, k, v, None).transpose(1, 2))

@@ -30,19 +30,24 @@ def full_range_activations() -> bool:
     return bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
 
 
-def engine_for(full_range: bool) -> str:
+def engine_for(full_range: bool, engines: list[str] | None = None) -> str:
     """The quantized engine to pack the int8 weights for: oneDNN where activations take all 8 bits (AVX512-VNNI)
-    and this torch has it, else fbgemm, torch's default on x86 (the only one with 7-bit activations measured).
+    and this torch has it, else fbgemm (what torch's default x86 engine runs dynamic int8 with; the only one with
+    7-bit activations measured), else oneDNN or QNNPACK (ARM). Raises ValueError when this torch has none.
 
     A packed weight carries its engine's kernels (`torch.ops.quantized.linear_dynamic` runs the packed object's,
-    whatever `torch.backends.quantized.engine` says later), so the engine matters only while packing. Measured
+    whatever `torch.backends.quantized.engine` says later), so the engine matters while packing, and again when a
+    quantized model is copied or unpickled (it is repacked for the global engine then). Measured
     (benchmarks/README.md, "int8 on a CPU"; 2 threads, a CPU with VNNI and AMX): oneDNN's product with the same
     weights and 8-bit activations is as exact (per-layer mean error equal to 4 digits) and faster end to end:
     SQuAD prediction 1.23x, SST-2 classification 1.39x fbgemm's."""
-    engines = torch.backends.quantized.supported_engines
-    if full_range and "onednn" in engines:
-        return "onednn"
-    return "fbgemm" if "fbgemm" in engines else torch.backends.quantized.engine
+    engines = torch.backends.quantized.supported_engines if engines is None else engines  # (tests pass their own)
+    for name in ("onednn", "fbgemm") if full_range else ("fbgemm", "onednn", "qnnpack"):
+        if name in engines:
+            return name
+    if full_range:
+        return engine_for(False, engines)
+    raise ValueError(f"--quantize int8 needs a quantized engine; this torch has {engines}")
 
 
 @contextlib.contextmanager
@@ -62,6 +67,9 @@ class Int8Linear(DynamicLinear):
 
     `reduce_range`: 7-bit activations (None: 8-bit where `full_range_activations()`). `outlier_ratio`: as
     OUTLIER_RATIO; `inf` turns the fp32 rows off (torch's plain dynamic Linear, kept for the tests).
+    Without autograd the input's outlier rows are zeroed for the int8 product and put back before it returns (no
+    copy of the input): one input tensor must not be given to two calls running at once in different threads
+    (the model's own activations never are).
     """
 
     reduce_range: bool | None = None
@@ -77,7 +85,9 @@ class Int8Linear(DynamicLinear):
             y = torch.ops.quantized.linear_dynamic(flat, packed, reduce_range=reduce_range)
         else:
             outliers = flat.index_select(0, rows)  # (R, I)
-            if torch.is_grad_enabled() and flat.requires_grad:
+            if (torch.is_grad_enabled() and flat.requires_grad) or (
+                flat.is_inference() and not torch.is_inference_mode_enabled()
+            ):  # autograd may need the input; an inference tensor may not be changed outside inference mode
                 y = torch.ops.quantized.linear_dynamic(flat.index_fill(0, rows, 0.0), packed, reduce_range=reduce_range)
             else:  # the outlier rows zeroed in place for the int8 product, then put back: no copy of the input
                 flat.index_fill_(0, rows, 0.0)
@@ -87,7 +97,9 @@ class Int8Linear(DynamicLinear):
                     flat.index_copy_(0, rows, outliers)
             if getattr(self, "dequantized", None) is None:  # (O, I): the int8 weight, made once
                 self.dequantized = self.weight().dequantize()
-            y.index_copy_(0, rows, F.linear(outliers, self.dequantized, self.bias()).to(y.dtype))
+            with torch.autocast(flat.device.type, enabled=False):  # fp32 rows, also under bf16/fp16 autocast
+                exact = F.linear(outliers, self.dequantized, self.bias())
+            y.index_copy_(0, rows, exact.to(y.dtype))
         return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
 
     def _get_name(self) -> str:

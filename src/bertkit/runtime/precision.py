@@ -26,9 +26,11 @@ def no_autocast(precision: str, device: torch.device):
     return contextlib.nullcontext() if precision == "fp32" else torch.autocast(device.type, enabled=False)
 
 
-def cast_linears(model: torch.nn.Module, precision: str) -> torch.nn.Module:
-    """The model for inference under `autocast(precision, ...)`: itself for fp32; else a copy whose nn.Linear
-    weights and biases are stored in autocast's dtype (bf16 or fp16), everything else as it was.
+def cast_linears(model: torch.nn.Module, precision: str, copy: bool = True) -> torch.nn.Module:
+    """The model for inference under `autocast(precision, ...)`: itself for fp32; else the model (a copy, unless
+    `copy` is False: pass False for a model made for the purpose, such as `quantize`'s, whose int8 weights a deep
+    copy would repack for the global engine) with its nn.Linear weights and biases stored in autocast's dtype
+    (bf16 or fp16), everything else as it was.
 
     autocast casts a float32 weight to its dtype at every call outside one context (a server's batches, `ask`'s
     questions); a weight already in that dtype it uses as it is. The cast is the same rounding, so the outputs are
@@ -39,10 +41,11 @@ def cast_linears(model: torch.nn.Module, precision: str) -> torch.nn.Module:
         return model
     if precision not in ("bf16", "fp16"):
         raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
-    import copy
+    import copy as copying
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    model = copy.deepcopy(model)
+    if copy:
+        model = copying.deepcopy(model)
     for m in model.modules():
         if type(m) is torch.nn.Linear:
             m.to(dtype)

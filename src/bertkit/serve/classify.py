@@ -123,7 +123,9 @@ class TextClassifier:
             raise ValueError(f"{len(labels)} label names for a model with {outputs} outputs")
         device = torch.device(device) if isinstance(device, str) else device
         # int8 first (it quantizes float32 Linear layers), then the rest stored in the autocast dtype
-        self.model = cast_linears(quantize_classifier(model.to(device).eval(), quantize), precision)
+        model = model.to(device).eval()
+        fast = quantize_classifier(model, quantize)  # a copy for int8
+        self.model = cast_linears(fast, precision, copy=fast is model)
         self.tokenizer, self.labels = tokenizer, tuple(labels)
         self.env = dist.DistEnv(device=device)
         self.batch_size, self.max_seq_length, self.precision = batch_size, max_seq_length, precision

@@ -136,7 +136,9 @@ class QuestionAnswerer:
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
         device = torch.device(device) if isinstance(device, str) else device
         # int8 first (it quantizes float32 Linear layers), then the rest stored in the autocast dtype
-        self.model = cast_linears(quantize_model(model.to(device).eval(), quantize), precision)
+        model = model.to(device).eval()
+        fast = quantize_model(model, quantize)  # a copy for int8
+        self.model = cast_linears(fast, precision, copy=fast is model)
         self.tokenizer = tokenizer
         self.tokenization = ""  # the vocabulary and casing decision, one line (set by from_pretrained)
         self.env = dist.DistEnv(device=device)
