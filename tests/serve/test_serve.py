@@ -122,7 +122,9 @@ def test_health_info_and_openapi_page(client, tiny_dir):
     assert client.get("/health").json() == {"status": "ok"}  # nothing about the model's path
     info = client.get("/info").json()
     assert info["kind"] == "qa" and info["model"]["hidden_size"] == 32 and info["windows"]["max_seq_length"] == 384
-    assert str(tiny_dir) not in json.dumps(info) and set(info) == {"kind", "version", "model", "windows"}
+    assert str(tiny_dir) not in json.dumps(info)
+    assert set(info) == {"kind", "version", "model", "windows", "precision", "quantize"}
+    assert (info["precision"], info["quantize"]) == ("fp32", "none")
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()
     assert {"/answer", "/health"} <= set(schema["paths"])

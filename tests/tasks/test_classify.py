@@ -187,9 +187,14 @@ def test_two_processes_train_and_evaluate(trained, tmp_path, capfd):
             *common(d, tmp_path / "one")]  # fmt: skip
     argv[argv.index("--bert_config_file") + 1] = str(tmp_path / "snaps" / "last_snapshot" / "bert_config.json")
     assert main(argv) == 0
+    assert "note: this model was fine-tuned" not in capfd.readouterr().out  # the same --max_seq_length
     one = read_results(tmp_path / "one" / "out" / "eval_results.txt")
     assert two["eval_accuracy"] == one["eval_accuracy"]
     assert abs(float(two["eval_loss"]) - float(one["eval_loss"])) < 1e-6
+    argv[argv.index("--max_seq_length") + 1] = "20"  # another length than training's: a note names the flag
+    argv[argv.index("--output_dir") + 1] = str(tmp_path / "short")
+    assert main(argv) == 0
+    assert "fine-tuned with --max_seq_length 24 (its run_config.json); predicting with 20" in capfd.readouterr().out
 
 
 def test_a_record_of_another_length_is_one_line_from_two_processes(trained, tmp_path, capfd):

@@ -402,8 +402,12 @@ def test_squad_predict_and_npy2json(trained, tmp_path, capsys, one_thread):
         main(["squad-predict", "--init_checkpoint", str(snapshot), "--output_dir", str(tmp_path / "p"), *common]) == 0
     )
     out = capsys.readouterr().out
-    assert "new (0): -" in out and '"f1": 100.0' in out
+    assert "new (0): -" in out and '"f1": 100.0' in out and "note: this model was fine-tuned" not in out
     assert (tmp_path / "p" / "predictions.json").read_text() == (d / "out" / "predictions.json").read_text()
+    # windows other than the fine-tuning run's: a note naming the flags to pass
+    other = ["--predict_file", q8, "--max_seq_length", "96", "--doc_stride", "64", "--output_dir", str(tmp_path / "o")]
+    assert main(["squad-predict", "--init_checkpoint", str(snapshot), *other]) == 0
+    assert "fine-tuned with --max_seq_length 128 (its run_config.json); predicting with 96" in capsys.readouterr().out
     argv = ["npy2json", "--all_results_file", str(tmp_path / "p" / "all_results.npy"), "--output_dir", str(tmp_path / "j"),
             "--bert_config_file", "ignored.json", "--do_predict=True", *common]  # fmt: skip
     assert main(argv) == 0

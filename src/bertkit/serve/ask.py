@@ -29,8 +29,9 @@ class InferenceFlags(Section):
     )
     max_seq_length: int | None = field(
         default=None,
-        metadata={"help": "tokens per window: [CLS] question [SEP] context [SEP] (default: the model's fine-tuning "
-                          "window from its run_config.json, else 384 at most its max_position_embeddings)"},
+        metadata={"help": "tokens per window, [CLS] question [SEP] context [SEP], or per classified text, [CLS] text "
+                          "[SEP] (pair [SEP]) (default: the model's fine-tuning length from its run_config.json, else "
+                          "384 for QA, 128 for a classifier, at most its max_position_embeddings)"},
     )  # fmt: skip
     doc_stride: int | None = field(
         default=None,

@@ -126,6 +126,7 @@ class TextClassifier:
         model = model.to(device).eval()
         fast = quantize_classifier(model, quantize)  # a copy for int8
         self.model = cast_linears(fast, precision, copy=fast is model)
+        self.quantize = quantize
         self.tokenizer, self.labels = tokenizer, tuple(labels)
         self.env = dist.DistEnv(device=device)
         self.batch_size, self.max_seq_length, self.precision = batch_size, max_seq_length, precision

@@ -135,7 +135,8 @@ def is_loopback(host: str) -> bool:
 
 
 def describe(engine, kind: str) -> dict:
-    """GET /info: the model's kind, sizes, windows, labels and bertkit's version; nothing about the filesystem."""
+    """GET /info: the model's kind, sizes, windows, labels, precision and int8 choice, and bertkit's version; nothing
+    about the filesystem."""
     from bertkit import __version__
 
     c = engine.model.bert.cfg
@@ -143,7 +144,8 @@ def describe(engine, kind: str) -> dict:
             "model": {"num_hidden_layers": c.num_hidden_layers, "hidden_size": c.hidden_size,
                       "num_attention_heads": c.num_attention_heads, "intermediate_size": c.intermediate_size,
                       "vocab_size": c.vocab_size, "max_position_embeddings": c.max_position_embeddings},
-            "windows": {"max_seq_length": engine.max_seq_length}}  # fmt: skip
+            "windows": {"max_seq_length": engine.max_seq_length},
+            "precision": engine.precision, "quantize": engine.quantize}  # fmt: skip
     if kind == "qa":
         info["windows"] |= {"doc_stride": engine.doc_stride, "max_query_length": engine.max_query_length}
     else:
@@ -317,7 +319,8 @@ def run(cfg: ServeConfig) -> None:
                     cfg.server.host)  # fmt: skip
     started = time.perf_counter()
     engine, kind = load_engine(cfg)
-    print(f"loaded a {'QA model' if kind == 'qa' else 'classifier'} on {engine.env.device} in "
+    how = "int8" if engine.quantize == "int8" else engine.precision
+    print(f"loaded a {'QA model' if kind == 'qa' else 'classifier'} on {engine.env.device} ({how}) in "
           f"{time.perf_counter() - started:.1f} s", flush=True)  # fmt: skip
     uvicorn.run(create_app(engine, cfg, kind), host=cfg.server.host, port=cfg.server.port, log_level=cfg.server.log_level,
                 access_log=False, limit_concurrency=cfg.server.max_connections,

@@ -139,6 +139,7 @@ class QuestionAnswerer:
         model = model.to(device).eval()
         fast = quantize_model(model, quantize)  # a copy for int8
         self.model = cast_linears(fast, precision, copy=fast is model)
+        self.quantize = quantize
         self.tokenizer = tokenizer
         self.tokenization = ""  # the vocabulary and casing decision, one line (set by from_pretrained)
         self.env = dist.DistEnv(device=device)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from bertkit.checkpoint.formats import LoadReport, load_into
-from bertkit.checkpoint.snapshot import CONFIG, load_snapshot
+from bertkit.checkpoint.snapshot import CONFIG, load_snapshot, snapshot_extras
 from bertkit.model.bert import Bert, BertForPreTraining, num_parameters
 from bertkit.model.config import BertConfig
 from bertkit.runtime import dist
@@ -65,6 +65,24 @@ def checkpoint_path(cfg) -> str | None:
     `--resume latest` is resolved), else --model_load_dir (or --init_checkpoint), else None."""
     resume = cfg.run.resume
     return resume if resume and resume != "latest" else cfg.model.model_load_dir
+
+
+def fine_tuned_differently(cfg, names: tuple[str, ...]) -> str | None:
+    """A note when the checkpoint a prediction reads (`checkpoint_path`) is a bertkit snapshot fine-tuned with other
+    values of these flags (its run_config.json) than the run's: predicting with other windows than training's
+    changes answers, and `ask`/`serve` take the snapshot's own. None when they agree or nothing is recorded."""
+    path = checkpoint_path(cfg)
+    run = (snapshot_extras(path)[2] if path and Path(path).is_dir() else None) or {}
+    flags = cfg.flat()
+    other = [n for n in names if isinstance(run.get(n), int) and run[n] != flags.get(n)]
+    if not other:
+        return None
+    was = " ".join(f"--{n} {run[n]}" for n in other)
+    now = ", ".join(f"{flags.get(n)}" for n in other)
+    return (
+        f"note: this model was fine-tuned with {was} (its run_config.json); predicting with {now}: pass {was} "
+        "to predict as it was trained (bertkit ask and serve do)"
+    )
 
 
 def model_config(cfg) -> BertConfig:

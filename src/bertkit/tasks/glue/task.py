@@ -38,7 +38,7 @@ from bertkit.tasks.glue.predict import quantize_classifier
 from bertkit.tasks.glue.records import load_features, record_files, tsv_examples
 from bertkit.tasks.glue.results import write_predictions
 from bertkit.train import runner
-from bertkit.train.build import build_model, checkpoint_path, model_config
+from bertkit.train.build import build_model, checkpoint_path, fine_tuned_differently, model_config
 from bertkit.train.config import ModelFlags, OptimizerFlags, RunFlags, TrainingFlags, with_schedule
 from bertkit.train.loop import Task, fit
 from bertkit.train.metrics import log_final_eval
@@ -372,6 +372,8 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
     glue_task = cfg.data.glue_task
     head = lambda c: BertForSequenceClassification(c, glue_task.num_labels)  # noqa: E731
     model, bert_cfg, resume_state = build_model(cfg, head, env, say, label_hook(cfg, say))
+    if not cfg.task.do_train and (note := fine_tuned_differently(cfg, ("max_seq_length",))):
+        say(note)
     batch = cfg.task.eval_batch_size_per_device
     choice = choose_vocab(cfg, bert_cfg.vocab_size)
     say(choice.line())

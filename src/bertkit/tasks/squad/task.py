@@ -52,7 +52,7 @@ from bertkit.tasks.squad.evaluate import evaluate_v1, evaluate_v2
 from bertkit.tasks.squad.predict import PREDICTION_FILES, RawResults, SquadPredictions, predict_answers, predict_logits
 from bertkit.tasks.squad.records import WindowFlags
 from bertkit.train import runner
-from bertkit.train.build import build_model, checkpoint_path, model_config
+from bertkit.train.build import build_model, checkpoint_path, fine_tuned_differently, model_config
 from bertkit.train.config import with_schedule
 from bertkit.train.loop import Task, fit
 from bertkit.train.metrics import log_final_eval
@@ -315,6 +315,8 @@ def _run_predict(cfg: SquadPredictConfig, env: dist.DistEnv) -> dict | None:
     say(runner.banner(cfg))
     model, bert_cfg, _ = build_model(cfg, BertForQuestionAnswering, env, say)
     model = quantize(model, cfg.task.quantize)
+    if note := fine_tuned_differently(cfg, ("max_seq_length", "doc_stride", "max_query_length")):
+        say(note)
     tokenizer, _ = make_tokenizer(cfg, checkpoint_path(cfg), bert_cfg.vocab_size, say, record_data(cfg))
     limit = cfg.training.iter_num * cfg.training.batch_size_per_device * env.world_size
     es = eval_set(cfg, tokenizer, cfg.data.data_dir, cfg.data.data_part_num, limit, say, env.is_main)
