@@ -162,6 +162,32 @@ def test_a_signal_stops_a_one_process_prediction_at_the_next_batch(super_bowl_wi
     assert e.value.exit_code == 143
 
 
+def test_ranks_take_the_same_turns_and_stop_together(super_bowl_windows, monkeypatch):
+    """With several ranks every one agrees on a stop before each turn, and each takes the same number of turns
+    (the last ranks' last turn may have no batch), so the collective checks always meet; a signal any rank got
+    stops all at the next turn. Two ranks simulated in turn (the collectives recorded, not run)."""
+    _, f, _ = super_bowl_windows
+    model = BertForQuestionAnswering(BertConfig(**TINY)).eval()
+    n, batch = len(f), 8
+    assert n % (2 * batch) != 0  # the ranks' shares differ by a batch
+    monkeypatch.setattr(dist, "all_reduce_sum", lambda t, env: t)
+    checks, seen = {}, {}
+    for rank in (0, 1):
+        stop = dist.StopRequest()
+        monkeypatch.setattr(stop, "agreed", lambda env: checks.__setitem__(env.rank, checks.get(env.rank, 0) + 1) or 0)
+        start, _ = predict_logits(
+            model, f.input_ids, f.input_mask, f.segment_ids, batch, dist.DistEnv(rank, 2, stop=stop)
+        )
+        seen[rank] = set(np.flatnonzero((np.isfinite(start) & (start != 0)).any(1)))  # rows it computed
+    assert checks[0] == checks[1] == -(-n // (2 * batch))
+    assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(n))  # every window once
+    stop = dist.StopRequest()
+    monkeypatch.setattr(stop, "agreed", lambda env: 15)  # another rank got SIGTERM
+    with pytest.raises(dist.Stopped, match="while predicting") as e:
+        predict_logits(model, f.input_ids, f.input_mask, f.segment_ids, batch, dist.DistEnv(1, 2, stop=stop))
+    assert e.value.exit_code == 143
+
+
 def test_bf16_prediction_in_one_autocast_context_equals_a_context_per_batch(super_bowl_windows, one_thread):
     """predict_logits opens one autocast context for all batches (the weights cast once): bit-equal to the plain
     loop that opens one per batch, on the same sorted batches."""

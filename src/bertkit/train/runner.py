@@ -286,6 +286,8 @@ def _worker(cfg, body: Body, err_dir: str):
         code = 128 + stop.signum if stop.signum else 0  # signalled after training: done, but stopped
     except dist.Stopped as e:
         code = e.exit_code
+        if str(e) and rank == 0:  # every rank stopped together; the launcher has no line of its own to print
+            print(f"bertkit: {e}", file=sys.stderr, flush=True)
     except ValueError as e:
         code, line = 2, str(e)
     except Exception as e:  # a bug or a lost peer: the launcher prints the root cause's traceback and one line

@@ -388,22 +388,25 @@ def predict_logits(
     Windows are sorted by length, longest first, and batched with those of similar length; each batch runs cut to
     its longest window, so no compute goes to padding columns (the logits of real tokens do not depend on them:
     tested against the padded run). Rank r runs batches r, r + W, ...; the results are summed across ranks.
-    One process stops at the next batch when a SIGTERM/SIGINT arrived (dist.Stopped, exit 128 + signal); several
-    finish their batches first (they meet at the sum), then exit so.
+    A SIGTERM/SIGINT stops every rank at the next batch (dist.Stopped, exit 128 + signal, no predictions): each
+    rank takes the same number of turns (a last turn may have no batch) and they agree on a stop before each one.
     """
     n, T = input_ids.shape
     lengths = input_mask.astype(bool).sum(1)
     order = np.argsort(-lengths, kind="stable")
     logits = np.zeros((2, n, T), np.float32)  # (start/end, N, T); zeros so that a sum over ranks gathers rows
     model.eval()
-    batches = range(env.rank * batch_size, n, batch_size * env.world_size)
+    stride = batch_size * env.world_size
+    turns = range(-(-n // stride))  # the same count on every rank, so that the stop checks meet
     # One autocast context for all batches: bf16/fp16 copies of the weights are made once, not per batch (the same
     # values, tested; training's loop does the same for its micro-steps)
     with autocast(precision, env.device):
-        for i in tqdm(batches, desc="predict", unit="batch", disable=not (progress and sys.stderr.isatty())):
-            if env.world_size == 1 and env.stop is not None and env.stop.signum:  # one process: stop now
-                raise dist.Stopped(env.stop.signum, f"stopped by signal {env.stop.signum} while predicting: no "
-                                   "predictions written")  # fmt: skip
+        for turn in tqdm(turns, desc="predict", unit="batch", disable=not (progress and sys.stderr.isatty())):
+            if env.stop is not None and (signum := env.stop.agreed(env)):  # a collective with several ranks
+                raise dist.Stopped(signum, f"stopped by signal {signum} while predicting: no predictions written")
+            i = turn * stride + env.rank * batch_size
+            if i >= n:  # this rank's share ended a turn early
+                continue
             idx = order[i : i + batch_size]
             L = int(lengths[idx].max())
             ids, types, mask = (torch.from_numpy(a[idx, :L].astype(np.int64)).to(env.device)
