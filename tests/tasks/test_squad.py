@@ -408,6 +408,22 @@ def trained(tmp_path_factory):
     return d, result
 
 
+def test_evaluation_inside_training_leaves_signals_to_the_training_loop(tmp_path, monkeypatch, one_thread):
+    """An evaluation during training (--eval_every_n_iter) runs without the stop request, so a signal then waits
+    for the loop's stop check, which writes the snapshot; the closing prediction stops at once."""
+    import bertkit.tasks.squad.task as squad_task
+
+    calls, real = [], squad_task.predict_logits
+    monkeypatch.setattr(squad_task, "predict_logits", lambda *a, **k: calls.append(a[5].stop) or real(*a, **k))
+    q8 = str(write_questions(tmp_path / "q8.json"))
+    argv = ["squad", "--do_train", "--do_predict", "--train_file", q8, "--predict_file", q8, "--bert_config_file",
+            str(tiny_config_file(tmp_path)), "--max_seq_length", "96", "--doc_stride", "32", "--batch_size_per_device",
+            "8", "--iter_num", "4", "--eval_every_n_iter", "2", "--output_dir", str(tmp_path / "out"),
+            "--model_save_dir", str(tmp_path / "snaps"), "--log_dir", str(tmp_path / "log"), "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    assert len(calls) >= 3 and all(s is None for s in calls[:-1]) and calls[-1] is not None
+
+
 def test_tiny_model_learns_a_handful_of_questions(trained):
     d, result = trained
     assert result["eval"]["f1"] > 90, result["eval"]

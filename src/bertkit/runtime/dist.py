@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -252,6 +253,19 @@ class StopRequest:
         """The signal some rank received (0: none). A collective in several processes: call it on every rank at
         the same step."""
         return all_reduce_max(self.signum, env)
+
+
+def shared_batches(n: int, batch_size: int, env: DistEnv, what: str) -> Iterator[int | None]:
+    """The starts of this rank's batches of n rows (rank r: r * B, r * B + W * B, ...), None on a turn where its
+    share has ended: every rank takes the same number of turns, ceil(n / (W * B)). Before each turn the ranks agree
+    on a stop (`StopRequest.agreed`, a collective with several ranks), so a SIGTERM/SIGINT any rank received raises
+    Stopped on every rank at the same turn: "stopped by signal S while {what}: no predictions written"."""
+    stride = batch_size * env.world_size
+    for turn in range(-(-n // stride)):
+        if env.stop is not None and (signum := env.stop.agreed(env)):
+            raise Stopped(signum, f"stopped by signal {signum} while {what}: no predictions written")
+        i = turn * stride + env.rank * batch_size
+        yield i if i < n else None
 
 
 def can_bind(address: str) -> bool:

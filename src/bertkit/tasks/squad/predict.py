@@ -396,16 +396,13 @@ def predict_logits(
     order = np.argsort(-lengths, kind="stable")
     logits = np.zeros((2, n, T), np.float32)  # (start/end, N, T); zeros so that a sum over ranks gathers rows
     model.eval()
-    stride = batch_size * env.world_size
-    turns = range(-(-n // stride))  # the same count on every rank, so that the stop checks meet
+    turns = dist.shared_batches(n, batch_size, env, "predicting")  # the same count on every rank; a stop meets all
     # One autocast context for all batches: bf16/fp16 copies of the weights are made once, not per batch (the same
     # values, tested; training's loop does the same for its micro-steps)
     with autocast(precision, env.device):
-        for turn in tqdm(turns, desc="predict", unit="batch", disable=not (progress and sys.stderr.isatty())):
-            if env.stop is not None and (signum := env.stop.agreed(env)):  # a collective with several ranks
-                raise dist.Stopped(signum, f"stopped by signal {signum} while predicting: no predictions written")
-            i = turn * stride + env.rank * batch_size
-            if i >= n:  # this rank's share ended a turn early
+        total = -(-n // (batch_size * env.world_size))
+        for i in tqdm(turns, total=total, desc="predict", unit="batch", disable=not (progress and sys.stderr.isatty())):
+            if i is None:  # this rank's share ended a turn early
                 continue
             idx = order[i : i + batch_size]
             L = int(lengths[idx].max())

@@ -15,7 +15,7 @@ import hashlib
 import json
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -413,8 +413,9 @@ def _run(cfg: SquadConfig, env: dist.DistEnv) -> dict:
         loader = SquadLoader(arrays, cfg.training.batch_size_per_device, rank=env.rank, world_size=env.world_size,
                              seed=cfg.training.seed, limits=id_limits(bert_cfg.vocab_size, bert_cfg.type_vocab_size))  # fmt: skip
 
-        def eval_fn(m: nn.Module) -> dict[str, float]:
-            return answer(m, es, cfg, tokenizer, env, cfg.task.eval_batch_size_per_device, write=False, say=say) or {}
+        def eval_fn(m: nn.Module) -> dict[str, float]:  # inside training: a signal waits for its next stop check,
+            quiet = replace(env, stop=None)  # which writes the snapshot (prediction alone stops at once)
+            return answer(m, es, cfg, tokenizer, quiet, cfg.task.eval_batch_size_per_device, write=False, say=say) or {}
 
         extras = {"vocab_file": choice.path, "do_lower_case": choice.do_lower_case,
                   "run_config": cfg.flat()}  # fmt: skip
