@@ -275,6 +275,40 @@ def test_bf16_prediction_in_one_autocast_context_equals_a_context_per_batch(tiny
             assert np.array_equal(once[idx], model(*batch).float().numpy())
 
 
+def test_prediction_ranks_take_the_same_turns_and_stop_together(tiny_cfg, monkeypatch):
+    """Every rank takes the same number of turns and agrees on a stop before each (simulated ranks, the collectives
+    recorded): all rows computed once; a signal any rank got stops this one."""
+    model = BertForSequenceClassification(tiny_cfg, 3).eval()
+    f = padded_features(13, 20, np.random.default_rng(0))
+    monkeypatch.setattr(dist, "all_reduce_sum", lambda t, env: t)
+    checks, rows = {}, {}
+    for rank in (0, 1):
+        stop = dist.StopRequest()
+        monkeypatch.setattr(stop, "agreed", lambda env: checks.__setitem__(env.rank, checks.get(env.rank, 0) + 1) or 0)
+        out = predict_logits(model, f, 4, dist.DistEnv(rank, 2, stop=stop))
+        rows[rank] = set(np.flatnonzero((out != 0).any(1)))
+    assert checks[0] == checks[1] == 2 and rows[0].isdisjoint(rows[1]) and rows[0] | rows[1] == set(range(13))
+    stop = dist.StopRequest()
+    monkeypatch.setattr(stop, "agreed", lambda env: 2)  # SIGINT at another rank
+    with pytest.raises(dist.Stopped, match="while predicting") as e:
+        predict_logits(model, f, 4, dist.DistEnv(1, 2, stop=stop))
+    assert e.value.exit_code == 130
+
+
+def test_evaluation_inside_training_leaves_signals_to_the_training_loop(tmp_path, monkeypatch):
+    """--eval_every_n_iter evaluates without the stop request (a signal waits for the loop's stop check and its
+    snapshot); the closing evaluation has it."""
+    import bertkit.tasks.glue.evaluate as glue_evaluate
+
+    calls, real = [], glue_evaluate.predict_logits
+    monkeypatch.setattr(glue_evaluate, "predict_logits", lambda *a, **k: calls.append(a[3].stop) or real(*a, **k))
+    d = write_task(tmp_path / "RTE")
+    argv = ["classify", "--task_name", "rte", "--do_train", "--do_eval", "--iter_num", "4", "--eval_every_n_iter", "2",
+            "--train_batch_size", "8", *common(d, tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    assert len(calls) >= 3 and all(s is None for s in calls[:-1]) and calls[-1] is not None
+
+
 def test_cut_batches_give_the_padded_logits_and_losses(tiny_cfg, one_thread):
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_cfg, 3).eval()  # the fixture's dropout is 0

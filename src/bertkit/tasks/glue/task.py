@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -403,8 +403,8 @@ def _run(cfg: ClassifyConfig, env: dist.DistEnv) -> dict:
                                 cfg.training.batch_size_per_device, rank=env.rank, world_size=env.world_size,
                                 seed=cfg.training.seed)  # fmt: skip
 
-        def eval_fn(m: nn.Module) -> dict[str, float]:
-            return evaluate(m, glue_task, dev, batch, env, cfg.training.precision)[0]
+        def eval_fn(m: nn.Module) -> dict[str, float]:  # inside training: a signal waits for the loop's stop check
+            return evaluate(m, glue_task, dev, batch, replace(env, stop=None), cfg.training.precision)[0]
 
         loss_fn = regression_loss if glue_task.is_regression else classification_loss
         extras = {"vocab_file": choice.path, "do_lower_case": choice.do_lower_case,
