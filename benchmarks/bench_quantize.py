@@ -120,32 +120,14 @@ def onnx_sides(snapshot: Path, clf, texts: list[str], labels: list[str], args: a
     (exported on the padded path, dynamic batch and length) and the same features, batches sorted by length and
     cut to their longest, as bertkit's prediction loop."""
     import numpy as np
-    import onnxruntime as ort
-    import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    model = fp32_model(snapshot)
-    path, path8 = work / "model.onnx", work / "model.int8.onnx"
-    if not path8.is_file():
-        x = torch.ones(2, 8, dtype=torch.long)
-        model.bert.unpad = False  # the padded path: one graph for every batch shape
-        axes = {"b": 0, "t": 1}
-        try:
-            torch.onnx.export(model, (x, torch.zeros_like(x), x), str(path), input_names=["ids", "types", "mask"],
-                              output_names=["logits"], opset_version=17, dynamo=False,
-                              dynamic_axes={k: {v: n for n, v in axes.items()} for k in ("ids", "types", "mask")})  # fmt: skip
-        finally:
-            model.bert.unpad = None
-        quantize_dynamic(str(path), str(path8), weight_type=QuantType.QInt8)
+    sessions = onnx_sessions(fp32_model(snapshot), work / "model", ["logits"], args.threads)
     feats = clf.prepare([(t, None) for t in texts]).features
     lengths = feats.input_mask.sum(1)
     order = np.argsort(-lengths, kind="stable")
     batches = [order[i : i + args.batch] for i in range(0, len(order), args.batch)]
     out = []
-    for name, file in (("onnxruntime fp32", path), ("onnxruntime int8", path8)):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+    for name, session in sessions.items():
 
         def run(idx, session=session):
             L = int(lengths[idx].max())
@@ -164,6 +146,33 @@ def onnx_sides(snapshot: Path, clf, texts: list[str], labels: list[str], args: a
         acc = float(np.mean([clf.labels[p] == y for p, y in zip(pred, labels, strict=True)]))
         out.append({"side": name, "accuracy": round(100 * acc, 2), "per_s": round(rate, 1)})
     return out
+
+
+def onnx_sessions(model, stem: Path, outputs: list[str], threads: int) -> dict:
+    """ONNX Runtime sessions {"onnxruntime fp32": ..., "onnxruntime int8": ...} of a bertkit model exported on its
+    padded path (one graph for every batch shape: dynamic batch and length; inputs ids, types, mask) to stem.onnx,
+    and its dynamic int8 (`onnxruntime.quantization.quantize_dynamic`, per tensor) to stem.int8.onnx; files already
+    there are reused."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path, path8 = stem.with_suffix(".onnx"), stem.with_suffix(".int8.onnx")
+    if not path8.is_file():
+        x, inputs = torch.ones(2, 8, dtype=torch.long), ["ids", "types", "mask"]
+        model.bert.unpad = False
+        try:
+            torch.onnx.export(model, (x, torch.zeros_like(x), x), str(path), input_names=inputs, output_names=outputs,
+                              opset_version=17, dynamo=False, dynamic_axes={k: {0: "b", 1: "t"} for k in inputs})  # fmt: skip
+        finally:
+            model.bert.unpad = None
+        quantize_dynamic(str(path), str(path8), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fmt: skip
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return {name: ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+            for name, file in (("onnxruntime fp32", path), ("onnxruntime int8", path8))}  # fmt: skip
 
 
 def fp32_model(snapshot: Path):
@@ -222,31 +231,12 @@ def onnx_qa_sides(qa, args: argparse.Namespace, work: Path) -> list[tuple[str, o
     length): bertkit's windows and answers, the logits from ONNX Runtime, batches sorted by length and cut to their
     longest as bertkit's loop. -> [(side, items -> answer texts)]."""
     import numpy as np
-    import onnx
-    import onnxruntime as ort
-    import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from bertkit.serve.qa import Query
 
-    path, path8 = work / "qa.onnx", work / "qa.int8.onnx"
-    if not path8.is_file():
-        x, model = torch.ones(2, 8, dtype=torch.long), qa.model
-        model.bert.unpad = False  # the padded path: one graph for every batch shape
-        axes = {"b": 0, "t": 1}
-        try:
-            torch.onnx.export(model, (x, torch.zeros_like(x), x), str(path), input_names=["ids", "types", "mask"],
-                              output_names=["start", "end"], opset_version=17, dynamo=False,
-                              dynamic_axes={k: {v: n for n, v in axes.items()} for k in ("ids", "types", "mask")})  # fmt: skip
-        finally:
-            model.bert.unpad = None
-        quantize_dynamic(str(path), str(path8), weight_type=QuantType.QInt8,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fmt: skip
+    sessions = onnx_sessions(qa.model, work / "qa", ["start", "end"], args.threads)
     sides = []
-    for name, file in (("onnxruntime fp32", path), ("onnxruntime int8", path8)):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+    for name, session in sessions.items():
 
         def ask(xs, session=session):
             prepared = qa.prepare([Query(q, c) for _, q, c in xs])

@@ -255,17 +255,27 @@ class StopRequest:
         return all_reduce_max(self.signum, env)
 
 
-def shared_batches(n: int, batch_size: int, env: DistEnv, what: str) -> Iterator[int | None]:
+class SharedBatches:
     """The starts of this rank's batches of n rows (rank r: r * B, r * B + W * B, ...), None on a turn where its
-    share has ended: every rank takes the same number of turns, ceil(n / (W * B)). Before each turn the ranks agree
-    on a stop (`StopRequest.agreed`, a collective with several ranks), so a SIGTERM/SIGINT any rank received raises
-    Stopped on every rank at the same turn: "stopped by signal S while {what}: no predictions written"."""
-    stride = batch_size * env.world_size
-    for turn in range(-(-n // stride)):
-        if env.stop is not None and (signum := env.stop.agreed(env)):
-            raise Stopped(signum, f"stopped by signal {signum} while {what}: no predictions written")
-        i = turn * stride + env.rank * batch_size
-        yield i if i < n else None
+    share has ended: every rank takes the same number of turns, len() = ceil(n / (W * B)). Before each turn the
+    ranks agree on a stop (`StopRequest.agreed`, a collective with several ranks), so a SIGTERM/SIGINT any rank
+    received raises Stopped on every rank at the same turn: "stopped by signal S while {what}: no predictions
+    written"."""
+
+    def __init__(self, n: int, batch_size: int, env: DistEnv, what: str):
+        self.n, self.batch_size, self.env, self.what = n, batch_size, env, what
+        self.stride = batch_size * env.world_size
+
+    def __len__(self) -> int:
+        return -(-self.n // self.stride)
+
+    def __iter__(self) -> Iterator[int | None]:
+        env = self.env
+        for turn in range(len(self)):
+            if env.stop is not None and (signum := env.stop.agreed(env)):
+                raise Stopped(signum, f"stopped by signal {signum} while {self.what}: no predictions written")
+            i = turn * self.stride + env.rank * self.batch_size
+            yield i if i < self.n else None
 
 
 def can_bind(address: str) -> bool:

@@ -7,6 +7,7 @@ loss scaling, which the training loop owns (train/loop.py); inference needs only
 from __future__ import annotations
 
 import contextlib
+from copy import deepcopy
 
 import torch
 
@@ -41,11 +42,9 @@ def cast_linears(model: torch.nn.Module, precision: str, copy: bool = True) -> t
         return model
     if precision not in ("bf16", "fp16"):
         raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
-    import copy as copying
-
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     if copy:
-        model = copying.deepcopy(model)
+        model = deepcopy(model)
     for m in model.modules():
         if type(m) is torch.nn.Linear:
             m.to(dtype)

@@ -29,18 +29,16 @@ def predict_logits(model: nn.Module, feats: Features, batch_size: int, env: dist
     Examples are sorted by length, longest first, and each batch runs cut to its longest example (the logits do
     not depend on padding columns: tested against the padded run). Rank r runs batches r, r + W, ...; the rows
     are gathered by a sum over ranks of zero-initialised arrays. A SIGTERM/SIGINT stops every rank at the next
-    batch (`dist.shared_batches`; an evaluation inside training passes an env without the stop request).
+    batch (`dist.SharedBatches`; an evaluation inside training passes an env without the stop request).
     """
     n = len(feats)
     lengths = feats.input_mask.astype(bool).sum(1)
     order = np.argsort(-lengths, kind="stable")
     out = np.zeros((n, model.classifier.out_features), np.float32)  # (N, C); zeros: a sum over ranks gathers rows
     model.eval()
-    turns = dist.shared_batches(n, batch_size, env, "predicting")  # the same count on every rank; a stop meets all
-    total = -(-n // (batch_size * env.world_size))
+    turns = dist.SharedBatches(n, batch_size, env, "predicting")  # the same count on every rank; a stop meets all
     with autocast(precision, env.device):  # one context: the weights cast once for all batches (same values)
-        for i in tqdm(turns, total=total, desc="eval", unit="batch", disable=not (progress and sys.stderr.isatty()),
-                      leave=False):  # fmt: skip
+        for i in tqdm(turns, desc="eval", unit="batch", disable=not (progress and sys.stderr.isatty()), leave=False):
             if i is None:  # this rank's share ended a turn early
                 continue
             idx = order[i : i + batch_size]

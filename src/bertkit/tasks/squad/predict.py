@@ -396,12 +396,11 @@ def predict_logits(
     order = np.argsort(-lengths, kind="stable")
     logits = np.zeros((2, n, T), np.float32)  # (start/end, N, T); zeros so that a sum over ranks gathers rows
     model.eval()
-    turns = dist.shared_batches(n, batch_size, env, "predicting")  # the same count on every rank; a stop meets all
+    turns = dist.SharedBatches(n, batch_size, env, "predicting")  # the same count on every rank; a stop meets all
     # One autocast context for all batches: bf16/fp16 copies of the weights are made once, not per batch (the same
     # values, tested; training's loop does the same for its micro-steps)
     with autocast(precision, env.device):
-        total = -(-n // (batch_size * env.world_size))
-        for i in tqdm(turns, total=total, desc="predict", unit="batch", disable=not (progress and sys.stderr.isatty())):
+        for i in tqdm(turns, desc="predict", unit="batch", disable=not (progress and sys.stderr.isatty())):
             if i is None:  # this rank's share ended a turn early
                 continue
             idx = order[i : i + batch_size]
